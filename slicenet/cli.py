@@ -1,0 +1,199 @@
+"""The ``slicenet`` command: a thin argparse shell over ``pipeline`` and ``runs``.
+
+Bad input of any kind ends in one line on stderr and exit status 2 (``InputError``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse's status), no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+CONFIG_FLAGS = {  # flag -> (config key, type, help)
+    "--dataset": ("dataset", str, "mnist (default), mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>"),
+    "--method": ("method", str, "optimiser: cma (default), pso, ga"),
+    "--preset": ("preset", str, "trunk preset: auto (default), default, radu, tiny"),
+    "--granularity": ("granularity", str, "layer (default) or filter: optimise one filter at a time"),
+    "--population-size": ("population_size", int, "candidates per generation (0 = method default)"),
+    "--sigma-scale": ("sigma_scale", float, "initial spread as a multiple of the He-init std"),
+    "--n-neighbors": ("n_neighbors", int, "k of the k-NN head (default 9)"),
+    "--metric": ("metric", str, "k-NN distance: euclidean, sqeuclidean, cosine, manhattan"),
+    "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
+    "--validation-fraction": ("validation_fraction", float, "share of training images used to score"),
+    "--soft-weight": ("soft_weight", float, "weight of the smooth k-NN score in the fitness"),
+    "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
+    "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
+    "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
+    "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="slicenet", description="Gradient-free, k-NN sliced CNNs for edge boards.")
+    parser.add_argument("--version", action="version", version=f"slicenet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    optimise = commands.add_parser("optimise", help="optimise a trunk without gradients; write a run directory")
+    optimise.add_argument("--config", help="TOML file of options (flags override it)")
+    for flag, (key, kind, text) in CONFIG_FLAGS.items():
+        optimise.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    optimise.add_argument("--generations", type=int, nargs="+", default=None,
+                          help="generation budget per layer (one number for all, or one per layer)")
+    optimise.add_argument("--out", type=Path, help="run directory (default runs/<method>-<dataset>-<time>)")
+    optimise.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run")
+    optimise.add_argument("--quiet", action="store_true", help="no progress bar")
+    optimise.set_defaults(func=cmd_optimise)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
+    evaluate.add_argument("run", type=Path)
+    evaluate.add_argument("--dataset", help="evaluate on this dataset's test split (default: the run's)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files with a run's engine")
+    predict.add_argument("run", type=Path)
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _progress(total: int, done: int, quiet: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=done, unit="gen", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+    def on_generation(event: dict) -> None:
+        bar.set_description(event["label"])
+        bar.set_postfix(best_fitness=f"{event['best_so_far']:.4f}", val_acc=f"{event['best_accuracy']:.3f}")
+        bar.update(1)
+
+    return bar, on_generation
+
+
+def cmd_optimise(args: argparse.Namespace) -> int:
+    from . import pipeline, runs
+    from .config import config_from_toml, make_config
+    from .search import block_generations, make_blocks
+
+    overrides = {key: getattr(args, key) for key, _, _ in CONFIG_FLAGS.values()}
+    overrides["generations"] = args.generations
+    started = time.perf_counter()
+    if args.resume is not None:
+        given = [flag for flag, (key, _, _) in CONFIG_FLAGS.items() if overrides[key] is not None]
+        given += ["--generations"] * (args.generations is not None) + ["--config"] * (args.config is not None)
+        given += ["--out"] * (args.out is not None)
+        if given:
+            raise InputError(f"--resume takes its configuration from {args.resume / runs.CONFIG}; "
+                             f"drop {', '.join(given)}")
+        run_dir = args.resume
+        config = runs.load_config(run_dir)
+        state, previous_wall = runs.load_checkpoint(run_dir)
+    else:
+        config = config_from_toml(args.config, **overrides) if args.config else make_config(**overrides)
+        run_dir = args.out or runs.default_run_dir(config)
+        previous_wall = 0.0
+        state = None
+    prepared = pipeline.prepare(config)  # loads data: fails before anything is written
+    if state is None:
+        runs.create_run_dir(run_dir, config, shlex.join(["slicenet", *sys.argv[1:]]))
+        state = pipeline.initial_state(prepared)
+
+    settings = pipeline.search_settings(config)
+    blocks = make_blocks(prepared.spec, settings.granularity)
+    total = sum(block_generations(settings, prepared.spec, block) for block in blocks)
+    bar, on_generation = _progress(total, len(state.history), args.quiet)
+
+    def on_checkpoint(current) -> None:
+        runs.save_checkpoint(run_dir, current, previous_wall + time.perf_counter() - started)
+
+    with bar:
+        state = pipeline.run_search(prepared, state, on_generation, on_checkpoint)
+    info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
+    engine = pipeline.build_engine(prepared, state, info=info)
+    metrics = pipeline.final_metrics(prepared, state, engine)
+    metrics["wall_seconds"] = round(previous_wall + time.perf_counter() - started, 3)
+    metrics["command"] = runs.load_command(run_dir)
+    metrics["slicenet_version"] = __version__
+    runs.write_results(run_dir, engine, metrics, state.history)
+    print(f"test accuracy {metrics['test_accuracy']:.4f} (random init {metrics['random_init_test_accuracy']:.4f}, "
+          f"validation {metrics['validation_accuracy']:.4f}); engine {metrics['engine_bytes']:,} bytes; "
+          f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s -> {run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import pipeline, runs
+    from .data import load_dataset
+
+    engine = runs.load_engine(args.run)
+    spec = args.dataset or runs.load_config(args.run).dataset
+    dataset = load_dataset(spec, engine.image_size[0])
+    if dataset.image_size != engine.image_size:
+        raise InputError(f"dataset {spec!r} has {dataset.image_size[0]}x{dataset.image_size[1]} images but the "
+                         f"engine expects {engine.image_size[0]}x{engine.image_size[1]}")
+    if dataset.n_classes != engine.n_classes:
+        raise InputError(f"dataset {spec!r} has {dataset.n_classes} classes but the engine has {engine.n_classes}")
+    result = pipeline.evaluate(engine, dataset.x_test, dataset.y_test)
+    result["dataset"] = spec
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{spec}: test accuracy {result['accuracy']:.4f} on {result['n_images']} images")
+    width = max(len(name) for name in engine.class_names)
+    for name, accuracy in result["per_class_accuracy"].items():
+        print(f"  {name:>{width}}  {accuracy:.4f}")
+    print("confusion matrix (rows: true, columns: predicted)")
+    for row in result["confusion_matrix"]:
+        print("  " + " ".join(f"{count:5d}" for count in row))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import runs
+    from .data import load_image
+
+    engine = runs.load_engine(args.run)
+    images = np.stack([load_image(path, engine.image_size) for path in args.images])
+    predicted, votes, _ = engine.predict(images)
+    rows = [{"image": str(path), "class": int(p), "label": engine.class_names[p],
+             "votes": {engine.class_names[c]: int(v) for c, v in enumerate(vote) if v}}
+            for path, p, vote in zip(args.images, predicted, votes, strict=True)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            shown = ", ".join(f"{label}: {count}" for label, count in row["votes"].items())
+            print(f"{row['image']}: {row['label']}  (votes {shown})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"slicenet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slicenet: interrupted (an optimise run continues with --resume DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Run configuration: one frozen dataclass with commented defaults, loadable from TOML, overridable
+from the command line, and saved (resolved) beside every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str = "mnist"  # mnist | mnist:<dir> | fashion-mnist[:<dir>] | digits | folder:<dir>
+    method: str = "cma"  # optimiser: cma | pso | ga
+    preset: str = "auto"  # trunk: auto | default | radu | tiny
+    granularity: str = "layer"  # serial search unit: a whole layer, or one filter at a time
+    generations: tuple[int, ...] = (20, 60)  # generation budget per layer (filters share their layer's)
+    population_size: int = 0  # candidates per generation; 0 = the method's default for the dimension
+    sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
+    n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
+    metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
+    postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
+    validation_fraction: float = 0.25  # share of the training images held out to score candidates
+    soft_weight: float = 1.0  # weight of the smooth k-NN score that breaks accuracy ties
+    temperature: float = 0.05  # softmax temperature of that smooth score
+    image_size: int = 28  # folder datasets only: images are resized to this square size
+    seed: int = 0  # seeds initial weights, validation split and optimiser: same seed, same run
+    threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = getattr(RunConfig(), name)
+    if isinstance(default, tuple):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            raise InputError(f"config {name}: expected one or more positive integers, got {value!r}")
+        return tuple(items)
+    if isinstance(default, bool) or not isinstance(value, type(default)) and not (
+            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+        raise InputError(f"config {name}: expected {type(default).__name__}, got {value!r}")
+    return type(default)(value)
+
+
+def make_config(base: RunConfig | None = None, **overrides: Any) -> RunConfig:
+    """A config from ``base`` (default: the defaults) with ``overrides`` applied and checked."""
+    unknown = sorted(set(overrides) - set(FIELDS))
+    if unknown:
+        raise InputError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
+    values = {name: _coerce(name, value) for name, value in overrides.items() if value is not None}
+    config = dataclasses.replace(base or RunConfig(), **values)
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    from .knn import METRICS, POSTPROCESSING
+    from .optimisers import REGISTRY
+
+    checks = [
+        (config.method in REGISTRY, f"method {config.method!r}: expected one of {', '.join(REGISTRY)}"),
+        (config.granularity in ("layer", "filter"), f"granularity {config.granularity!r}: expected layer or filter"),
+        (config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
+        (config.postprocessing in POSTPROCESSING,
+         f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
+        (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
+        (config.population_size == 0 or config.population_size >= 2,
+         f"population_size must be 0 (auto) or at least 2, got {config.population_size}"),
+        (config.sigma_scale > 0, f"sigma_scale must be positive, got {config.sigma_scale}"),
+        (0 < config.validation_fraction < 1,
+         f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
+        (config.soft_weight >= 0, f"soft_weight must be non-negative, got {config.soft_weight}"),
+        (config.temperature > 0, f"temperature must be positive, got {config.temperature}"),
+        (config.image_size >= 4, f"image_size must be at least 4, got {config.image_size}"),
+        (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise InputError(f"bad configuration: {message}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"config file {path} is not valid TOML ({exc}); expected lines like "
+                         "method = \"cma\"") from None
+    return data
+
+
+def config_from_toml(path: str | Path, **overrides: Any) -> RunConfig:
+    """A config from a TOML file (flat keys, as written beside every run), then ``overrides``."""
+    data = load_toml(path)
+    data.pop("slicenet", None)  # provenance table written beside runs
+    try:
+        base = make_config(**data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return make_config(base, **overrides)
+
+
+def to_toml(config: RunConfig, provenance: dict[str, str] | None = None) -> str:
+    import tomli_w
+
+    document: dict[str, Any] = dict(config.to_dict())
+    if provenance:
+        document["slicenet"] = provenance
+    return tomli_w.dumps(document)

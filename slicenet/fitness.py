@@ -1,0 +1,149 @@
+"""The fitness of a population of candidate kernels: k-NN quality on the validation split.
+
+For every candidate p the trunk (with p's kernels in the layer under search) maps the fit images
+to a bank and the validation images to queries; the k-NN head votes, and
+
+    fitness_p = -(accuracy_p + soft_weight * soft_p)            (minimised)
+
+``accuracy`` is the validation accuracy, the quantity we care about. On 1,000 validation images it
+moves in steps of 0.1 %, so most candidates of a generation tie and the optimiser's ranking would be
+noise. ``soft`` breaks those ties smoothly: for each query, the softmax-weighted share of its k
+neighbours that carry the right label (weights ``exp(-distance / temperature)``, a k-NN version of
+the NCA objective, Goldberger et al. 2004). It rises as the right neighbours move closer and the
+wrong ones away, before any vote flips, so it points the search at the next accuracy step.
+
+The whole population is one batch: one (grouped) convolution per layer, one batched distance
+computation. ``fitness_one_by_one`` is the slow reference the tests compare it against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .knn import knn_vote, postprocess
+from .trunk import TrunkSpec, Weights, layer_forward, population_features
+
+ACTIVATION_BUDGET = 2**27  # float32 elements of intermediate activations per chunk (512 MiB)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, validation indices): ``fraction`` of every class goes to validation."""
+    fit, val = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = max(1, int(round(fraction * len(members))))
+        val.append(members[:n_val])
+        fit.append(members[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The validation task a search scores candidates on (test images are never part of it).
+
+    The training images are split into a bank (fit) and queries (validation). With ``resample`` the
+    split is carved afresh, stratified, for every generation (Monte-Carlo cross-validation): a
+    fixed split of 1,000 images is overfitted by a search that tries thousands of candidates on it,
+    while a moving one only rewards kernels that generalise across the whole training set.
+    """
+
+    spec: TrunkSpec
+    x_train: torch.Tensor  # normalised training images [N, C, H, W]
+    y_train: torch.Tensor  # int64 [N]
+    n_classes: int
+    validation_fraction: float = 0.25
+    resample: bool = True  # a new validation split every generation
+    seed: int = 0
+    n_neighbors: int = 9
+    metric: str = "euclidean"
+    postprocessing: str = "centre_l2"
+    soft_weight: float = 1.0  # weight of the smooth tie-breaker against accuracy
+    temperature: float = 0.05  # softmax temperature over neighbour distances
+
+    def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (fit, validation) indices for generation ``key`` (the fixed split if not resampling)."""
+        rng = np.random.default_rng([self.seed, *(key if self.resample else ())])
+        fit, val = stratified_split(self.y_train.numpy(), self.validation_fraction, rng)
+        return torch.from_numpy(fit), torch.from_numpy(val)
+
+
+@dataclass(frozen=True)
+class Scores:
+    fitness: np.ndarray  # [P], minimised
+    accuracy: np.ndarray  # [P], validation accuracy in [0, 1]
+    soft: np.ndarray  # [P], smooth score in [0, 1]
+
+
+def score_features(problem: Problem, features: torch.Tensor, split: tuple[torch.Tensor, torch.Tensor]
+                   ) -> Scores:
+    """Scores of P candidates from their features [P, N_train, D] and a (fit, validation) split."""
+    fit, val = split
+    y_fit, y_val = problem.y_train[fit], problem.y_train[val]
+    bank, queries = features[:, fit], features[:, val]
+    mean = bank.mean(1, keepdim=True)
+    bank = postprocess(bank, mean, problem.postprocessing)
+    queries = postprocess(queries, mean, problem.postprocessing)
+    votes, distances, indices = knn_vote(queries, bank, y_fit, problem.n_classes,
+                                         problem.n_neighbors, problem.metric)
+    accuracy = (votes.argmax(-1) == y_val).double().mean(-1)
+    weights = torch.softmax(-distances.double() / problem.temperature, dim=-1)
+    correct = y_fit[indices] == y_val.unsqueeze(-1)
+    soft = (weights * correct).sum(-1).mean(-1)
+    fitness = -(accuracy + problem.soft_weight * soft)
+    return Scores(fitness.numpy(), accuracy.numpy(), soft.numpy())
+
+
+def _chunk_size(spec: TrunkSpec, x: torch.Tensor, index: int, size: int) -> int:
+    """Images per chunk so that the population's largest activation stays within the budget."""
+    channels, height, width = x.shape[1:]
+    largest = 1
+    for layer_index in range(index, len(spec.layers)):
+        layer = spec.layers[layer_index]
+        height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
+        width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
+        largest = max(largest, layer.out_channels * height * width)
+        height, width = height // layer.pool, width // layer.pool
+    return max(1, ACTIVATION_BUDGET // (2 * size * largest))
+
+
+@torch.no_grad()
+def population_fitness(problem: Problem, layer_input: torch.Tensor, weights: Weights, index: int,
+                       population: np.ndarray, filter_index: int | None = None,
+                       split: tuple[torch.Tensor, torch.Tensor] | None = None) -> Scores:
+    """Score P candidates for layer ``index`` (or one filter of it) in one batch.
+
+    ``layer_input`` is the input of layer ``index`` for the training images, i.e.
+    ``problem.x_train`` through the frozen layers before it (cached by the search).
+    """
+    candidates = torch.as_tensor(population, dtype=torch.float32)
+    chunk = _chunk_size(problem.spec, layer_input, index, len(candidates))
+    parts = []
+    for x in layer_input.split(chunk):
+        held = None
+        if filter_index is not None:
+            held = layer_forward(x, *weights[index], problem.spec.layers[index])
+        parts.append(population_features(x, problem.spec, weights, index, candidates, filter_index, held))
+    return score_features(problem, torch.cat(parts, dim=1), split or problem.split())
+
+
+def fitness_one_by_one(problem: Problem, weights: Weights, index: int, population: np.ndarray,
+                       filter_index: int | None = None,
+                       split: tuple[torch.Tensor, torch.Tensor] | None = None) -> Scores:
+    """Reference implementation: each candidate built as a whole trunk and run on its own."""
+    from .trunk import features, unflatten_layer
+
+    rows = []
+    for candidate in population:
+        trial = [(w.clone(), b.clone()) for w, b in weights]
+        if filter_index is None:
+            trial[index] = unflatten_layer(candidate, problem.spec, index)
+        else:
+            kernel = trial[index][0][filter_index]
+            kernel.copy_(torch.as_tensor(candidate[:-1], dtype=torch.float32).reshape(kernel.shape))
+            trial[index][1][filter_index] = float(candidate[-1])
+        rows.append(features(problem.x_train, problem.spec, trial))
+    return score_features(problem, torch.stack(rows), split or problem.split())

@@ -1,0 +1,122 @@
+"""The k-NN head: batched torch distances, and a scikit-learn compatible classifier.
+
+``knn_vote`` is the core used by the search (over a whole population at once) and by the engine;
+``KNNClassifier`` wraps it in the estimator API so it slots into ``Pipeline`` and
+``cross_val_score``. Votes are uniform, ties between classes go to the smallest class index, and
+the neighbours are the k smallest distances: the same rules as ``KNeighborsClassifier``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+
+METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan")
+POSTPROCESSING = ("centre_l2", "l2", "none")
+
+
+def pairwise_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances [..., Q, B] between queries [..., Q, D] and bank [..., B, D] (leading dims batch)."""
+    if metric in ("euclidean", "sqeuclidean"):
+        # ||q||^2 - 2 q.b + ||b||^2: one matmul, the same form the exported graph uses.
+        squared = ((queries * queries).sum(-1, keepdim=True) - 2.0 * queries @ bank.transpose(-1, -2)
+                   + (bank * bank).sum(-1).unsqueeze(-2)).clamp_min_(0.0)
+        return squared.sqrt_() if metric == "euclidean" else squared
+    if metric == "cosine":
+        q = torch.nn.functional.normalize(queries, dim=-1)
+        b = torch.nn.functional.normalize(bank, dim=-1)
+        return 1.0 - q @ b.transpose(-1, -2)
+    if metric == "manhattan":
+        return torch.cdist(queries, bank, p=1.0)
+    raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+
+
+def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
+             n_neighbors: int, metric: str = "euclidean", chunk_elements: int = 2**25
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """k nearest neighbours and their votes, chunked over queries to bound memory.
+
+    Returns (votes [..., Q, n_classes] int64, neighbour distances [..., Q, k], neighbour indices).
+    """
+    batch = int(np.prod(queries.shape[:-2])) if queries.dim() > 2 else 1
+    per_chunk = max(1, chunk_elements // max(1, batch * bank.shape[-2]))
+    votes, distances, indices = [], [], []
+    for chunk in queries.split(per_chunk, dim=-2):
+        d = pairwise_distances(chunk, bank, metric)
+        # topk of the negated distance: the k nearest (the same trick the exported graph needs).
+        neg, idx = (-d).topk(n_neighbors, dim=-1)
+        labels = bank_labels[idx]
+        votes.append(torch.zeros(*labels.shape[:-1], n_classes, dtype=torch.int64)
+                     .scatter_add_(-1, labels, torch.ones_like(labels)))
+        distances.append(-neg)
+        indices.append(idx)
+    return torch.cat(votes, -2), torch.cat(distances, -2), torch.cat(indices, -2)
+
+
+def postprocess(features: torch.Tensor, mean: torch.Tensor | None, method: str) -> torch.Tensor:
+    """Feature post-processing that belongs to the engine (and so to its export).
+
+    ``centre_l2`` subtracts the bank's mean feature, then scales to unit length: ReLU features all
+    share a large positive component, and removing it makes Euclidean neighbours follow the
+    direction of the activation pattern rather than its overall strength.
+    """
+    if method == "none":
+        return features
+    if method == "centre_l2":
+        assert mean is not None
+        features = features - mean
+    elif method != "l2":
+        raise ValueError(f"unknown post-processing {method!r}: expected one of {', '.join(POSTPROCESSING)}")
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+class KNNClassifier(ClassifierMixin, BaseEstimator):
+    """k-nearest-neighbour classifier with torch distances, computed in batches.
+
+    Parameters follow scikit-learn: ``n_neighbors`` (k), ``metric`` (one of ``METRICS``) and
+    ``batch_elements`` (how many distance entries a batch may hold: a memory bound, not a result
+    changer). Learned attributes: ``classes_``, ``n_features_in_``.
+    """
+
+    def __init__(self, n_neighbors: int = 9, metric: str = "euclidean", batch_elements: int = 2**25):
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+        self.batch_elements = batch_elements
+
+    def fit(self, X, y) -> KNNClassifier:  # noqa: N803 (scikit-learn's argument names)
+        X, y = check_X_y(X, y, dtype=np.float32)
+        check_classification_targets(y)
+        if self.metric not in METRICS:
+            raise ValueError(f"metric={self.metric!r} is not supported; use one of {', '.join(METRICS)}")
+        if not 1 <= self.n_neighbors <= len(X):
+            raise ValueError(f"n_neighbors={self.n_neighbors} must be between 1 and the number of "
+                             f"training samples ({len(X)})")
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        self.n_features_in_ = X.shape[1]
+        self._bank = torch.from_numpy(np.ascontiguousarray(X))
+        self._labels = torch.from_numpy(encoded.astype(np.int64))
+        return self
+
+    def _votes(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_is_fitted(self, "classes_")
+        X = check_array(X, dtype=np.float32)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was fitted with "
+                             f"{self.n_features_in_} features")
+        return knn_vote(torch.from_numpy(np.ascontiguousarray(X)), self._bank, self._labels,
+                        len(self.classes_), self.n_neighbors, self.metric, self.batch_elements)
+
+    def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+        _, distances, indices = self._votes(X)
+        return distances.numpy(), indices.numpy()
+
+    def predict_proba(self, X) -> np.ndarray:  # noqa: N803
+        votes, _, _ = self._votes(X)
+        return votes.double().numpy() / self.n_neighbors
+
+    def predict(self, X) -> np.ndarray:  # noqa: N803
+        votes, _, _ = self._votes(X)
+        return self.classes_[votes.argmax(-1).numpy()]

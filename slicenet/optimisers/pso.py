@@ -1,0 +1,62 @@
+"""Particle swarm optimisation on pyswarms' backend (global-best 'star' topology).
+
+pyswarms' own optimisers run their loop themselves; its backend (swarm, topology, velocity and
+position updates) is what lets PSO sit behind the ask / tell interface with batched evaluation.
+The swarm starts as a Gaussian cloud of spread ``sigma0`` around ``x0``; inertia decays linearly
+from ``inertia_start`` to ``inertia_end`` over the budget (Shi & Eberhart 1998).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyswarms.backend.generators import create_swarm
+from pyswarms.backend.handlers import BoundaryHandler, VelocityHandler
+from pyswarms.backend.operators import compute_pbest
+from pyswarms.backend.topology import Star
+
+from .base import Optimiser
+
+
+class PSO(Optimiser):
+    def __init__(self, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+                 max_generations: int, cognitive: float = 1.0, social: float = 1.0,
+                 inertia_start: float = 0.7, inertia_end: float = 0.4):
+        super().__init__(x0, sigma0, population_size, seed, max_generations)
+        self.rng = np.random.default_rng(seed)
+        self.inertia = (inertia_start, inertia_end)
+        start = x0 + sigma0 * self.rng.standard_normal((population_size, self.dimension))
+        self.swarm = create_swarm(population_size, self.dimension, init_pos=start,
+                                  options={"c1": cognitive, "c2": social, "w": inertia_start})
+        self.swarm.velocity = 0.1 * sigma0 * self.rng.standard_normal(start.shape)
+        self.swarm.pbest_cost = np.full(population_size, np.inf)
+        self.swarm.best_cost = np.inf
+        self.topology = Star()
+        self.velocity_clamp = (-2.0 * sigma0, 2.0 * sigma0)  # keeps early particles inside the basin
+        self.velocity_handler = VelocityHandler(strategy="unmodified")
+        self.boundary_handler = BoundaryHandler(strategy="periodic")
+
+    def ask(self) -> np.ndarray:
+        return self.swarm.position.copy()
+
+    def _tell(self, solutions: np.ndarray, fitness: np.ndarray) -> None:
+        swarm = self.swarm
+        swarm.position = solutions
+        swarm.current_cost = fitness
+        swarm.pbest_pos, swarm.pbest_cost = compute_pbest(swarm)
+        swarm.best_pos, swarm.best_cost = self.topology.compute_gbest(swarm)
+        progress = min(1.0, (self.generation + 1) / max(1, self.max_generations))
+        swarm.options["w"] = self.inertia[0] + (self.inertia[1] - self.inertia[0]) * progress
+        # pyswarms' velocity update draws from numpy's global RNG; ours is drawn here from the
+        # optimiser's own generator so a checkpointed optimiser resumes exactly.
+        r1 = self.rng.uniform(size=solutions.shape)
+        r2 = self.rng.uniform(size=solutions.shape)
+        options = swarm.options
+        velocity = (options["w"] * swarm.velocity
+                    + options["c1"] * r1 * (swarm.pbest_pos - swarm.position)
+                    + options["c2"] * r2 * (swarm.best_pos - swarm.position))
+        swarm.velocity = self.velocity_handler(velocity, self.velocity_clamp, position=swarm.position)
+        swarm.position = swarm.position + swarm.velocity
+
+    @staticmethod
+    def default_population_size(dimension: int) -> int:
+        return 24

@@ -1,0 +1,132 @@
+"""The optimise pipeline as pure functions: prepare -> search -> build the engine -> evaluate.
+
+No printing and no files here; ``runs`` persists what these return and the CLI drives both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import Dataset, load_dataset
+from .engine import Engine, normalise_images
+from .fitness import Problem
+from .search import SearchSettings, SearchState, serial_search
+from .trunk import TrunkSpec, init_weights, resolve_preset
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config: RunConfig
+    dataset: Dataset
+    spec: TrunkSpec
+    preset: str
+    problem: Problem
+    input_mean: float
+    input_std: float
+
+
+def prepare(config: RunConfig) -> Prepared:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dataset = load_dataset(config.dataset, config.image_size)
+    preset, spec = resolve_preset(config.preset, dataset.image_size)
+    if config.n_neighbors > len(dataset.y_train) * (1 - config.validation_fraction):
+        from .errors import InputError
+
+        raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
+                         "bank; use a smaller --n-neighbors")
+    # Input standardisation from the training images only (the test split stays unseen).
+    scaled = dataset.x_train.astype(np.float64) / 255.0
+    mean, std = float(scaled.mean()), float(scaled.std()) or 1.0
+    problem = Problem(
+        spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
+        y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
+        validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
+        n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
+        soft_weight=config.soft_weight, temperature=config.temperature)
+    return Prepared(config, dataset, spec, preset, problem, mean, std)
+
+
+def search_settings(config: RunConfig) -> SearchSettings:
+    return SearchSettings(method=config.method, granularity=config.granularity,
+                          generations=config.generations, population_size=config.population_size,
+                          sigma_scale=config.sigma_scale, seed=config.seed)
+
+
+def initial_state(prepared: Prepared) -> SearchState:
+    return SearchState.start(init_weights(prepared.spec, prepared.config.seed))
+
+
+def run_search(prepared: Prepared, state: SearchState,
+               on_generation: Callable[[dict], None] | None = None,
+               on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
+    return serial_search(prepared.problem, search_settings(prepared.config), state, on_generation,
+                         on_checkpoint)
+
+
+def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, info: dict | None = None) -> Engine:
+    """The engine of a search state, its bank the given images (default: all training images)."""
+    config, dataset = prepared.config, prepared.dataset
+    return Engine.build(prepared.spec, state.torch_weights(),
+                        dataset.x_train if images is None else images,
+                        dataset.y_train if labels is None else labels,
+                        prepared.input_mean, prepared.input_std, config.postprocessing,
+                        config.n_neighbors, config.metric, dataset.class_names, info)
+
+
+def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy, per-class accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    predicted, _, _ = engine.predict(images)
+    n = engine.n_classes
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(1)
+    per_class = np.divide(np.diag(confusion), support, out=np.zeros(n), where=support > 0)
+    return {
+        "accuracy": float((predicted == labels).mean()) if len(labels) else 0.0,
+        "per_class_accuracy": {name: float(a) for name, a in zip(engine.class_names, per_class, strict=True)},
+        "confusion_matrix": confusion.tolist(),
+        "n_images": int(len(labels)),
+    }
+
+
+def validation_accuracy(prepared: Prepared, state: SearchState) -> float:
+    """Accuracy on the run's fixed validation split, with the bank built from the rest of the training set."""
+    fit, val = (index.numpy() for index in prepared.problem.split())
+    dataset = prepared.dataset
+    engine = build_engine(prepared, state, dataset.x_train[fit], dataset.y_train[fit])
+    return evaluate(engine, dataset.x_train[val], dataset.y_train[val])["accuracy"]
+
+
+def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dict:
+    """The metrics every run reports; accuracies are fractions in [0, 1]."""
+    dataset, config = prepared.dataset, prepared.config
+    test = evaluate(engine, dataset.x_test, dataset.y_test)
+    baseline = build_engine(prepared, initial_state(prepared))
+    return {
+        "method": config.method,
+        "dataset": dataset.name,
+        "preset": prepared.preset,
+        "granularity": config.granularity,
+        "test_accuracy": test["accuracy"],
+        "validation_accuracy": validation_accuracy(prepared, state),
+        "random_init_test_accuracy": evaluate(baseline, dataset.x_test, dataset.y_test)["accuracy"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "confusion_matrix": test["confusion_matrix"],
+        "parameters": engine.parameters,
+        "n_features": prepared.spec.n_features(dataset.image_size),
+        "bank_size": int(engine.bank.shape[0]),
+        "engine_bytes": engine.engine_bytes,
+        "evaluations": state.evaluations,
+        "search_seconds": round(state.search_seconds, 3),
+        "n_train": int(len(dataset.y_train)),
+        "n_test": int(len(dataset.y_test)),
+        "n_neighbors": config.n_neighbors,
+        "seed": config.seed,
+    }

@@ -1,0 +1,129 @@
+"""Run directories: what ``optimise`` writes, what ``evaluate`` / ``predict`` / ``--resume`` read.
+
+    runs/<name>/
+      config.toml          the resolved configuration (plus provenance)
+      checkpoint.pkl       the search state after the latest generation (removed when the run ends)
+      engine.safetensors   trunk, post-processing, bank and labels: all inference needs
+      metrics.json         accuracies, sizes, timings
+      history.csv          best and mean fitness per generation per block
+
+Every file is written atomically, so a run killed at any moment leaves either the previous or the
+next version of each file, and ``--resume`` continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import re
+import time
+from pathlib import Path
+
+from . import __version__
+from .atomic import write_bytes, write_json, write_text
+from .config import RunConfig, config_from_toml, to_toml
+from .engine import Engine
+from .errors import InputError
+from .search import SearchState
+
+CONFIG, CHECKPOINT, ENGINE, METRICS, HISTORY = (
+    "config.toml", "checkpoint.pkl", "engine.safetensors", "metrics.json", "history.csv")
+HISTORY_FIELDS = ["block", "layer", "filter", "generation", "evaluations", "best_fitness", "mean_fitness",
+                  "best_accuracy", "best_so_far"]
+REQUIRED_METRICS = ("test_accuracy", "engine_bytes", "parameters", "method", "dataset")
+
+
+def default_run_dir(config: RunConfig, root: str = "runs") -> Path:
+    dataset = re.sub(r"[^A-Za-z0-9]+", "-", config.dataset.split(":")[0]).strip("-")
+    return Path(root) / f"{config.method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run_dir(path: Path, config: RunConfig, command: str) -> None:
+    """Start a new run directory; refuses to overwrite a finished or unfinished run."""
+    if (path / METRICS).exists():
+        raise InputError(f"{path} already holds a finished run; choose another --out")
+    if (path / CHECKPOINT).exists():
+        raise InputError(f"{path} holds an unfinished run; continue it with --resume {path} "
+                         "or choose another --out")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {path} is a file; expected a directory path")
+    path.mkdir(parents=True, exist_ok=True)
+    write_text(path / CONFIG, to_toml(config, {"version": __version__, "command": command}))
+
+
+def save_checkpoint(path: Path, state: SearchState, wall_seconds: float) -> None:
+    # pickle is right for this private, self-written file: it must hold pycma's strategy object
+    # (pycma's own documented way to save it). The engine, which users share, is safetensors.
+    write_bytes(path / CHECKPOINT, pickle.dumps({"version": __version__, "state": state,
+                                                 "wall_seconds": wall_seconds}, protocol=5))
+
+
+def load_checkpoint(path: Path) -> tuple[SearchState, float]:
+    file = path / CHECKPOINT
+    if not file.is_file():
+        if (path / METRICS).is_file():
+            raise InputError(f"{path} is a finished run: nothing to resume")
+        raise InputError(f"{path} has no {CHECKPOINT}: it is not an unfinished slicenet run; "
+                         "expected a directory written by 'slicenet optimise'")
+    try:
+        payload = pickle.loads(file.read_bytes())
+        return payload["state"], float(payload["wall_seconds"])
+    except Exception as exc:  # noqa: BLE001 -- any unpickling failure means the same thing here
+        raise InputError(f"{file} is damaged ({type(exc).__name__}); start the run again") from None
+
+
+def load_config(path: Path) -> RunConfig:
+    if not (path / CONFIG).is_file():
+        raise InputError(f"{path} is not a slicenet run directory (no {CONFIG}); expected a "
+                         "directory written by 'slicenet optimise'")
+    return config_from_toml(path / CONFIG)
+
+
+def history_csv(history: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def write_results(path: Path, engine: Engine, metrics: dict, history: list[dict]) -> None:
+    """Write the run's outputs; metrics.json last, since its presence marks a finished run."""
+    write_bytes(path / ENGINE, engine.to_bytes())
+    write_text(path / HISTORY, history_csv(history))
+    write_json(path / METRICS, metrics)
+    (path / CHECKPOINT).unlink(missing_ok=True)
+
+
+def load_metrics(path: Path) -> dict:
+    file = path / METRICS
+    try:
+        metrics = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} is not a finished slicenet run (no {METRICS}); expected a directory "
+                         "written by 'slicenet optimise'") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file} is not valid JSON ({exc}); re-run the command that wrote it") from None
+    missing = [key for key in REQUIRED_METRICS if not isinstance(metrics, dict) or key not in metrics]
+    if missing:
+        raise InputError(f"{file} lacks {', '.join(missing)}; re-run the command that wrote it")
+    return metrics
+
+
+def load_engine(path: Path) -> Engine:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"run directory {path} does not exist")
+    if not (path / ENGINE).is_file():
+        raise InputError(f"{path} has no {ENGINE}: not a finished slicenet run; expected a directory "
+                         "written by 'slicenet optimise' (an interrupted one continues with --resume)")
+    return Engine.load(path / ENGINE)
+
+
+def load_command(path: Path) -> str:
+    """The command line that started the run (recorded in config.toml's [slicenet] table)."""
+    from .config import load_toml
+
+    return str(load_toml(path / CONFIG).get("slicenet", {}).get("command", ""))

@@ -1,0 +1,163 @@
+"""Serial search: the trunk's kernels optimised without gradients, one block at a time.
+
+As in the reference's k-NN slicing, layer 1 is optimised first (later layers held at their initial
+values) and frozen, then layer 2 on top of it, and so on. With ``granularity="filter"`` each block is
+one filter (its kernel and bias) with the rest of its layer held, the reference's "serial" mode.
+
+A block starts from the current weights and ends with the best candidate evaluated, kept only if
+it beats the starting weights on the same fitness. Everything the search needs to continue after a
+kill is in ``SearchState`` (picklable); the caller persists it from ``on_checkpoint`` after every
+generation, and a resumed search ends with exactly the weights of an uninterrupted one, because
+every random draw comes from state stored in it.
+
+This module is pure: no printing, no files. Progress goes to the ``on_generation`` callback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .fitness import Problem, population_fitness
+from .optimisers import Optimiser, make_optimiser
+from .trunk import TrunkSpec, Weights, flatten_layer, forward
+
+ACCEPT_SPLITS = 4  # validation splits on which a block's result must beat its starting weights
+
+
+@dataclass(frozen=True)
+class Block:
+    layer: int
+    filter: int | None  # None: the whole layer
+
+    def label(self) -> str:
+        return f"layer {self.layer + 1}" + ("" if self.filter is None else f" filter {self.filter + 1}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    method: str = "cma"
+    granularity: str = "layer"  # "layer" or "filter"
+    generations: tuple[int, ...] = (20, 60)  # generation budget per layer (shared by its filters)
+    population_size: int = 0  # 0: the method's default for the block's dimension
+    sigma_scale: float = 0.5  # initial step size, as a multiple of the layer's He-init std
+    seed: int = 0
+
+
+def make_blocks(spec: TrunkSpec, granularity: str) -> list[Block]:
+    if granularity == "layer":
+        return [Block(i, None) for i in range(len(spec.layers))]
+    if granularity == "filter":
+        return [Block(i, f) for i, layer in enumerate(spec.layers) for f in range(layer.out_channels)]
+    raise ValueError(f"unknown granularity {granularity!r}: expected layer or filter")
+
+
+def block_generations(settings: SearchSettings, spec: TrunkSpec, block: Block) -> int:
+    budget = settings.generations[min(block.layer, len(settings.generations) - 1)]
+    if block.filter is None:
+        return budget
+    return max(1, budget // spec.layers[block.layer].out_channels)
+
+
+@dataclass
+class SearchState:
+    """A search in progress: the weights so far and the optimiser of the current block."""
+
+    weights: list[tuple[np.ndarray, np.ndarray]]
+    block_index: int = 0
+    optimiser: Optimiser | None = None
+    evaluations: int = 0
+    search_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, weights: Weights) -> SearchState:
+        return cls([(w.numpy().copy(), b.numpy().copy()) for w, b in weights])
+
+    def torch_weights(self) -> Weights:
+        return [(torch.from_numpy(w.copy()), torch.from_numpy(b.copy())) for w, b in self.weights]
+
+
+def _block_vector(weights: Weights, block: Block) -> np.ndarray:
+    weight, bias = weights[block.layer]
+    if block.filter is None:
+        return flatten_layer(weight, bias)
+    return flatten_layer(weight[block.filter : block.filter + 1], bias[block.filter : block.filter + 1])
+
+
+def _set_block(state: SearchState, block: Block, vector: np.ndarray) -> None:
+    weight, bias = state.weights[block.layer]
+    target = weight if block.filter is None else weight[block.filter : block.filter + 1]
+    n = target.size
+    target[...] = vector[:n].reshape(target.shape)
+    if block.filter is None:
+        bias[...] = vector[n:]
+    else:
+        bias[block.filter] = vector[n]
+
+
+def serial_search(problem: Problem, settings: SearchSettings, state: SearchState,
+                  on_generation: Callable[[dict], None] | None = None,
+                  on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
+    """Run (or continue) the serial search; returns the final state with the optimised weights."""
+    spec = problem.spec
+    blocks = make_blocks(spec, settings.granularity)
+    cached_layer, layer_input = -1, torch.empty(0)
+    while state.block_index < len(blocks):
+        block = blocks[state.block_index]
+        weights = state.torch_weights()
+        if cached_layer != block.layer:
+            with torch.no_grad():
+                layer_input = forward(problem.x_train, spec, weights, stop=block.layer)
+            cached_layer = block.layer
+        x0 = _block_vector(weights, block)
+        if state.optimiser is None:
+            fan_in = spec.in_channels_of(block.layer) * spec.layers[block.layer].kernel ** 2
+            sigma0 = settings.sigma_scale * (2.0 / fan_in) ** 0.5
+            state.optimiser = make_optimiser(settings.method, x0, sigma0, settings.population_size,
+                                             settings.seed * 1000 + state.block_index,
+                                             block_generations(settings, spec, block))
+        optimiser = state.optimiser
+        while not optimiser.stop():
+            started = time.perf_counter()
+            population = optimiser.ask()
+            split = problem.split((state.block_index, optimiser.generation, 0))  # role 0: search
+            scores = population_fitness(problem, layer_input, weights, block.layer, population, block.filter,
+                                        split)
+            optimiser.tell(population, scores.fitness)
+            state.evaluations += len(population)
+            state.search_seconds += time.perf_counter() - started
+            best = int(np.argmin(scores.fitness))
+            row = {
+                "block": state.block_index, "layer": block.layer + 1,
+                "filter": "" if block.filter is None else block.filter + 1,
+                "generation": optimiser.generation, "evaluations": state.evaluations,
+                "best_fitness": float(scores.fitness[best]), "mean_fitness": float(scores.fitness.mean()),
+                "best_accuracy": float(scores.accuracy[best]), "best_so_far": optimiser.best[1],
+            }
+            state.history.append(row)
+            if on_generation is not None:
+                on_generation({**row, "label": block.label(), "n_blocks": len(blocks),
+                               "max_generations": optimiser.max_generations})
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+        # The recommendation replaces the starting weights only if it scores better on the same
+        # held-out splits, averaged: a block can never make the trunk worse by this measure.
+        candidates = np.stack([x0, optimiser.recommendation()])
+        totals = np.zeros(2)
+        for repeat in range(ACCEPT_SPLITS):
+            split = problem.split((state.block_index, repeat, 1))  # role 1: acceptance
+            totals += population_fitness(problem, layer_input, weights, block.layer, candidates,
+                                         block.filter, split).fitness
+        state.evaluations += 2 * ACCEPT_SPLITS
+        if totals[1] < totals[0]:
+            _set_block(state, block, candidates[1])
+        state.block_index += 1
+        state.optimiser = None
+        if on_checkpoint is not None:
+            on_checkpoint(state)
+    return state
