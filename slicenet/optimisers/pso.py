@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from pyswarms.backend.generators import create_swarm
-from pyswarms.backend.handlers import BoundaryHandler, VelocityHandler
+from pyswarms.backend.handlers import VelocityHandler
 from pyswarms.backend.operators import compute_pbest
 from pyswarms.backend.topology import Star
 
@@ -30,10 +30,23 @@ class PSO(Optimiser):
         self.swarm.velocity = 0.1 * sigma0 * self.rng.standard_normal(start.shape)
         self.swarm.pbest_cost = np.full(population_size, np.inf)
         self.swarm.best_cost = np.inf
-        self.topology = Star()
         self.velocity_clamp = (-2.0 * sigma0, 2.0 * sigma0)  # keeps early particles inside the basin
+        self._make_helpers()
+
+    def _make_helpers(self) -> None:
+        # pyswarms' topology and handlers hold loggers bound to open streams: stateless for our
+        # use, they are rebuilt after unpickling instead of being stored in checkpoints.
+        self.topology = Star()
         self.velocity_handler = VelocityHandler(strategy="unmodified")
-        self.boundary_handler = BoundaryHandler(strategy="periodic")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["topology"], state["velocity_handler"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._make_helpers()
 
     def ask(self) -> np.ndarray:
         return self.swarm.position.copy()

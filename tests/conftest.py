@@ -1,0 +1,33 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write a uint8 array in the IDX format (the MNIST file format)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    """A tiny MNIST-format dataset: 60 train and 20 test images of 28x28, 10 classes."""
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 60), ("t10k", 20)):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=True)
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
+    return tmp_path

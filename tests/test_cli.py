@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slicenet.cli import main
+from slicenet.data import load_dataset
+
+FAST = ["--dataset", "digits", "--generations", "2", "--population-size", "6", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits-cma"
+    assert main(["optimise", *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_optimise_writes_a_complete_run(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test_accuracy", "validation_accuracy", "random_init_test_accuracy", "parameters",
+                "engine_bytes", "wall_seconds", "evaluations", "method", "dataset", "command"):
+        assert key in metrics, key
+    for key in ("test_accuracy", "validation_accuracy", "random_init_test_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["test_accuracy"] > 0.8  # digits with a k-NN head, even after two generations
+    assert metrics["engine_bytes"] == (run_dir / "engine.safetensors").stat().st_size
+    assert not (run_dir / "checkpoint.pkl").exists()
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("block,layer,filter,generation") and len(history) == 1 + 2 * 2
+    assert 'method = "cma"' in (run_dir / "config.toml").read_text()
+
+
+def test_evaluate_json(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert result["accuracy"] == metrics["test_accuracy"]
+    assert np.array(result["confusion_matrix"]).sum() == result["n_images"]
+
+
+def test_evaluate_table(run_dir, capsys):
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert "confusion matrix" in capsys.readouterr().out
+
+
+def test_predict_an_image_file(run_dir, tmp_path, capsys):
+    data = load_dataset("digits")
+    path = tmp_path / "digit.png"
+    Image.fromarray(data.x_test[0]).save(path)
+    assert main(["predict", str(run_dir), str(path), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert sum(row["votes"].values()) == 9 and row["label"] in data.class_names
+
+
+@pytest.mark.parametrize("method", ["pso", "ga"])
+def test_other_methods_and_filter_granularity(tmp_path, method):
+    out = tmp_path / method
+    assert main(["optimise", *FAST, "--method", method, "--granularity", "filter", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["method"] == method
+
+
+def test_config_file(tmp_path):
+    (tmp_path / "run.toml").write_text('dataset = "digits"\ngenerations = [1]\npopulation_size = 4\nseed = 2\n')
+    out = tmp_path / "run"
+    assert main(["optimise", "--config", str(tmp_path / "run.toml"), "--quiet", "--out", str(out)]) == 0
+    assert "seed = 2" in (out / "config.toml").read_text()
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "slicenet.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["optimise", "--method", "adam"], "method 'adam'"),
+    (["optimise", "--preset", "resnet", "--dataset", "digits"], "unknown trunk preset"),
+    (["optimise", "--dataset", "folder:/nonexistent"], "not a directory"),
+    (["optimise", "--dataset", "digits", "--preset", "radu", "--n-neighbors", "0"], "n_neighbors"),
+    (["optimise", "--generations", "x"], "invalid int value"),
+    (["optimise", "--config", "/nonexistent.toml"], "does not exist"),
+    (["evaluate", "/nonexistent"], "does not exist"),
+    (["predict", "/nonexistent", "x.png"], "does not exist"),
+    (["optimise", "--resume", "/tmp"], "not a slicenet run directory"),
+])
+def test_bad_input_exits_2_with_one_line(args, match):
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_image_and_not_a_run(run_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    result = cli("predict", str(run_dir), str(bad))
+    assert result.returncode == 2 and "cannot decode image" in result.stderr
+    result = cli("evaluate", str(tmp_path))
+    assert result.returncode == 2 and "not a finished slicenet run" in result.stderr
+
+
+def test_out_refuses_to_overwrite_a_finished_run(run_dir):
+    before = (run_dir / "engine.safetensors").read_bytes()
+    result = cli("optimise", *FAST, "--out", str(run_dir))
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert (run_dir / "engine.safetensors").read_bytes() == before

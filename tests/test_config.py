@@ -1,0 +1,38 @@
+import pytest
+
+from slicenet.config import RunConfig, config_from_toml, make_config, to_toml
+from slicenet.errors import InputError
+
+
+def test_defaults_and_overrides():
+    config = make_config(method="pso", generations=[5, 7], sigma_scale=1)
+    assert config.method == "pso" and config.generations == (5, 7) and config.sigma_scale == 1.0
+    assert make_config() == RunConfig()
+
+
+def test_toml_round_trip(tmp_path):
+    config = make_config(dataset="digits", seed=3, generations=[4])
+    path = tmp_path / "run.toml"
+    path.write_text(to_toml(config, {"command": "x"}))
+    assert config_from_toml(path) == config
+    assert config_from_toml(path, seed=5).seed == 5  # flags override the file
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"method": "sgd"}, "method"), ({"n_neighbors": 0}, "n_neighbors"), ({"generations": [0]}, "positive"),
+    ({"validation_fraction": 1.5}, "validation_fraction"), ({"bogus": 1}, "unknown config key"),
+    ({"seed": "three"}, "expected int"),
+])
+def test_bad_values(overrides, match):
+    with pytest.raises(InputError, match=match):
+        make_config(**overrides)
+
+
+def test_bad_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("method = \n")
+    with pytest.raises(InputError, match="not valid TOML"):
+        config_from_toml(path)
+    path.write_text("methd = 'cma'\n")
+    with pytest.raises(InputError, match="unknown config key"):
+        config_from_toml(path)

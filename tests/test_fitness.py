@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from slicenet.data import load_dataset
+from slicenet.engine import normalise_images
+from slicenet.fitness import Problem, fitness_one_by_one, population_fitness
+from slicenet.trunk import PRESETS, flatten_layer, forward, init_weights
+
+
+@pytest.fixture(scope="module")
+def problem():
+    data = load_dataset("digits")
+    return Problem(PRESETS["tiny"], normalise_images(data.x_train[:400], 0.3, 0.4),
+                   torch.from_numpy(data.y_train[:400]), 10, validation_fraction=0.25, seed=0)
+
+
+@pytest.mark.parametrize("filter_index", [None, 2])
+@pytest.mark.parametrize("layer", [0, 1])
+def test_batched_fitness_equals_one_by_one(problem, layer, filter_index):
+    weights = init_weights(problem.spec, 0)
+    rng = np.random.default_rng(layer)
+    if filter_index is None:
+        base = flatten_layer(*weights[layer])
+    else:
+        base = flatten_layer(weights[layer][0][filter_index:filter_index + 1],
+                             weights[layer][1][filter_index:filter_index + 1])
+    population = base + 0.2 * rng.standard_normal((5, base.size))
+    layer_input = forward(problem.x_train, problem.spec, weights, stop=layer)
+    split = problem.split((7, 1, 0))
+    batched = population_fitness(problem, layer_input, weights, layer, population, filter_index, split)
+    reference = fitness_one_by_one(problem, weights, layer, population, filter_index, split)
+    np.testing.assert_allclose(batched.accuracy, reference.accuracy)
+    np.testing.assert_allclose(batched.fitness, reference.fitness, rtol=1e-5, atol=1e-6)
+    assert np.all((0 <= batched.accuracy) & (batched.accuracy <= 1))
+    assert np.all((0 <= batched.soft) & (batched.soft <= 1))
+
+
+def test_fitness_rewards_accuracy(problem):
+    weights = init_weights(problem.spec, 0)
+    base = flatten_layer(*weights[0])
+    population = np.stack([base, np.zeros_like(base)])  # all-zero kernels: every image looks alike
+    scores = population_fitness(problem, problem.x_train, weights, 0, population)
+    assert scores.accuracy[0] > scores.accuracy[1] and scores.fitness[0] < scores.fitness[1]
+
+
+def test_splits_are_resampled_per_generation_and_reproducible(problem):
+    a, b = problem.split((0, 1, 0)), problem.split((0, 2, 0))
+    assert not torch.equal(a[1], b[1])
+    assert torch.equal(problem.split((0, 1, 0))[1], a[1])
+    fixed = Problem(**{**problem.__dict__, "resample": False})
+    assert torch.equal(fixed.split((0, 1, 0))[1], fixed.split((0, 2, 0))[1])

@@ -1,0 +1,66 @@
+import pickle
+
+import numpy as np
+import pytest
+
+from slicenet.optimisers import REGISTRY, make_optimiser, sanitise_fitness
+
+
+def sphere(x):
+    return ((x - 1.5) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_solves_a_small_convex_problem(method):
+    opt = make_optimiser(method, np.zeros(2), 0.5, population_size=8, seed=0, max_generations=60)
+    start = sphere(np.zeros(2))
+    while not opt.stop():
+        X = opt.ask()
+        assert X.shape == (8, 2)
+        opt.tell(X, sphere(X))
+    x, f = opt.best
+    assert f < 1e-2 * start and np.allclose(x, 1.5, atol=0.1)
+    assert opt.generation == 60
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_nan_and_inf_fitness_are_the_worst_not_a_crash(method):
+    opt = make_optimiser(method, np.zeros(3), 0.3, population_size=6, seed=1, max_generations=5)
+    while not opt.stop():
+        X = opt.ask()
+        f = sphere(X)
+        f[0], f[1] = np.nan, np.inf
+        opt.tell(X, f)
+    assert np.isfinite(opt.best[1])
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_pickled_optimiser_continues_identically(method):
+    a = make_optimiser(method, np.zeros(4), 0.3, population_size=6, seed=2, max_generations=10)
+    for _ in range(3):
+        X = a.ask()
+        a.tell(X, sphere(X))
+    b = pickle.loads(pickle.dumps(a))
+    for _ in range(3):
+        Xa, Xb = a.ask(), b.ask()
+        np.testing.assert_array_equal(Xa, Xb)
+        a.tell(Xa, sphere(Xa))
+        b.tell(Xb, sphere(Xb))
+
+
+def test_cma_switches_to_separable_for_large_dimensions():
+    small = make_optimiser("cma", np.zeros(10), 0.1, 0, 0, 1)
+    large = make_optimiser("cma", np.zeros(1000), 0.1, 0, 0, 1)
+    assert not small.separable and large.separable
+    assert small.population_size == 4 + int(3 * np.log(10))
+
+
+def test_mismatched_tell_is_rejected():
+    opt = make_optimiser("ga", np.zeros(2), 0.1, 4, 0, 3)
+    with pytest.raises(ValueError, match="must equal #solutions"):
+        opt.tell(opt.ask(), np.zeros(3))
+
+
+def test_sanitise():
+    assert sanitise_fitness(np.array([1.0, np.nan, 3.0])).tolist() == [1.0, 7.0, 3.0]
+    assert sanitise_fitness(np.array([np.nan])).tolist() == [1e30]
