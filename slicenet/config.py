@@ -25,7 +25,8 @@ class RunConfig:
     n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
     metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
     postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
-    validation_fraction: float = 0.25  # share of the training images held out to score candidates
+    validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries
+    search_images: int = 1500  # training images scored per generation, a fresh stratified subset; 0 = all
     soft_weight: float = 1.0  # weight of the smooth k-NN score that breaks accuracy ties
     temperature: float = 0.05  # softmax temperature of that smooth score
     image_size: int = 28  # folder datasets only: images are resized to this square size
@@ -83,6 +84,8 @@ def validate(config: RunConfig) -> None:
         (config.soft_weight >= 0, f"soft_weight must be non-negative, got {config.soft_weight}"),
         (config.temperature > 0, f"temperature must be positive, got {config.temperature}"),
         (config.image_size >= 4, f"image_size must be at least 4, got {config.image_size}"),
+        (config.search_images == 0 or config.search_images >= 20,
+         f"search_images must be 0 (all) or at least 20, got {config.search_images}"),
         (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
     ]
     for ok, message in checks:

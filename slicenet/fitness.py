@@ -57,6 +57,7 @@ class Problem:
     n_classes: int
     validation_fraction: float = 0.25
     resample: bool = True  # a new validation split every generation
+    search_images: int = 0  # training images scored per generation (a stratified subset); 0 = all
     seed: int = 0
     n_neighbors: int = 9
     metric: str = "euclidean"
@@ -65,10 +66,18 @@ class Problem:
     temperature: float = 0.05  # softmax temperature over neighbour distances
 
     def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (fit, validation) indices for generation ``key`` (the fixed split if not resampling)."""
+        """The (fit, validation) indices for generation ``key`` (the fixed split if not resampling).
+
+        With ``search_images`` set, both come from a fresh stratified subset of that many images:
+        a cheaper, noisier score, which buys the optimiser more generations in the same time.
+        """
         rng = np.random.default_rng([self.seed, *(key if self.resample else ())])
-        fit, val = stratified_split(self.y_train.numpy(), self.validation_fraction, rng)
-        return torch.from_numpy(fit), torch.from_numpy(val)
+        labels = self.y_train.numpy()
+        pool = np.arange(len(labels))
+        if self.resample and 0 < self.search_images < len(labels):
+            _, pool = stratified_split(labels, self.search_images / len(labels), rng)
+        fit, val = stratified_split(labels[pool], self.validation_fraction, rng)
+        return torch.from_numpy(pool[fit]), torch.from_numpy(pool[val])
 
 
 @dataclass(frozen=True)
@@ -78,12 +87,10 @@ class Scores:
     soft: np.ndarray  # [P], smooth score in [0, 1]
 
 
-def score_features(problem: Problem, features: torch.Tensor, split: tuple[torch.Tensor, torch.Tensor]
+def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor, y_val: torch.Tensor
                    ) -> Scores:
-    """Scores of P candidates from their features [P, N_train, D] and a (fit, validation) split."""
-    fit, val = split
-    y_fit, y_val = problem.y_train[fit], problem.y_train[val]
-    bank, queries = features[:, fit], features[:, val]
+    """Scores of P candidates from their features [P, N_fit + N_val, D], the fit rows first."""
+    bank, queries = features[:, : len(y_fit)], features[:, len(y_fit) :]
     mean = bank.mean(1, keepdim=True)
     bank = postprocess(bank, mean, problem.postprocessing)
     queries = postprocess(queries, mean, problem.postprocessing)
@@ -120,14 +127,15 @@ def population_fitness(problem: Problem, layer_input: torch.Tensor, weights: Wei
     ``problem.x_train`` through the frozen layers before it (cached by the search).
     """
     candidates = torch.as_tensor(population, dtype=torch.float32)
+    fit, val = split or problem.split()
     chunk = _chunk_size(problem.spec, layer_input, index, len(candidates))
     parts = []
-    for x in layer_input.split(chunk):
+    for x in layer_input[torch.cat([fit, val])].split(chunk):
         held = None
         if filter_index is not None:
             held = layer_forward(x, *weights[index], problem.spec.layers[index])
         parts.append(population_features(x, problem.spec, weights, index, candidates, filter_index, held))
-    return score_features(problem, torch.cat(parts, dim=1), split or problem.split())
+    return score_features(problem, torch.cat(parts, dim=1), problem.y_train[fit], problem.y_train[val])
 
 
 def fitness_one_by_one(problem: Problem, weights: Weights, index: int, population: np.ndarray,
@@ -136,6 +144,7 @@ def fitness_one_by_one(problem: Problem, weights: Weights, index: int, populatio
     """Reference implementation: each candidate built as a whole trunk and run on its own."""
     from .trunk import features, unflatten_layer
 
+    fit, val = split or problem.split()
     rows = []
     for candidate in population:
         trial = [(w.clone(), b.clone()) for w, b in weights]
@@ -145,5 +154,5 @@ def fitness_one_by_one(problem: Problem, weights: Weights, index: int, populatio
             kernel = trial[index][0][filter_index]
             kernel.copy_(torch.as_tensor(candidate[:-1], dtype=torch.float32).reshape(kernel.shape))
             trial[index][1][filter_index] = float(candidate[-1])
-        rows.append(features(problem.x_train, problem.spec, trial))
-    return score_features(problem, torch.stack(rows), split or problem.split())
+        rows.append(features(problem.x_train, problem.spec, trial)[torch.cat([fit, val])])
+    return score_features(problem, torch.stack(rows), problem.y_train[fit], problem.y_train[val])

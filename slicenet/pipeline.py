@@ -5,6 +5,7 @@ No printing and no files here; ``runs`` persists what these return and the CLI d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ def prepare(config: RunConfig) -> Prepared:
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
         validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
+        search_images=config.search_images,
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
         soft_weight=config.soft_weight, temperature=config.temperature)
     return Prepared(config, dataset, spec, preset, problem, mean, std)
@@ -104,6 +106,20 @@ def validation_accuracy(prepared: Prepared, state: SearchState) -> float:
     return evaluate(engine, dataset.x_train[val], dataset.y_train[val])["accuracy"]
 
 
+def machine_info() -> dict:
+    """Where a figure was measured: CPU model, cores, threads, library versions."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
+
+
 def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dict:
     """The metrics every run reports; accuracies are fractions in [0, 1]."""
     dataset, config = prepared.dataset, prepared.config
@@ -129,4 +145,5 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "n_test": int(len(dataset.y_test)),
         "n_neighbors": config.n_neighbors,
         "seed": config.seed,
+        "machine": machine_info(),
     }

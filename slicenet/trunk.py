@@ -125,11 +125,27 @@ def unflatten_layer(flat: np.ndarray | torch.Tensor, spec: TrunkSpec, index: int
     return weight, flat[n_kernel:].clone()
 
 
+def max_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.max_pool2d(x, size)`` (floor mode), as element-wise maxima of strided views.
+
+    Exactly the same values, about 3x faster on CPU: torch's CPU max-pool also computes the
+    argmax indices for backprop, which a gradient-free search never needs.
+    """
+    x = x[..., : x.shape[-2] // size * size, : x.shape[-1] // size * size]
+    rows = x[..., 0::size]
+    for offset in range(1, size):
+        rows = torch.maximum(rows, x[..., offset::size])
+    out = rows[..., 0::size, :]
+    for offset in range(1, size):
+        out = torch.maximum(out, rows[..., offset::size, :])
+    return out
+
+
 def layer_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: LayerSpec,
                   groups: int = 1) -> torch.Tensor:
     y = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, groups=groups)
     if layer.pool > 1:
-        y = F.max_pool2d(y, layer.pool)
+        y = max_pool(y, layer.pool)
     return ACTIVATIONS[layer.activation](y)
 
 

@@ -76,3 +76,11 @@ def test_presets_and_small_images():
 def test_init_is_seeded():
     a, b = init_weights(PRESETS["default"], 3), init_weights(PRESETS["default"], 3)
     assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_max_pool_equals_torch(size):
+    from slicenet.trunk import max_pool
+
+    x = torch.randn(3, 4, 13, 11)
+    assert torch.equal(max_pool(x, size), F.max_pool2d(x, size))
