@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's status), no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's status), no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -28,6 +29,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--method": ("method", str, "optimiser: cma (default), pso, ga"),
     "--preset": ("preset", str, "trunk preset: auto (default), default, radu, tiny"),
     "--granularity": ("granularity", str, "layer (default) or filter: optimise one filter at a time"),
+    "--sweeps": ("sweeps", int, "passes over the layers (later passes re-tune each layer)"),
     "--population-size": ("population_size", int, "candidates per generation (0 = method default)"),
     "--sigma-scale": ("sigma_scale", float, "initial spread as a multiple of the He-init std"),
     "--n-neighbors": ("n_neighbors", int, "k of the k-NN head (default 9)"),
@@ -36,9 +38,28 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),
     "--search-images": ("search_images", int, "training images scored per generation (0 = all)"),
     "--soft-weight": ("soft_weight", float, "weight of the smooth k-NN score in the fitness"),
+    "--soft-score": ("soft_score", str, "smooth score: knn (k neighbours) or nca (whole bank)"),
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
     "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
     "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
+    "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
+}
+
+
+BASELINE_FLAGS = {
+    "--dataset": ("dataset", str, "as for optimise (default mnist)"),
+    "--preset": ("preset", str, "trunk preset, as for optimise"),
+    "--head": ("head", str, "dense (default) or knn: the trained trunk with a k-NN head"),
+    "--epochs": ("epochs", int, "maximum epochs (default 5)"),
+    "--optimizer": ("optimizer", str, "adam (default) or sgd (momentum 0.9, step schedule)"),
+    "--learning-rate": ("learning_rate", float, "learning rate (default 0.001)"),
+    "--lr-step": ("lr_step", int, "sgd: epochs between learning-rate drops"),
+    "--lr-gamma": ("lr_gamma", float, "sgd: factor of each drop"),
+    "--batch-size": ("batch_size", int, "mini-batch size (default 64)"),
+    "--patience": ("patience", int, "early stopping patience in epochs (default 3)"),
+    "--validation-fraction": ("validation_fraction", float, "training images held out for early stopping"),
+    "--n-neighbors": ("n_neighbors", int, "head knn: k (default 9)"),
+    "--seed": ("seed", int, "seed for init, split and batches"),
     "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
 }
 
@@ -59,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     optimise.add_argument("--quiet", action="store_true", help="no progress bar")
     optimise.set_defaults(func=cmd_optimise)
 
+    baseline = commands.add_parser("baseline", help="train the same trunk with backprop (dense or k-NN head)")
+    baseline.add_argument("--config", help="TOML file of options (flags override it)")
+    for flag, (key, kind, text) in BASELINE_FLAGS.items():
+        baseline.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    baseline.add_argument("--hidden", type=int, nargs="+", default=None,
+                          help="dense hidden widths, one run each (default 128)")
+    baseline.add_argument("--augment", action="store_true", default=None, help="random shifts and rotations")
+    baseline.add_argument("--out", type=Path, help="run directory (several widths: one sub-folder each)")
+    baseline.add_argument("--quiet", action="store_true", help="no progress bar")
+    baseline.set_defaults(func=cmd_baseline)
+
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--dataset", help="evaluate on this dataset's test split (default: the run's)")
@@ -70,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
+
+    report = commands.add_parser("report", help="regenerate results/ (REPORT.md, runs.csv) from run directories")
+    report.add_argument("runs", nargs="*", type=Path, help="run directories (default: every finished run in runs/)")
+    report.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
@@ -88,7 +125,7 @@ def _progress(total: int, done: int, quiet: bool):
 
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import pipeline, runs
-    from .config import config_from_toml, make_config
+    from .config import RunConfig, config_from_toml, make_config
     from .search import block_generations, make_blocks
 
     overrides = {key: getattr(args, key) for key, _, _ in CONFIG_FLAGS.values()}
@@ -102,7 +139,10 @@ def cmd_optimise(args: argparse.Namespace) -> int:
             raise InputError(f"--resume takes its configuration from {args.resume / runs.CONFIG}; "
                              f"drop {', '.join(given)}")
         run_dir = args.resume
-        config = runs.load_config(run_dir)
+        loaded = runs.load_config(run_dir)
+        if not isinstance(loaded, RunConfig):
+            raise InputError(f"{run_dir} is a baseline run, not an optimise run: nothing to resume")
+        config = loaded
         state, previous_wall = runs.load_checkpoint(run_dir)
     else:
         config = config_from_toml(args.config, **overrides) if args.config else make_config(**overrides)
@@ -115,7 +155,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         state = pipeline.initial_state(prepared)
 
     settings = pipeline.search_settings(config)
-    blocks = make_blocks(prepared.spec, settings.granularity)
+    blocks = make_blocks(prepared.spec, settings.granularity, settings.sweeps)
     total = sum(block_generations(settings, prepared.spec, block) for block in blocks)
     bar, on_generation = _progress(total, len(state.history), args.quiet)
 
@@ -134,6 +174,64 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     print(f"test accuracy {metrics['test_accuracy']:.4f} (random init {metrics['random_init_test_accuracy']:.4f}, "
           f"validation {metrics['validation_accuracy']:.4f}); engine {metrics['engine_bytes']:,} bytes; "
           f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s -> {run_dir}")
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from . import baseline, pipeline, runs
+    from .config import BaselineConfig, config_from_toml, make_config
+
+    overrides = {key: getattr(args, key) for key, _, _ in BASELINE_FLAGS.values()}
+    overrides.update(hidden=args.hidden, augment=args.augment)
+    config = (config_from_toml(args.config, BaselineConfig, **overrides) if args.config
+              else make_config(None, BaselineConfig, **overrides))
+    dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, config.preset, config.image_size,
+                                                            config.threads)
+    command = shlex.join(["slicenet", *sys.argv[1:]])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = dataset.name.split(":")[0]
+    for hidden in config.hidden:
+        started = time.perf_counter()
+        single = dataclasses.replace(config, hidden=(hidden,))
+        label = f"{config.head}{hidden}" if config.head == "dense" else f"backprop{hidden}-knn"
+        if args.out is None:
+            run_dir = Path("runs") / f"baseline-{label}-{name}-{stamp}"
+        else:
+            run_dir = args.out if len(config.hidden) == 1 else args.out / label
+        runs.create_run_dir(run_dir, single, command)
+        bar = tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr, desc=label)
+
+        def on_epoch(row: dict, bar=bar) -> None:
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['validation_accuracy']:.4f}")
+            bar.update(1)
+
+        with bar:
+            model, history, summary = baseline.train(dataset, spec, hidden, single, mean, std, on_epoch)
+        info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": str(run_dir)}
+        engine = baseline.to_engine(model, dataset, single, mean, std, info)
+        untrained = baseline.to_engine(baseline.Network(spec, dataset.image_size, hidden, dataset.n_classes,
+                                                        config.seed), dataset, single, mean, std, info)
+        metrics = {
+            "method": f"backprop-{config.optimizer}", "head": config.head, "hidden": hidden,
+            "dataset": dataset.name, "preset": preset, "granularity": "",
+            "test_accuracy": pipeline.evaluate(engine, dataset.x_test, dataset.y_test)["accuracy"],
+            "random_init_test_accuracy": pipeline.evaluate(untrained, dataset.x_test, dataset.y_test)["accuracy"],
+            **summary,
+            "parameters": engine.parameters, "engine_bytes": engine.engine_bytes,
+            "evaluations": summary["gradient_steps"] * config.batch_size,
+            "wall_seconds": round(time.perf_counter() - started, 3), "n_train": int(len(dataset.y_train)),
+            "n_test": int(len(dataset.y_test)), "seed": config.seed, "augment": config.augment,
+            "command": command, "slicenet_version": __version__, "machine": pipeline.machine_info(),
+        }
+        metrics.update({k: v for k, v in pipeline.evaluate(engine, dataset.x_test, dataset.y_test).items()
+                        if k in ("per_class_accuracy", "confusion_matrix")})
+        runs.write_results(run_dir, engine, metrics, history)
+        print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {summary['epochs']} epochs; "
+              f"{metrics['parameters']:,} parameters, engine {metrics['engine_bytes']:,} bytes -> {run_dir}")
     return 0
 
 
@@ -199,6 +297,21 @@ def _keep_freed_memory() -> None:
         if hasattr(libc, "mallopt"):
             libc.mallopt(-4, 0)  # M_MMAP_MAX: serve large blocks from the heap
             libc.mallopt(-1, 2**34)  # M_TRIM_THRESHOLD: keep freed heap memory
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+    from .atomic import write_text
+
+    run_dirs = args.runs or sorted(p.parent for p in Path("runs").glob("*/metrics.json"))
+    if not run_dirs:
+        raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
+    rows = report.collect(run_dirs)
+    command = shlex.join(["slicenet", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "slicenet report"
+    write_text(args.out / "REPORT.md", report.render_markdown(rows, command))
+    write_text(args.out / "runs.csv", report.render_csv(rows))
+    print(f"wrote {args.out / 'REPORT.md'} and {args.out / 'runs.csv'} from {len(rows)} runs")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

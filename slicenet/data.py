@@ -157,7 +157,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarra
         with Image.open(path) as image:
             gray = image.convert("L")
             if gray.size != (size[1], size[0]):
-                gray = gray.resize((size[1], size[0]), Image.BILINEAR)
+                gray = gray.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(gray, dtype=np.uint8)
     except FileNotFoundError:
         raise InputError(f"image {path} does not exist") from None

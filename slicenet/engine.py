@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ class Engine:
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
     info: dict  # provenance: method, dataset, run name, ...
+    head: str = "knn"  # "knn": vote of the bank; "dense": the fully connected layers below
+    dense: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (W [out, in], b)
 
     @classmethod
     def build(cls, spec: TrunkSpec, weights: Weights, images: np.ndarray, labels: np.ndarray,
@@ -59,9 +61,19 @@ class Engine:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def build_dense(cls, spec: TrunkSpec, weights: Weights, dense: list[tuple[torch.Tensor, torch.Tensor]],
+                    input_mean: float, input_std: float, class_names: tuple[str, ...],
+                    image_size: tuple[int, int], info: dict | None = None) -> Engine:
+        """An engine whose head is a trained fully connected classifier (the backprop baseline)."""
+        empty = torch.zeros(0)
+        return cls(spec, [(w.clone(), b.clone()) for w, b in weights], input_mean, input_std, "none", empty,
+                   torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64), 0, "euclidean", tuple(class_names),
+                   image_size, dict(info or {}), "dense", [(w.clone(), b.clone()) for w, b in dense])
+
     @property
     def parameters(self) -> int:
-        return self.spec.parameters
+        return self.spec.parameters + sum(w.numel() + b.numel() for w, b in self.dense)
 
     def check_images(self, images: np.ndarray) -> None:
         if images.ndim != 3 or tuple(images.shape[1:]) != self.image_size:
@@ -77,7 +89,17 @@ class Engine:
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(class index [N], votes [N, n_classes], neighbour indices into the bank [N, k])."""
+        """(class index [N], votes [N, n_classes], neighbour indices into the bank [N, k]).
+
+        A dense head returns its softmax probabilities as the votes and no neighbours.
+        """
+        if self.head == "dense":
+            h = self.embed(images)
+            for index, (weight, bias) in enumerate(self.dense):
+                h = torch.nn.functional.linear(h, weight, bias)
+                if index < len(self.dense) - 1:
+                    h = torch.relu(h)
+            return h.argmax(-1).numpy(), torch.softmax(h, -1).numpy(), np.zeros((len(h), 0), dtype=np.int64)
         votes, _, indices = knn_vote(self.embed(images), self.bank, self.bank_labels, self.n_classes,
                                      self.n_neighbors, self.metric)
         return votes.argmax(-1).numpy(), votes.numpy(), indices.numpy()
@@ -89,6 +111,11 @@ class Engine:
         for index, (weight, bias) in enumerate(self.weights):
             tensors[f"trunk.{index}.weight"] = weight.contiguous()
             tensors[f"trunk.{index}.bias"] = bias.contiguous()
+        if self.head == "dense":
+            for index, (weight, bias) in enumerate(self.dense):
+                tensors[f"dense.{index}.weight"] = weight.contiguous()
+                tensors[f"dense.{index}.bias"] = bias.contiguous()
+            return tensors
         tensors["feature_mean"] = self.feature_mean.contiguous()
         tensors["bank"] = self.bank.contiguous()
         tensors["bank_labels"] = self.bank_labels.to(torch.int32)  # 4 bytes a label is plenty
@@ -102,8 +129,8 @@ class Engine:
             "input": json.dumps({"mean": self.input_mean, "std": self.input_std,
                                  "height": self.image_size[0], "width": self.image_size[1],
                                  "dtype": "uint8", "scale": 1.0 / 255.0}),
-            "head": json.dumps({"kind": "knn", "n_neighbors": self.n_neighbors, "metric": self.metric,
-                                "postprocessing": self.postprocessing}),
+            "head": json.dumps({"kind": self.head, "n_neighbors": self.n_neighbors, "metric": self.metric,
+                                "postprocessing": self.postprocessing, "dense_layers": len(self.dense)}),
             "class_names": json.dumps(list(self.class_names)),
             "info": json.dumps(self.info),
         }
@@ -137,10 +164,16 @@ class Engine:
             image = json.loads(metadata["input"])
             head = json.loads(metadata["head"])
             weights = [(tensors[f"trunk.{i}.weight"], tensors[f"trunk.{i}.bias"]) for i in range(len(spec.layers))]
+            common = dict(class_names=tuple(json.loads(metadata["class_names"])),
+                          image_size=(int(image["height"]), int(image["width"])),
+                          info=json.loads(metadata.get("info", "{}")))
+            if head["kind"] == "dense":
+                dense = [(tensors[f"dense.{i}.weight"], tensors[f"dense.{i}.bias"])
+                         for i in range(int(head["dense_layers"]))]
+                return cls.build_dense(spec, weights, dense, float(image["mean"]), float(image["std"]), **common)
             return cls(spec, weights, float(image["mean"]), float(image["std"]), head["postprocessing"],
                        tensors["feature_mean"], tensors["bank"], tensors["bank_labels"].to(torch.int64),
-                       int(head["n_neighbors"]), head["metric"], tuple(json.loads(metadata["class_names"])),
-                       (int(image["height"]), int(image["width"])), json.loads(metadata.get("info", "{}")))
+                       int(head["n_neighbors"]), head["metric"], **common)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); "
                              "re-run 'slicenet optimise' to rebuild it") from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .knn import knn_vote, postprocess
+from .knn import pairwise_distances, postprocess
 from .trunk import TrunkSpec, Weights, layer_forward, population_features
 
 ACTIVATION_BUDGET = 2**27  # float32 elements of intermediate activations per chunk (512 MiB)
@@ -63,6 +63,7 @@ class Problem:
     metric: str = "euclidean"
     postprocessing: str = "centre_l2"
     soft_weight: float = 1.0  # weight of the smooth tie-breaker against accuracy
+    soft_score: str = "knn"  # "knn": softmax over the k neighbours; "nca": over the whole bank
     temperature: float = 0.05  # softmax temperature over neighbour distances
 
     def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,14 +95,32 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     mean = bank.mean(1, keepdim=True)
     bank = postprocess(bank, mean, problem.postprocessing)
     queries = postprocess(queries, mean, problem.postprocessing)
-    votes, distances, indices = knn_vote(queries, bank, y_fit, problem.n_classes,
-                                         problem.n_neighbors, problem.metric)
-    accuracy = (votes.argmax(-1) == y_val).double().mean(-1)
-    weights = torch.softmax(-distances.double() / problem.temperature, dim=-1)
-    correct = y_fit[indices] == y_val.unsqueeze(-1)
-    soft = (weights * correct).sum(-1).mean(-1)
-    fitness = -(accuracy + problem.soft_weight * soft)
-    return Scores(fitness.numpy(), accuracy.numpy(), soft.numpy())
+    same_class = (y_val.unsqueeze(-1) == y_fit).double()  # [Q, B]
+    hits, soft = [], []
+    per_chunk = max(1, 2**25 // (features.shape[0] * len(y_fit)))
+    for start in range(0, len(y_val), per_chunk):
+        rows = slice(start, start + per_chunk)
+        d = pairwise_distances(queries[:, rows], bank, problem.metric)  # [P, q, B]
+        _, idx = (-d).topk(problem.n_neighbors, dim=-1)
+        labels = y_fit[idx]
+        votes = torch.zeros(*labels.shape[:-1], problem.n_classes, dtype=torch.int64)
+        votes.scatter_add_(-1, labels, torch.ones_like(labels))
+        hits.append(votes.argmax(-1) == y_val[rows])
+        if problem.soft_score == "nca":
+            # NCA (Goldberger et al. 2004): probability that a softmax over the whole bank picks a
+            # same-class image; unlike the top-k form it also pulls in same-class images that are
+            # not yet among the k nearest.
+            logits = -d.double() / problem.temperature
+            soft.append((torch.logsumexp(logits + torch.log(same_class[rows]), -1)
+                         - torch.logsumexp(logits, -1)).exp())
+        else:
+            neighbour = torch.gather(d, -1, idx).double()
+            weights = torch.softmax(-neighbour / problem.temperature, dim=-1)
+            soft.append((weights * (labels == y_val[rows].unsqueeze(-1))).sum(-1))
+    accuracy = torch.cat(hits, -1).double().mean(-1)
+    soft_mean = torch.cat(soft, -1).mean(-1)
+    fitness = -(accuracy + problem.soft_weight * soft_mean)
+    return Scores(fitness.numpy(), accuracy.numpy(), soft_mean.numpy())
 
 
 def _chunk_size(spec: TrunkSpec, x: torch.Tensor, index: int, size: int) -> int:

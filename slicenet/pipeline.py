@@ -31,32 +31,40 @@ class Prepared:
     input_std: float
 
 
+def load_inputs(dataset_spec: str, preset_name: str, image_size: int, threads: int
+                ) -> tuple[Dataset, str, TrunkSpec, float, float]:
+    """Dataset, resolved preset and input standardisation (from the training images only)."""
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = load_dataset(dataset_spec, image_size)
+    preset, spec = resolve_preset(preset_name, dataset.image_size)
+    scaled = dataset.x_train.astype(np.float64) / 255.0
+    return dataset, preset, spec, float(scaled.mean()), float(scaled.std()) or 1.0
+
+
 def prepare(config: RunConfig) -> Prepared:
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    dataset = load_dataset(config.dataset, config.image_size)
-    preset, spec = resolve_preset(config.preset, dataset.image_size)
+    dataset, preset, spec, mean, std = load_inputs(config.dataset, config.preset, config.image_size,
+                                                   config.threads)
     if config.n_neighbors > len(dataset.y_train) * (1 - config.validation_fraction):
         from .errors import InputError
 
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
-    # Input standardisation from the training images only (the test split stays unseen).
-    scaled = dataset.x_train.astype(np.float64) / 255.0
-    mean, std = float(scaled.mean()), float(scaled.std()) or 1.0
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
         validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
         search_images=config.search_images,
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
-        soft_weight=config.soft_weight, temperature=config.temperature)
+        soft_weight=config.soft_weight, soft_score=config.soft_score,
+        temperature=config.temperature)
     return Prepared(config, dataset, spec, preset, problem, mean, std)
 
 
 def search_settings(config: RunConfig) -> SearchSettings:
     return SearchSettings(method=config.method, granularity=config.granularity,
-                          generations=config.generations, population_size=config.population_size,
+                          generations=config.generations, sweeps=config.sweeps,
+                          population_size=config.population_size,
                           sigma_scale=config.sigma_scale, seed=config.seed)
 
 

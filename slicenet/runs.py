@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import write_bytes, write_json, write_text
-from .config import RunConfig, config_from_toml, to_toml
+from .config import BaselineConfig, RunConfig, config_from_toml, load_toml, to_toml
 from .engine import Engine
 from .errors import InputError
 from .search import SearchState
@@ -40,7 +40,7 @@ def default_run_dir(config: RunConfig, root: str = "runs") -> Path:
     return Path(root) / f"{config.method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(path: Path, config: RunConfig, command: str) -> None:
+def create_run_dir(path: Path, config: RunConfig | BaselineConfig, command: str) -> None:
     """Start a new run directory; refuses to overwrite a finished or unfinished run."""
     if (path / METRICS).exists():
         raise InputError(f"{path} already holds a finished run; choose another --out")
@@ -50,7 +50,8 @@ def create_run_dir(path: Path, config: RunConfig, command: str) -> None:
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {path} is a file; expected a directory path")
     path.mkdir(parents=True, exist_ok=True)
-    write_text(path / CONFIG, to_toml(config, {"version": __version__, "command": command}))
+    kind = "baseline" if isinstance(config, BaselineConfig) else "optimise"
+    write_text(path / CONFIG, to_toml(config, {"version": __version__, "command": command, "kind": kind}))
 
 
 def save_checkpoint(path: Path, state: SearchState, wall_seconds: float) -> None:
@@ -74,16 +75,18 @@ def load_checkpoint(path: Path) -> tuple[SearchState, float]:
         raise InputError(f"{file} is damaged ({type(exc).__name__}); start the run again") from None
 
 
-def load_config(path: Path) -> RunConfig:
+def load_config(path: Path) -> RunConfig | BaselineConfig:
     if not (path / CONFIG).is_file():
         raise InputError(f"{path} is not a slicenet run directory (no {CONFIG}); expected a "
-                         "directory written by 'slicenet optimise'")
-    return config_from_toml(path / CONFIG)
+                         "directory written by 'slicenet optimise' or 'slicenet baseline'")
+    kind = load_toml(path / CONFIG).get("slicenet", {}).get("kind", "optimise")
+    return config_from_toml(path / CONFIG, BaselineConfig if kind == "baseline" else RunConfig)
 
 
 def history_csv(history: list[dict]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    fieldnames = list(history[0]) if history else HISTORY_FIELDS
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return buffer.getvalue()
@@ -124,6 +127,4 @@ def load_engine(path: Path) -> Engine:
 
 def load_command(path: Path) -> str:
     """The command line that started the run (recorded in config.toml's [slicenet] table)."""
-    from .config import load_toml
-
     return str(load_toml(path / CONFIG).get("slicenet", {}).get("command", ""))

@@ -1,11 +1,14 @@
 """Serial search: the trunk's kernels optimised without gradients, one block at a time.
 
 As in the reference's k-NN slicing, layer 1 is optimised first (later layers held at their initial
-values) and frozen, then layer 2 on top of it, and so on. With ``granularity="filter"`` each block is
-one filter (its kernel and bias) with the rest of its layer held, the reference's "serial" mode.
+values) and frozen, then layer 2 on top of it, and so on. With ``sweeps`` > 1 the pass repeats
+(block coordinate descent): layer 1 is re-tuned for the layer 2 it now feeds, and so on. With
+``granularity="filter"`` each block is one filter (its kernel and bias) with the rest of its layer
+held, the reference's "serial" mode.
 
-A block starts from the current weights and ends with the best candidate evaluated, kept only if
-it beats the starting weights on the same fitness. Everything the search needs to continue after a
+A block starts from the current weights and ends with the optimiser's recommendation (the best
+candidate evaluated; CMA-ES's distribution mean), kept only if it beats the starting weights on
+held-out validation splits. Everything the search needs to continue after a
 kill is in ``SearchState`` (picklable); the caller persists it from ``on_checkpoint`` after every
 generation, and a resumed search ends with exactly the weights of an uninterrupted one, because
 every random draw comes from state stored in it.
@@ -43,17 +46,20 @@ class SearchSettings:
     method: str = "cma"
     granularity: str = "layer"  # "layer" or "filter"
     generations: tuple[int, ...] = (20, 60)  # generation budget per layer (shared by its filters)
+    sweeps: int = 1  # passes over the layers: later passes re-tune each layer given the others
     population_size: int = 0  # 0: the method's default for the block's dimension
     sigma_scale: float = 0.5  # initial step size, as a multiple of the layer's He-init std
     seed: int = 0
 
 
-def make_blocks(spec: TrunkSpec, granularity: str) -> list[Block]:
+def make_blocks(spec: TrunkSpec, granularity: str, sweeps: int = 1) -> list[Block]:
     if granularity == "layer":
-        return [Block(i, None) for i in range(len(spec.layers))]
-    if granularity == "filter":
-        return [Block(i, f) for i, layer in enumerate(spec.layers) for f in range(layer.out_channels)]
-    raise ValueError(f"unknown granularity {granularity!r}: expected layer or filter")
+        one_pass = [Block(i, None) for i in range(len(spec.layers))]
+    elif granularity == "filter":
+        one_pass = [Block(i, f) for i, layer in enumerate(spec.layers) for f in range(layer.out_channels)]
+    else:
+        raise ValueError(f"unknown granularity {granularity!r}: expected layer or filter")
+    return one_pass * sweeps
 
 
 def block_generations(settings: SearchSettings, spec: TrunkSpec, block: Block) -> int:
@@ -105,7 +111,7 @@ def serial_search(problem: Problem, settings: SearchSettings, state: SearchState
                   on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
     """Run (or continue) the serial search; returns the final state with the optimised weights."""
     spec = problem.spec
-    blocks = make_blocks(spec, settings.granularity)
+    blocks = make_blocks(spec, settings.granularity, settings.sweeps)
     cached_layer, layer_input = -1, torch.empty(0)
     while state.block_index < len(blocks):
         block = blocks[state.block_index]

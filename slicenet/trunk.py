@@ -81,6 +81,8 @@ PRESETS: dict[str, TrunkSpec] = {
     # The default serves k-NN: pooling after each layer gives 256 features on 28x28 (36x fewer than
     # radu), which makes distances cheaper, the bank smaller and the neighbours more meaningful.
     "default": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(16, 5, pool=2))),
+    # A wider second layer: 512 features, 6,640 parameters.
+    "wide": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(32, 5, pool=2))),
     # For small images such as scikit-learn's 8x8 digits: padded 3x3 convolutions.
     "tiny": TrunkSpec((LayerSpec(8, 3, padding=1, pool=2), LayerSpec(16, 3, padding=1, pool=2))),
 }

@@ -107,3 +107,24 @@ def test_out_refuses_to_overwrite_a_finished_run(run_dir):
     result = cli("optimise", *FAST, "--out", str(run_dir))
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
     assert (run_dir / "engine.safetensors").read_bytes() == before
+
+
+def test_report_from_runs(run_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["report", str(run_dir), "--out", str(out)]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "slicenet optimise --dataset digits" in text and "| digits | tiny | cma | layer |" in text
+    assert (out / "runs.csv").read_text().startswith("run,method,dataset")
+
+
+def test_report_names_a_malformed_metrics_file(run_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "metrics.json").write_text("{not json")
+    result = cli("report", str(broken), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "metrics.json is not valid JSON" in result.stderr
+    (broken / "metrics.json").write_text('{"test_accuracy": 0.5}')
+    result = cli("report", str(broken), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "lacks engine_bytes" in result.stderr

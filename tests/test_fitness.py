@@ -15,9 +15,11 @@ def problem():
                    torch.from_numpy(data.y_train[:400]), 10, validation_fraction=0.25, seed=0)
 
 
+@pytest.mark.parametrize("soft_score", ["knn", "nca"])
 @pytest.mark.parametrize("filter_index", [None, 2])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_batched_fitness_equals_one_by_one(problem, layer, filter_index):
+def test_batched_fitness_equals_one_by_one(problem, layer, filter_index, soft_score):
+    problem = Problem(**{**problem.__dict__, "soft_score": soft_score})
     weights = init_weights(problem.spec, 0)
     rng = np.random.default_rng(layer)
     if filter_index is None:
@@ -50,3 +52,27 @@ def test_splits_are_resampled_per_generation_and_reproducible(problem):
     assert torch.equal(problem.split((0, 1, 0))[1], a[1])
     fixed = Problem(**{**problem.__dict__, "resample": False})
     assert torch.equal(fixed.split((0, 1, 0))[1], fixed.split((0, 2, 0))[1])
+
+
+def test_scores_against_a_plain_numpy_reference(problem):
+    """Accuracy from scikit-learn's k-NN, NCA soft score from its textbook formula."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from slicenet.fitness import score_features
+    from slicenet.knn import postprocess
+
+    rng = np.random.default_rng(0)
+    feats = torch.from_numpy(rng.normal(size=(2, 120, 6)).astype(np.float32))
+    y_fit, y_val = torch.arange(90) % 3, torch.arange(30) % 3
+    nca = Problem(**{**problem.__dict__, "soft_score": "nca", "n_classes": 3, "temperature": 0.3})
+    scores = score_features(nca, feats, y_fit, y_val)
+    for p in range(2):
+        bank, queries = feats[p, :90], feats[p, 90:]
+        mean = bank.mean(0)
+        bank, queries = postprocess(bank, mean, "centre_l2").numpy(), postprocess(queries, mean, "centre_l2").numpy()
+        knn = KNeighborsClassifier(n_neighbors=9, algorithm="brute").fit(bank, y_fit.numpy())
+        assert scores.accuracy[p] == pytest.approx(knn.score(queries, y_val.numpy()))
+        d = np.sqrt(((queries[:, None] - bank[None]) ** 2).sum(-1))
+        w = np.exp(-d / 0.3)
+        p_same = (w * (y_val.numpy()[:, None] == y_fit.numpy()[None])).sum(1) / w.sum(1)
+        assert scores.soft[p] == pytest.approx(p_same.mean(), rel=1e-5)

@@ -51,7 +51,7 @@ def test_sigkill_then_resume_gives_the_same_engine(tmp_path, method, kill_after)
 
     a = Engine.load(reference / "engine.safetensors")
     b = Engine.load(killed / "engine.safetensors")
-    for (wa, ba), (wb, bb) in zip(a.weights, b.weights):
+    for (wa, ba), (wb, bb) in zip(a.weights, b.weights, strict=True):
         assert torch.equal(wa, wb) and torch.equal(ba, bb)
     assert torch.equal(a.bank, b.bank)
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (reference, killed))

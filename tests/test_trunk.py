@@ -4,13 +4,20 @@ import torch
 import torch.nn.functional as F
 
 from slicenet.errors import InputError
-from slicenet.trunk import (PRESETS, features, flatten_layer, init_weights, population_features,
-                            resolve_preset, unflatten_layer)
+from slicenet.trunk import (
+    PRESETS,
+    features,
+    flatten_layer,
+    init_weights,
+    population_features,
+    resolve_preset,
+    unflatten_layer,
+)
 
 
 def reference_forward(x, spec, weights):
     """The textbook order, conv -> activation -> pool, with F.conv2d: the reference answer."""
-    for (weight, bias), layer in zip(weights, spec.layers):
+    for (weight, bias), layer in zip(weights, spec.layers, strict=True):
         x = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding)
         x = torch.relu(x) if layer.activation == "relu" else torch.tanh(x)
         if layer.pool > 1:
@@ -75,7 +82,7 @@ def test_presets_and_small_images():
 
 def test_init_is_seeded():
     a, b = init_weights(PRESETS["default"], 3), init_weights(PRESETS["default"], 3)
-    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
 
 
 @pytest.mark.parametrize("size", [2, 3])

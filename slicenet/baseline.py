@@ -1,0 +1,139 @@
+"""The backprop baseline: the same trunk with a fully connected head, trained with Adam or SGD.
+
+``head="knn"`` then cuts the dense layers off and puts the k-NN head on the trained trunk (the
+reference's "k-NN slicing" of a trained network), so that the effect of the k-NN head and the
+effect of the gradient-free search can be told apart. Pure: no printing, no files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import BaselineConfig
+from .data import Dataset
+from .engine import Engine, normalise_images
+from .fitness import stratified_split
+from .trunk import TrunkSpec, init_weights, layer_forward
+
+
+class Network(nn.Module):
+    """Trunk (as in ``trunk.py``, same init) + dense hidden layer (ReLU) + dense output layer."""
+
+    def __init__(self, spec: TrunkSpec, image_size: tuple[int, int], hidden: int, n_classes: int, seed: int):
+        super().__init__()
+        self.spec = spec
+        self.trunk = nn.ParameterList()
+        for weight, bias in init_weights(spec, seed):
+            self.trunk.append(nn.Parameter(weight))
+            self.trunk.append(nn.Parameter(bias))
+        torch.manual_seed(seed)
+        self.hidden = nn.Linear(spec.n_features(image_size), hidden)
+        self.output = nn.Linear(hidden, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for index, layer in enumerate(self.spec.layers):
+            x = layer_forward(x, self.trunk[2 * index], self.trunk[2 * index + 1], layer)
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(torch.relu(self.hidden(self.features(x))))
+
+    def trunk_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.trunk[2 * i].detach().clone(), self.trunk[2 * i + 1].detach().clone())
+                for i in range(len(self.spec.layers))]
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, degrees: float = 10.0) -> torch.Tensor:
+    """Random shifts (up to ``shift`` pixels) and rotations (up to ``degrees``), one per image."""
+    n, _, height, width = x.shape
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
+    dx = (torch.rand(n, generator=generator) * 2 - 1) * shift * 2 / width
+    dy = (torch.rand(n, generator=generator) * 2 - 1) * shift * 2 / height
+    theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), dx], 1),
+                         torch.stack([angle.sin(), angle.cos(), dy], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    background = x.amin(dim=(1, 2, 3), keepdim=True)  # pad with the image's own background value
+    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+@torch.no_grad()
+def accuracy(model: Network, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
+    model.eval()
+    hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch), strict=True))
+    return hits / max(1, len(y))
+
+
+def train(dataset: Dataset, spec: TrunkSpec, hidden: int, config: BaselineConfig, input_mean: float,
+          input_std: float, on_epoch: Callable[[dict], None] | None = None) -> tuple[Network, list[dict], dict]:
+    """Train with early stopping on a validation split; returns the best network, history, summary."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    fit, val = stratified_split(dataset.y_train, config.validation_fraction, rng)
+    x = normalise_images(dataset.x_train, input_mean, input_std)
+    y = torch.from_numpy(dataset.y_train)
+    x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
+    model = Network(spec, dataset.image_size, hidden, dataset.n_classes, config.seed)
+    if config.optimizer == "adam":
+        optimiser: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        schedule = None
+    else:
+        optimiser = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
+        schedule = torch.optim.lr_scheduler.StepLR(optimiser, config.lr_step, config.lr_gamma)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    best_accuracy, best_state, since_best, steps = -1.0, None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(y_fit), generator=generator)
+        total_loss = 0.0
+        for batch in order.split(config.batch_size):
+            xb = x_fit[batch]
+            if config.augment:
+                xb = augment(xb, generator)
+            loss = F.cross_entropy(model(xb), y_fit[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total_loss += loss.item() * len(batch)
+            steps += 1
+        if schedule is not None:
+            schedule.step()
+        val_accuracy = accuracy(model, x_val, y_val)
+        row = {"epoch": epoch, "train_loss": total_loss / len(y_fit), "validation_accuracy": val_accuracy,
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if val_accuracy > best_accuracy:
+            best_accuracy, since_best = val_accuracy, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    summary = {"epochs": len(history), "best_epoch": int(np.argmax([h["validation_accuracy"] for h in history])) + 1,
+               "validation_accuracy": best_accuracy, "gradient_steps": steps,
+               "stopped_early": len(history) < config.epochs, "train_seconds": time.perf_counter() - started}
+    return model, history, summary
+
+
+def to_engine(model: Network, dataset: Dataset, config: BaselineConfig, input_mean: float, input_std: float,
+              info: dict) -> Engine:
+    """The trained network as an engine: dense head as trained, or the trunk with a k-NN head."""
+    weights = model.trunk_weights()
+    if config.head == "knn":
+        return Engine.build(model.spec, weights, dataset.x_train, dataset.y_train, input_mean, input_std,
+                            config.postprocessing, config.n_neighbors, config.metric, dataset.class_names, info)
+    dense = [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in (model.hidden, model.output)]
+    return Engine.build_dense(model.spec, weights, dense, input_mean, input_std, dataset.class_names,
+                              dataset.image_size, info)
