@@ -308,9 +308,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows = report.collect(run_dirs)
     command = shlex.join(["slicenet", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "slicenet report"
-    write_text(args.out / "REPORT.md", report.render_markdown(rows, command))
+    plots = report.render_plots(rows, args.out)
     write_text(args.out / "runs.csv", report.render_csv(rows))
-    print(f"wrote {args.out / 'REPORT.md'} and {args.out / 'runs.csv'} from {len(rows)} runs")
+    write_text(args.out / "REPORT.md", report.render_markdown(rows, command, plots))
+    print(f"wrote {args.out / 'REPORT.md'}, runs.csv and {len(plots)} plots from {len(rows)} runs")
     return 0
 
 

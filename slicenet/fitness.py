@@ -67,7 +67,8 @@ class Problem:
     temperature: float = 0.05  # softmax temperature over neighbour distances
 
     def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """The (fit, validation) indices for generation ``key`` (the fixed split if not resampling).
+        """The (fit, validation) indices for generation ``key``; ``key=()`` gives the run's fixed split
+        of the whole training set (used for the reported validation accuracy).
 
         With ``search_images`` set, both come from a fresh stratified subset of that many images:
         a cheaper, noisier score, which buys the optimiser more generations in the same time.
@@ -75,7 +76,7 @@ class Problem:
         rng = np.random.default_rng([self.seed, *(key if self.resample else ())])
         labels = self.y_train.numpy()
         pool = np.arange(len(labels))
-        if self.resample and 0 < self.search_images < len(labels):
+        if key and self.resample and 0 < self.search_images < len(labels):
             _, pool = stratified_split(labels, self.search_images / len(labels), rng)
         fit, val = stratified_split(labels[pool], self.validation_fraction, rng)
         return torch.from_numpy(pool[fit]), torch.from_numpy(pool[val])

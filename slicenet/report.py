@@ -1,7 +1,9 @@
 """``slicenet report``: regenerate ``results/`` from run directories, never from hand-typed numbers.
 
-Runs that differ only in their seed form one group; the report quotes the group's median (and
-range) and lists every run with the command that produced it and the machine it ran on.
+Runs that differ only in their seed form one group; the report quotes the group's median and range,
+lists every run with the command that produced it and the machine it ran on, and puts the
+reference paper's published figures beside ours in their own columns (they are the paper's numbers,
+not ours, and say so).
 """
 
 from __future__ import annotations
@@ -11,23 +13,53 @@ import io
 import statistics
 from pathlib import Path
 
-from .runs import load_config, load_metrics
+from .runs import HISTORY, load_config, load_metrics
 
-COLUMNS = ["run", "method", "dataset", "preset", "granularity", "parameters", "engine_bytes", "test_accuracy",
-           "random_init_test_accuracy", "validation_accuracy", "evaluations", "wall_seconds", "seed", "cpu",
-           "cores", "command"]
+# "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
+# the convolution (and dense) weights only, not a k-NN head's prototype bank.
+REFERENCE = {
+    "dense 128": {"params": "1.2 M", "engine": "4.5 MB", "acc_4k_5": 97.5, "acc_60k_5": 99.91, "acc_4k_20": 98.0},
+    "dense 64": {"params": "122 k", "engine": "0.5 MB", "acc_4k_5": 97.0, "acc_60k_5": 98.96, "acc_4k_20": 97.5},
+    "dense 32": {"params": "70 k", "engine": "273 KB", "acc_4k_5": 97.0, "acc_60k_5": 98.98, "acc_4k_20": 97.5},
+    "dense 16": {"params": "44.6 k", "engine": "174 KB", "acc_4k_5": 96.1, "acc_60k_5": 98.65, "acc_4k_20": 97.4},
+    "dense 8": {"params": "31.7 k", "engine": "124 KB", "acc_4k_5": 87.5, "acc_60k_5": 97.8, "acc_4k_20": 96.5},
+    "k-NN (k=9), CMA": {"params": "18.8 k", "engine": "74 KB", "acc_4k_5": 97.5, "acc_60k_5": 98.57,
+                        "acc_4k_20": 97.5},
+    "k-NN (k=9), PSO": {"params": "18.8 k", "engine": "74 KB", "acc_4k_5": 97.3, "acc_60k_5": 98.52,
+                        "acc_4k_20": 97.3},
+}
+REFERENCE_ENGINE_BYTES = {"dense 128": 4.5e6, "dense 64": 0.5e6, "dense 32": 273e3, "dense 16": 174e3,
+                          "dense 8": 124e3, "k-NN (k=9), CMA": 74e3, "k-NN (k=9), PSO": 74e3}
+
+COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "parameters", "engine_bytes",
+           "test_accuracy", "random_init_test_accuracy", "validation_accuracy", "evaluations", "wall_seconds",
+           "seed", "cpu", "cores", "command"]
+
+
+def network_name(metrics: dict, config: dict) -> str:
+    """The row label, matching the reference's names where the network is the same kind."""
+    if "hidden" in metrics:  # a baseline run
+        if metrics.get("head") == "knn":
+            return f"backprop trunk + k-NN (k={config.get('n_neighbors', 9)})"
+        return f"dense {metrics['hidden']}"
+    if metrics.get("preset") == "pixels":
+        return f"k-NN (k={config.get('n_neighbors', 9)}) on raw pixels"
+    name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
+    return name if config.get("granularity", "layer") == "layer" else f"{name}, per filter"
 
 
 def collect(run_dirs: list[Path]) -> list[dict]:
-    """One row per run directory (metrics.json + config.toml), errors naming the file at fault."""
+    """One row per run directory (metrics.json + config.toml); errors name the file at fault."""
     rows = []
     for run_dir in run_dirs:
         metrics = load_metrics(run_dir)
         config = load_config(run_dir).to_dict()
         machine = metrics.get("machine", {})
         row = {key: metrics.get(key, "") for key in COLUMNS}
-        row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""))
-        row["group"] = tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads")))
+        row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
+                   network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics)
+        row["group"] = (row["network"], row["dataset"], row["preset"],
+                        tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
     return rows
 
@@ -37,50 +69,84 @@ def _pct(value: float) -> str:
 
 
 def groups(rows: list[dict]) -> list[dict]:
-    """Median, min and max per group of runs that differ only in their seed."""
+    """Median, min and max per group of runs that differ only in their seed, plus derived rows for
+    the random-initialised trunks of the k-NN runs (measured by those runs, before any search)."""
     by_key: dict[tuple, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row["group"], []).append(row)
     summary = []
     for members in by_key.values():
+        first = members[0]
         accuracy = [m["test_accuracy"] for m in members]
         summary.append({
-            "method": members[0]["method"], "dataset": members[0]["dataset"], "preset": members[0]["preset"],
-            "granularity": members[0]["granularity"], "parameters": members[0]["parameters"],
-            "engine_bytes": members[0]["engine_bytes"], "runs": len(members),
+            "network": first["network"], "dataset": first["dataset"], "preset": first["preset"],
+            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "random_init_median": statistics.median(m["random_init_test_accuracy"] for m in members),
             "wall_median": statistics.median(m["wall_seconds"] for m in members),
             "wall_max": max(m["wall_seconds"] for m in members),
             "evaluations": statistics.median(m["evaluations"] for m in members),
-            "command": members[0]["command"],
+            "command": first["command"], "best_run": max(members, key=lambda m: m["test_accuracy"])["path"],
+            "derived": False,
         })
-    return sorted(summary, key=lambda g: (g["dataset"], g["preset"], g["method"], g["granularity"]))
+    # The random-init trunk of a (preset, seed) is the same whatever the search did next: one row each.
+    random_init: dict[tuple, dict] = {}
+    for row in rows:
+        if not row["kind"] and row["preset"] != "pixels" and row["evaluations"]:
+            random_init.setdefault((row["dataset"], row["preset"], row["seed"]), row)
+    by_preset: dict[tuple, list[dict]] = {}
+    for (dataset, preset, _), row in random_init.items():
+        by_preset.setdefault((dataset, preset), []).append(row)
+    for members in by_preset.values():
+        accuracy = [m["random_init_test_accuracy"] for m in members]
+        first = members[0]
+        summary.append({
+            "network": "k-NN (k=9) on a random-init trunk", "dataset": first["dataset"], "preset": first["preset"],
+            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
+            "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
+            "wall_median": 0.0, "wall_max": 0.0, "evaluations": 0, "best_run": first["path"], "derived": True,
+            "command": "measured by the runs above before their search (metrics.json random_init_test_accuracy)",
+        })
+    return sorted(summary, key=lambda g: (g["dataset"], g["preset"], -g["test_median"]))
 
 
-def render_markdown(rows: list[dict], command: str) -> str:
-    lines = ["# slicenet results", "",
-             f"Generated by `{command}` from {len(rows)} run directories; every figure below comes from a",
-             "run's `metrics.json`. Accuracies are test accuracies in %, on the dataset's fixed test split,",
-             "which the search never sees. Groups are runs that differ only in `--seed`: median [min, max].", "",
-             "## Summary (median over seeds)", "",
-             "| dataset | preset | method | granularity | params | engine bytes | runs | test acc | random init"
-             " | gain (points) | wall s (median / max) | evaluations |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _reference_cells(group: dict) -> str:
+    ref = REFERENCE.get(group["network"])
+    if ref is None:
+        return "| | | | | |"
+    return f"| {ref['params']} | {ref['engine']} | {ref['acc_4k_5']} | {ref['acc_60k_5']} | {ref['acc_4k_20']} |"
+
+
+def render_markdown(rows: list[dict], command: str, plots: list[str]) -> str:
+    lines = [
+        "# slicenet results", "",
+        f"Generated by `{command}` from {len(rows)} run directories: every measured figure comes from a run's",
+        "`metrics.json`. Test accuracies in %, on the dataset's fixed test split, which neither the search nor",
+        "early stopping ever sees. Runs that differ only in `--seed` form one row: median [min, max].",
+        "**Engine bytes** are ours: every byte inference needs (the engine file: trunk, post-processing,",
+        "prototype bank and labels, or the dense head). The reference's engine sizes, in their own columns,",
+        "count the network weights only, not a k-NN head's bank. Reference accuracies are the paper's",
+        "published MNIST figures (4,000/1,000 and 60,000/10,000 splits), not measured here.", "",
+        "## Measured networks beside the reference", "",
+        "| network | dataset | preset | params | engine bytes | runs | test acc | wall s (median / max) "
+        "| ref params | ref engine (weights only) | ref acc 4k/1k 5 ep | ref acc 60k/10k 5 ep | ref acc 4k/1k 20 ep "
+        "| command (first seed) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups(rows):
         lines.append(
-            f"| {g['dataset']} | {g['preset']} | {g['method']} | {g['granularity']} | {g['parameters']:,} | "
-            f"{g['engine_bytes']:,} | {g['runs']} | {_pct(g['test_median'])} [{_pct(g['test_min'])}, "
-            f"{_pct(g['test_max'])}] | {_pct(g['random_init_median'])} | "
-            f"{100 * (g['test_median'] - g['random_init_median']):+.2f} | {g['wall_median']:.0f} / "
-            f"{g['wall_max']:.0f} | {g['evaluations']:,.0f} |")
-    lines += ["", "## Every run", "",
-              "| run | test acc | random init | validation | wall s | machine | command |",
-              "|---|---|---|---|---|---|---|"]
+            f"| {g['network']} | {g['dataset']} | {g['preset']} | {g['parameters']:,} | {g['engine_bytes']:,} | "
+            f"{g['runs']} | {_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
+            f"{g['wall_median']:.0f} / {g['wall_max']:.0f} " + _reference_cells(g) + f" `{g['command']}` |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Every run, with its command and machine", "",
+              "| run | network | test acc | random init | validation | evaluations | wall s | machine | command |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| `{Path(row['run']).name}` | {_pct(row['test_accuracy'])} | "
-                     f"{_pct(row['random_init_test_accuracy'])} | {_pct(row['validation_accuracy'])} | "
-                     f"{row['wall_seconds']:.0f} | {row['cpu']}, {row['cores']} cores | `{row['command']}` |")
+        lines.append(f"| `{Path(row['run']).name}` | {row['network']} | {_pct(row['test_accuracy'])} | "
+                     f"{_pct(row['random_init_test_accuracy'])} | {_pct(row['validation_accuracy'] or 0)} | "
+                     f"{row['evaluations']:,} | {row['wall_seconds']:.0f} | {row['cpu']}, {row['cores']} cores | "
+                     f"`{row['command']}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,3 +156,76 @@ def render_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def render_plots(rows: list[dict], out: Path) -> list[str]:
+    """PNG plots into ``out``; returns their file names. Each is written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .atomic import write_with
+    from .engine import Engine
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        write_with(out / name, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        written.append(name)
+
+    summary = [g for g in groups(rows) if not g["derived"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for dataset in sorted({g["dataset"] for g in summary}):
+        mine = [g for g in summary if g["dataset"] == dataset]
+        ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], label=f"ours, {dataset}")
+        for g in mine:
+            ax.annotate(g["network"].replace(" (k=9)", ""), (g["engine_bytes"], 100 * g["test_median"]), fontsize=6)
+    ax.scatter(list(REFERENCE_ENGINE_BYTES.values()), [REFERENCE[k]["acc_4k_5"] for k in REFERENCE_ENGINE_BYTES],
+               marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
+    ax.set_xscale("log")
+    ax.set_xlabel("engine bytes (ours: all inference needs)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save(fig, "accuracy_vs_engine_size.png")
+
+    searches = [r for r in rows if not r["kind"] and r["evaluations"] and (r["path"] / HISTORY).is_file()]
+    if searches:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        seen = set()
+        for row in sorted(searches, key=lambda r: (r["method"], r["seed"])):
+            key = (row["method"], row["dataset"], row["preset"])
+            if key in seen:
+                continue
+            seen.add(key)
+            with open(row["path"] / HISTORY) as handle:
+                history = list(csv.DictReader(handle))
+            evaluations = np.array([float(h["evaluations"]) for h in history])
+            best = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
+            ax.plot(evaluations, best, label=f"{row['method']} ({row['dataset']}, {row['preset']})")
+        ax.set_xlabel("fitness evaluations")
+        ax.set_ylabel("best generation-mean fitness so far (lower is better)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "fitness_vs_evaluations.png")
+
+    knn = [g for g in summary if g["network"].startswith("k-NN") and "pixels" not in g["network"]]
+    if knn:
+        best = max(knn, key=lambda g: g["test_median"])
+        engine = Engine.load(best["best_run"] / "engine.safetensors")
+        matrix = np.array(load_metrics(best["best_run"])["confusion_matrix"])
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > matrix.max() / 2 else "black")
+        ax.set_xticks(range(len(engine.class_names)), engine.class_names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(engine.class_names)), engine.class_names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{best['network']}, {best['dataset']}: {100 * best['test_median']:.2f} %", fontsize=9)
+        save(fig, "confusion_matrix_best_knn.png")
+    return written

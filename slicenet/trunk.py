@@ -70,7 +70,8 @@ class TrunkSpec:
         return shapes
 
     def n_features(self, image_size: tuple[int, int]) -> int:
-        channels, height, width = self.shapes(image_size)[-1]
+        shapes = self.shapes(image_size)
+        channels, height, width = shapes[-1] if shapes else (self.in_channels, *image_size)
         return channels * height * width
 
 
@@ -83,6 +84,8 @@ PRESETS: dict[str, TrunkSpec] = {
     "default": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(16, 5, pool=2))),
     # A wider second layer: 512 features, 6,640 parameters.
     "wide": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(32, 5, pool=2))),
+    # No convolution at all: k-NN on the raw (standardised) pixels, the classic baseline.
+    "pixels": TrunkSpec(()),
     # For small images such as scikit-learn's 8x8 digits: padded 3x3 convolutions.
     "tiny": TrunkSpec((LayerSpec(8, 3, padding=1, pool=2), LayerSpec(16, 3, padding=1, pool=2))),
 }

@@ -76,3 +76,11 @@ def test_scores_against_a_plain_numpy_reference(problem):
         w = np.exp(-d / 0.3)
         p_same = (w * (y_val.numpy()[:, None] == y_fit.numpy()[None])).sum(1) / w.sum(1)
         assert scores.soft[p] == pytest.approx(p_same.mean(), rel=1e-5)
+
+
+def test_fixed_split_covers_the_whole_training_set(problem):
+    subset = Problem(**{**problem.__dict__, "search_images": 100})
+    fit, val = subset.split()
+    assert len(fit) + len(val) == len(problem.y_train)
+    fit, val = subset.split((0, 1, 0))
+    assert len(fit) + len(val) == 100
