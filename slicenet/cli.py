@@ -151,7 +151,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         state = None
     prepared = pipeline.prepare(config)  # loads data: fails before anything is written
     if state is None:
-        runs.create_run_dir(run_dir, config, shlex.join(["slicenet", *sys.argv[1:]]))
+        runs.create_run_dir(run_dir, config, shlex.join(["slicenet", *args.argv]))
         state = pipeline.initial_state(prepared)
 
     settings = pipeline.search_settings(config)
@@ -191,7 +191,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
               else make_config(None, BaselineConfig, **overrides))
     dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, config.preset, config.image_size,
                                                             config.threads)
-    command = shlex.join(["slicenet", *sys.argv[1:]])
+    command = shlex.join(["slicenet", *args.argv])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = dataset.name.split(":")[0]
     for hidden in config.hidden:
@@ -307,7 +307,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not run_dirs:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows = report.collect(run_dirs)
-    command = shlex.join(["slicenet", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else "slicenet report"
+    command = shlex.join(["slicenet", *args.argv])
     plots = report.render_plots(rows, args.out)
     write_text(args.out / "runs.csv", report.render_csv(rows))
     write_text(args.out / "REPORT.md", report.render_markdown(rows, command, plots))
@@ -318,7 +318,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     _keep_freed_memory()
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # recorded beside results as the command that produced them
     try:
         return int(args.func(args))
     except InputError as exc:

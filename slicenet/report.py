@@ -12,12 +12,13 @@ import csv
 import io
 import statistics
 from pathlib import Path
+from typing import Any
 
 from .runs import HISTORY, load_config, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
 # the convolution (and dense) weights only, not a k-NN head's prototype bank.
-REFERENCE = {
+REFERENCE: dict[str, dict[str, Any]] = {
     "dense 128": {"params": "1.2 M", "engine": "4.5 MB", "acc_4k_5": 97.5, "acc_60k_5": 99.91, "acc_4k_20": 98.0},
     "dense 64": {"params": "122 k", "engine": "0.5 MB", "acc_4k_5": 97.0, "acc_60k_5": 98.96, "acc_4k_20": 97.5},
     "dense 32": {"params": "70 k", "engine": "273 KB", "acc_4k_5": 97.0, "acc_60k_5": 98.98, "acc_4k_20": 97.5},
@@ -204,8 +205,8 @@ def render_plots(rows: list[dict], out: Path) -> list[str]:
             with open(row["path"] / HISTORY) as handle:
                 history = list(csv.DictReader(handle))
             evaluations = np.array([float(h["evaluations"]) for h in history])
-            best = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
-            ax.plot(evaluations, best, label=f"{row['method']} ({row['dataset']}, {row['preset']})")
+            best_so_far = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
+            ax.plot(evaluations, best_so_far, label=f"{row['method']} ({row['dataset']}, {row['preset']})")
         ax.set_xlabel("fitness evaluations")
         ax.set_ylabel("best generation-mean fitness so far (lower is better)")
         ax.legend(fontsize=7)

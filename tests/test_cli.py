@@ -113,7 +113,8 @@ def test_report_from_runs(run_dir, tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["report", str(run_dir), "--out", str(out)]) == 0
     text = (out / "REPORT.md").read_text()
-    assert "slicenet optimise --dataset digits" in text and "| digits | tiny | cma | layer |" in text
+    assert "slicenet optimise --dataset digits" in text and "| k-NN (k=9), CMA | digits | tiny |" in text
+    assert (out / "accuracy_vs_engine_size.png").stat().st_size > 1000
     assert (out / "runs.csv").read_text().startswith("run,method,dataset")
 
 
