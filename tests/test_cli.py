@@ -115,7 +115,7 @@ def test_report_from_runs(run_dir, tmp_path, capsys):
     text = (out / "REPORT.md").read_text()
     assert "slicenet optimise --dataset digits" in text and "| k-NN (k=9), CMA | digits | tiny |" in text
     assert (out / "accuracy_vs_engine_size.png").stat().st_size > 1000
-    assert (out / "runs.csv").read_text().startswith("run,method,dataset")
+    assert (out / "runs.csv").read_text().startswith("run,network,method,dataset")
 
 
 def test_report_names_a_malformed_metrics_file(run_dir, tmp_path):
