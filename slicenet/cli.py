@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--quiet", action="store_true", help="no progress bar")
     baseline.set_defaults(func=cmd_baseline)
 
+    export = commands.add_parser("export", help="export a run's engine for a target and verify it")
+    export.add_argument("run", type=Path)
+    export.add_argument("--target", required=True, help="onnx, openvino, jetson or ncs2")
+    export.add_argument("--out", type=Path, default=Path("export"), help="bundle root (default export/)")
+    export.add_argument("--verify-images", type=int, default=0,
+                        help="test images to verify on (default 0: the whole test split)")
+    export.set_defaults(func=cmd_export)
+
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     evaluate.add_argument("run", type=Path)
     evaluate.add_argument("--dataset", help="evaluate on this dataset's test split (default: the run's)")
@@ -232,6 +240,31 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         runs.write_results(run_dir, engine, metrics, history)
         print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {summary['epochs']} epochs; "
               f"{metrics['parameters']:,} parameters, engine {metrics['engine_bytes']:,} bytes -> {run_dir}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export, runs
+    from .data import load_dataset
+
+    if args.target not in export.TARGETS:
+        raise InputError(f"unknown target {args.target!r}: expected one of {', '.join(export.TARGETS)}")
+    engine = runs.load_engine(args.run)
+    dataset = load_dataset(runs.load_config(args.run).dataset, engine.image_size[0])
+    images, labels = dataset.x_test, dataset.y_test
+    if args.verify_images:
+        images, labels = images[: args.verify_images], labels[: args.verify_images]
+    devices = Path(__file__).resolve().parent.parent / "devices"
+    if not (devices / "run_engine.py").is_file():
+        raise InputError(f"{devices / 'run_engine.py'} is missing: export runs from a slicenet checkout "
+                         "(pip install -e .)")
+    manifest = export.export_bundle(engine, args.run, args.target, args.out, images, labels, devices)
+    bundle = args.out / Path(args.run).resolve().name / args.target
+    for v in manifest["verification"]:
+        print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "
+              f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "
+              f"{100 * v['accuracy_torch']:.2f} % -> {100 * v['accuracy_exported']:.2f} %")
+    print(f"bundle -> {bundle}")
     return 0
 
 

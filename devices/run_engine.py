@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Run an exported slicenet bundle on a board and time it.
+
+Runs on a Jetson Nano (JetPack 4.6, Python 3.6, onnxruntime-gpu 1.11 from the Jetson Zoo, or CPU
+onnxruntime) and on a host with only OpenVINO 2022.3 and numpy (NCS2: --device MYRIAD). It imports
+neither torch nor slicenet, and keeps to Python 3.6 syntax (the tests check that with a tool).
+
+    python3 run_engine.py --runtime onnxruntime [--providers CUDAExecutionProvider]
+    python3 run_engine.py --runtime openvino --device MYRIAD
+
+It checks the sha256 of every file against manifest.json, runs the shipped sample images, checks
+their predictions against the expected ones, times warm-up then timed single-image inferences, and
+writes result.json for `slicenet bench --ingest result.json`.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def fail(message):
+    sys.stderr.write("run_engine: error: " + message + "\n")
+    sys.exit(2)
+
+
+def check_files(folder, manifest):
+    for name, digest in sorted(manifest["sha256"].items()):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            fail(f"{name} is missing from the bundle; copy the whole folder")
+        with open(path, "rb") as handle:
+            actual = hashlib.sha256(handle.read()).hexdigest()
+        if actual != digest:
+            fail(f"{name} has sha256 {actual} but the manifest says {digest}: the copy is damaged")
+
+
+def onnxruntime_runner(model_path, providers):
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    started = time.perf_counter()
+    session = ort.InferenceSession(model_path, providers=chosen)
+    created = time.perf_counter() - started
+
+    def infer(image):
+        outputs = session.run(["class", "votes"], {"image": image})
+        return int(np.asarray(outputs[0]).reshape(-1)[0])
+
+    return infer, created, "onnxruntime", ort.__version__, ",".join(session.get_providers())
+
+
+def openvino_runner(model_path, device):
+    try:
+        from openvino.runtime import Core  # 2022.3
+    except ImportError:
+        from openvino import Core  # newer releases
+    import openvino
+
+    core = Core()
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if device == "CPU":
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    started = time.perf_counter()
+    compiled = core.compile_model(model_path, device, config)
+    created = time.perf_counter() - started
+    request = compiled.create_infer_request()
+    output = compiled.output("class")
+
+    def infer(image):
+        result = request.infer({"image": image})
+        return int(np.asarray(result[output]).reshape(-1)[0])
+
+    version = getattr(openvino, "__version__", None) or openvino.runtime.get_version()
+    return infer, created, "openvino", version, device
+
+
+def power_mode():
+    """The Jetson power mode (nvpmodel -q), or None elsewhere."""
+    try:
+        output = subprocess.check_output(["nvpmodel", "-q"], stderr=subprocess.STDOUT, timeout=5)
+        return output.decode("utf-8", "replace").strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 -- no nvpmodel: not a Jetson
+        return None
+
+
+def device_name():
+    for path in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        if os.path.isfile(path):
+            with open(path, "rb") as handle:
+                return handle.read().decode("utf-8", "replace").strip("\x00 \n")
+    return platform.node() + " (" + platform.machine() + ")"
+
+
+def percentile(values, q):
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
+    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], required=True)
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU or MYRIAD")
+    parser.add_argument("--providers", nargs="+", default=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    parser.add_argument("--model", help="model file inside the bundle (default: the manifest's)")
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--out", default="result.json")
+    parser.add_argument("--board", help="name of the board for the result (default: read from the system)")
+    args = parser.parse_args(argv)
+
+    manifest_path = os.path.join(args.bundle, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        fail(f"no manifest.json in {args.bundle}: pass --bundle <exported bundle folder>")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    check_files(args.bundle, manifest)
+    model_path = os.path.join(args.bundle, args.model or manifest["model"])
+    samples = np.load(os.path.join(args.bundle, manifest["samples"]["file"]))
+    expected = manifest["samples"]["expected_classes"]
+    if samples.ndim != 4 or len(samples) != len(expected):
+        fail("samples.npy does not match the manifest's expected classes")
+
+    if args.runtime == "onnxruntime":
+        infer, created, runtime, version, where = onnxruntime_runner(model_path, args.providers)
+    else:
+        infer, created, runtime, version, where = openvino_runner(model_path, args.device)
+
+    started = time.perf_counter()
+    first_class = infer(samples[:1])
+    first = time.perf_counter() - started
+    predicted = [first_class] + [infer(samples[i:i + 1]) for i in range(1, len(samples))]
+    matches = sum(int(p == e) for p, e in zip(predicted, expected))
+    for i in range(args.warmup):
+        infer(samples[i % len(samples):i % len(samples) + 1])
+    latencies = []
+    timed_start = time.perf_counter()
+    for i in range(args.iterations):
+        image = samples[i % len(samples):i % len(samples) + 1]
+        t0 = time.perf_counter()
+        infer(image)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+    duration = time.perf_counter() - timed_start
+    result = {
+        "format": "slicenet-board-result/1",
+        "bundle": os.path.basename(manifest["run"].rstrip("/")) + "/" + manifest["target"],
+        "target": manifest["target"],
+        "board": args.board or device_name(),
+        "runtime": runtime,
+        "runtime_version": str(version),
+        "device": where,
+        "precision": "fp16" if manifest["target"] == "ncs2" else "fp32",
+        "power_mode": power_mode(),
+        "python": platform.python_version(),
+        "count": args.iterations,
+        "duration_s": duration,
+        "session_creation_ms": created * 1000.0,
+        "first_inference_ms": first * 1000.0,
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "mean_ms": float(np.mean(latencies)),
+        "min_ms": float(np.min(latencies)),
+        "max_ms": float(np.max(latencies)),
+        "throughput_fps": args.iterations / duration,
+        "samples": len(expected),
+        "samples_matching_expected": matches,
+    }
+    with open(args.out + ".tmp", "w") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(args.out + ".tmp", args.out)
+    print("{}: p50 {:.3f} ms, p99 {:.3f} ms, {:.0f} inferences/s; {}/{} samples match -> {}".format(
+        result["bundle"], result["p50_ms"], result["p99_ms"], result["throughput_fps"], matches, len(expected),
+        args.out))
+    if matches != len(expected):
+        message = f"{len(expected) - matches} of {len(expected)} sample predictions differ from the expected ones"
+        if result["precision"] == "fp32":
+            fail(message)
+        sys.stderr.write("run_engine: warning: " + message + " (FP16 model; see the manifest's verification)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""Export an engine as one graph (image -> class, votes) for ONNX Runtime, OpenVINO, the NCS2 and the
+Jetson Nano, check the graph against the target's rules, and verify it before declaring success.
+
+The graph: uint8 image [1, 1, H, W] -> Cast -> scale/shift (normalisation) -> (Conv -> MaxPool ->
+Relu/Tanh) per layer -> Reshape -> post-processing (Sub mean, L2 normalise) -> squared distances to
+the bank as ``||q||^2 - 2 q.B^T + ||B||^2`` (bank norms precomputed) -> TopK of the *negated* distance
+(largest=1: TensorRT 8.2 ignores largest=0) -> Gather rows of a one-hot label matrix -> ReduceSum
+(the votes) -> ArgMax (the class). No OneHot, static shapes, constant K. A dense-head engine ends
+with MatMul/Add/Relu layers, Softmax (reported as the votes) and ArgMax instead.
+
+ONNX graphs are built with ``onnx.helper`` rather than torch's exporter, so that the opset and every
+operation are exactly what the target allows (torch 2.13's exporter quietly ignores opset requests).
+The NCS2 IR is built from OpenVINO opset1/opset3 operations directly, because current OpenVINO's
+converter emits TopK-11 and friends, which OpenVINO 2022.3 (the last release with MYRIAD) cannot read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .engine import Engine
+from .errors import InputError
+
+TARGETS = ("onnx", "openvino", "jetson", "ncs2")
+ONNX_OPSET = {"onnx": 17, "openvino": 17, "jetson": 13, "ncs2": 13}
+TENSORRT_MAX_K = 3840
+# Operations each target accepts (from ../shared/TARGETS.md: TensorRT 8.2's ONNX importer, MYRIAD
+# in OpenVINO 2022.3); the graph is checked against these lists before anything is written.
+ALLOWED_ONNX_OPS = {
+    "onnx": None,  # any operation of the opset
+    "openvino": None,
+    "jetson": {"Cast", "Mul", "Add", "Sub", "Conv", "MaxPool", "Relu", "Tanh", "Reshape", "ReduceSum", "Sqrt",
+               "Max", "Div", "MatMul", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
+    "ncs2": {"Cast", "Mul", "Add", "Sub", "Conv", "MaxPool", "Relu", "Tanh", "Reshape", "ReduceSum", "Sqrt",
+             "Max", "Div", "MatMul", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
+}
+MYRIAD_IR_OPS = {"Parameter", "Result", "Const", "Convert", "Multiply", "Add", "Subtract", "Convolution",
+                 "MaxPool", "ReLU", "Tanh", "Reshape", "ReduceSum", "Sqrt", "Maximum", "Divide", "MatMul",
+                 "Negative", "TopK", "Gather", "SoftMax"}  # IR layer type names
+EPSILON = 1e-12  # guards the L2 normalisation against an all-zero feature vector
+
+
+@dataclass(frozen=True)
+class Verification:
+    images: int
+    agreement: float  # share of test images whose exported prediction equals the torch engine's
+    accuracy_torch: float
+    accuracy_exported: float
+    runtime: str
+    precision: str
+
+
+# -- the ONNX graph ---------------------------------------------------------------------------------
+
+def build_onnx(engine: Engine, opset: int):
+    """The whole engine as one ONNX model of the given opset (13 or newer)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if opset < 13:
+        raise ValueError("the exported graph needs ONNX opset 13 or newer (ReduceSum with axes as input)")
+    height, width = engine.image_size
+    nodes, inits = [], []
+
+    def const(name: str, value: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    x = node("Cast", ["image"], "image_f32", to=TensorProto.FLOAT)
+    scale = np.float32(1.0 / (255.0 * engine.input_std))
+    x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
+    x = node("Add", [x, const("input_shift", np.array(-engine.input_mean / engine.input_std, dtype=np.float32))],
+             "normalised")
+    for index, ((weight, bias), layer) in enumerate(zip(engine.weights, engine.spec.layers, strict=True)):
+        x = node("Conv", [x, const(f"conv{index}.weight", weight.numpy()), const(f"conv{index}.bias", bias.numpy())],
+                 f"conv{index}", kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
+                 pads=[layer.padding] * 4)
+        if layer.pool > 1:
+            x = node("MaxPool", [x], f"pool{index}", kernel_shape=[layer.pool] * 2, strides=[layer.pool] * 2)
+        x = node("Relu" if layer.activation == "relu" else "Tanh", [x], f"act{index}")
+    x = node("Reshape", [x, const("flat_shape", np.array([1, -1], dtype=np.int64))], "features")
+    axis1 = const("axis1", np.array([1], dtype=np.int64))
+    if engine.head == "dense":
+        for index, (weight, bias) in enumerate(engine.dense):
+            x = node("MatMul", [x, const(f"dense{index}.weight_t", weight.numpy().T.copy())], f"dense{index}.mm")
+            x = node("Add", [x, const(f"dense{index}.bias", bias.numpy())], f"dense{index}")
+            if index < len(engine.dense) - 1:
+                x = node("Relu", [x], f"dense{index}.relu")
+        votes = node("Softmax", [x], "votes", axis=1)
+        node("ArgMax", [x], "class", axis=1, keepdims=0)
+    else:
+        if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
+            raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
+        if engine.postprocessing == "centre_l2":
+            x = node("Sub", [x, const("feature_mean", engine.feature_mean.numpy()[None])], "centred")
+        if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
+            square = node("Mul", [x, x], "square")
+            norm = node("Sqrt", [node("ReduceSum", [square, axis1], "sum_square", keepdims=1)], "norm")
+            norm = node("Max", [norm, const("epsilon", np.array(EPSILON, dtype=np.float32))], "norm_safe")
+            x = node("Div", [x, norm], "query")
+        bank = engine.bank.numpy()
+        if engine.metric == "cosine":
+            bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
+        scores = node("MatMul", [x, const("bank_t", bank.T.astype(np.float32).copy())], "dot")
+        if engine.metric != "cosine":
+            # -||q - b||^2 = 2 q.b - ||q||^2 - ||b||^2: larger is nearer, as TopK(largest=1) wants.
+            q2 = node("ReduceSum", [node("Mul", [x, x], "q_square"), axis1], "q_norm2", keepdims=1)
+            scores = node("Mul", [scores, const("two", np.array(2.0, dtype=np.float32))], "dot2")
+            scores = node("Sub", [scores, q2], "dot2_minus_q")
+            scores = node("Sub", [scores, const("bank_norm2", (bank.astype(np.float64) ** 2).sum(1)
+                                                 .astype(np.float32)[None])], "neg_distance")
+        k = const("k", np.array([engine.n_neighbors], dtype=np.int64))
+        nodes.append(helper.make_node("TopK", [scores, k], ["nearest_scores", "nearest"], name="topk",
+                                      axis=-1, largest=1, sorted=1))
+        one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
+        gathered = node("Gather", [const("bank_onehot", one_hot), "nearest"], "neighbour_labels", axis=0)
+        votes = node("ReduceSum", [gathered, axis1], "votes", keepdims=0)
+        node("ArgMax", [votes], "class", axis=1, keepdims=0)
+    graph = helper.make_graph(
+        nodes, "slicenet_engine",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 1, height, width])],
+        [helper.make_tensor_value_info("class", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("votes", TensorProto.FLOAT, [1, engine.n_classes])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="slicenet",
+                              producer_version=__version__)
+    model.ir_version = min(model.ir_version, 8)  # readable by onnxruntime 1.11 (Jetson Zoo wheel) / TRT 8.2
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def check_onnx(model, target: str) -> None:
+    """Fail, naming the operation and the target, if the graph breaks the target's rules."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if target in ("jetson", "ncs2") and opset > 13:
+        raise InputError(f"target {target}: ONNX opset {opset} is above 13, which TensorRT 8.2 / OpenVINO "
+                         "2022.3's model optimizer accept")
+    allowed = ALLOWED_ONNX_OPS[target]
+    for n in model.graph.node:
+        if allowed is not None and n.op_type not in allowed:
+            raise InputError(f"operation {n.op_type} (node {n.name}) is not supported by target {target}")
+        if n.op_type == "OneHot" and target in ("jetson", "ncs2"):
+            raise InputError(f"operation OneHot is not supported by target {target}")
+        if n.op_type == "TopK":
+            largest = next((a.i for a in n.attribute if a.name == "largest"), 1)
+            if target == "jetson" and largest == 0:
+                raise InputError("operation TopK with largest=0 is not supported by target jetson "
+                                 "(TensorRT 8.2 ignores it); use TopK of the negated distance")
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            raise InputError(f"target {target} needs static shapes; {value.name} has a dynamic dimension")
+    k = next((i for i in model.graph.initializer if i.name == "k"), None)
+    if k is not None and target == "jetson":
+        from onnx import numpy_helper
+
+        if int(numpy_helper.to_array(k)[0]) > TENSORRT_MAX_K:
+            raise InputError(f"TopK K above {TENSORRT_MAX_K} is not supported by target jetson")
+
+
+# -- the OpenVINO IR for the NCS2 (opset <= 10) -------------------------------------------------------
+
+def build_ncs2_ir(engine: Engine):
+    """The engine as an OpenVINO model of opset1 / opset3 operations only (readable by 2022.3)."""
+    import openvino.opset1 as ops
+    import openvino.opset3 as ops3
+    from openvino import Model
+
+    height, width = engine.image_size
+    image = ops.parameter([1, 1, height, width], np.uint8, name="image")
+    x = ops.convert(image, "f32")
+    x = ops.multiply(x, np.float32(1.0 / (255.0 * engine.input_std)))
+    x = ops.add(x, np.float32(-engine.input_mean / engine.input_std))
+    for (weight, bias), layer in zip(engine.weights, engine.spec.layers, strict=True):
+        x = ops.convolution(x, weight.numpy(), [layer.stride] * 2, [layer.padding] * 2, [layer.padding] * 2, [1, 1])
+        x = ops.add(x, bias.numpy().reshape(1, -1, 1, 1))
+        if layer.pool > 1:
+            x = ops.max_pool(x, [layer.pool] * 2, [0, 0], [0, 0], [layer.pool] * 2)
+        x = ops.relu(x) if layer.activation == "relu" else ops.tanh(x)
+    x = ops.reshape(x, np.array([1, -1], dtype=np.int64), special_zero=False)
+    if engine.head == "dense":
+        for index, (weight, bias) in enumerate(engine.dense):
+            x = ops.add(ops.matmul(x, weight.numpy().T.copy(), False, False), bias.numpy()[None])
+            if index < len(engine.dense) - 1:
+                x = ops.relu(x)
+        votes = ops.softmax(x, 1)
+        top = ops3.topk(x, np.int64(1), 1, "max", "value", "i32")
+    else:
+        if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
+            raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
+        axis1 = np.array([1], dtype=np.int64)
+        if engine.postprocessing == "centre_l2":
+            x = ops.subtract(x, engine.feature_mean.numpy()[None])
+        if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
+            norm = ops.sqrt(ops.reduce_sum(ops.multiply(x, x), axis1, True))
+            x = ops.divide(x, ops.maximum(norm, np.float32(EPSILON)))
+        bank = engine.bank.numpy()
+        if engine.metric == "cosine":
+            bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
+        scores = ops.matmul(x, bank.T.astype(np.float32).copy(), False, False)
+        if engine.metric != "cosine":
+            q2 = ops.reduce_sum(ops.multiply(x, x), axis1, True)
+            scores = ops.subtract(ops.subtract(ops.multiply(scores, np.float32(2.0)), q2),
+                                  (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)[None])
+        nearest = ops3.topk(scores, np.int64(engine.n_neighbors), 1, "max", "value", "i32")
+        one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
+        gathered = ops.gather(one_hot, nearest.output(1), np.int64(0))
+        votes = ops.reduce_sum(gathered, axis1, False)
+        top = ops3.topk(votes, np.int64(1), 1, "max", "index", "i32")  # ties: the smallest class index
+    votes.set_friendly_name("votes")
+    class_index = ops.reshape(top.output(1), np.array([1], dtype=np.int64), special_zero=False)
+    class_index.set_friendly_name("class")
+    model = Model([class_index, votes], [image], "slicenet_engine")
+    model.outputs[0].get_tensor().set_names({"class"})
+    model.outputs[1].get_tensor().set_names({"votes"})
+    return model
+
+
+def check_ir_opsets(xml_path: Path, max_opset: int = 10) -> dict:
+    """Every layer of an IR must come from opset1..``max_opset`` and be a MYRIAD-supported type."""
+    text = xml_path.read_text()
+    ir_version = int(re.search(r'<net [^>]*version="(\d+)"', text).group(1))  # type: ignore[union-attr]
+    if ir_version not in (10, 11):
+        raise InputError(f"IR version {ir_version}: OpenVINO 2022.3 reads IR v10 and v11 only")
+    layers = re.findall(r'<layer [^>]*type="([^"]+)"[^>]*version="([^"]+)"', text)
+    for op_type, version in layers:
+        number = int(version[5:]) if version.startswith("opset") else None
+        if number is None or number > max_opset:
+            raise InputError(f"operation {op_type} ({version}) is not supported by target ncs2: "
+                             f"OpenVINO 2022.3 reads opset1..opset{max_opset} only")
+        if op_type not in MYRIAD_IR_OPS:
+            raise InputError(f"operation {op_type} is not supported by target ncs2 (MYRIAD)")
+    precisions = set(re.findall(r'<layer [^>]*type="Const"[^>]*>\s*<data [^>]*element_type="([^"]+)"', text))
+    return {"ir_version": ir_version, "layers": len(layers), "const_precisions": sorted(precisions)}
+
+
+# -- verification -----------------------------------------------------------------------------------
+
+def run_onnxruntime(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("onnxruntime is not installed: pip install 'slicenet[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    classes, votes = [], []
+    for image in images:
+        c, v = session.run(["class", "votes"], {"image": image[None, None]})
+        classes.append(int(c[0]))
+        votes.append(v[0])
+    return np.array(classes), np.stack(votes)
+
+
+def run_openvino(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise InputError("openvino is not installed: pip install 'slicenet[export]'") from None
+    # f32: on CPUs with AMX OpenVINO defaults to bf16, which changes k-NN predictions.
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    classes, votes = [], []
+    for image in images:
+        result = request.infer({"image": image[None, None]})
+        classes.append(int(np.asarray(result[compiled.output("class")]).reshape(-1)[0]))
+        votes.append(np.asarray(result[compiled.output("votes")])[0])
+    return np.array(classes), np.stack(votes)
+
+
+def verify(engine: Engine, runtime: str, path: Path, images: np.ndarray, labels: np.ndarray,
+           precision: str) -> Verification:
+    expected, _, _ = engine.predict(images)
+    run = run_onnxruntime if runtime == "onnxruntime" else run_openvino
+    predicted, _ = run(path, images)
+    return Verification(len(images), float((predicted == expected).mean()), float((expected == labels).mean()),
+                        float((predicted == labels).mean()), runtime, precision)
+
+
+# -- bundles ----------------------------------------------------------------------------------------
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+BOARD_README = {
+    "onnx": """# {name}: ONNX (opset {opset}) for ONNX Runtime
+
+    python3 run_engine.py --runtime onnxruntime      # checks sha256, runs the samples, writes result.json
+    onnxruntime_perf_test -I -m times -r 1000 engine.onnx
+""",
+    "openvino": """# {name}: OpenVINO IR (FP32) for current OpenVINO on CPU
+
+    python3 run_engine.py --runtime openvino --device CPU
+    benchmark_app -m engine.xml -d CPU -hint latency -infer_precision f32
+""",
+    "jetson": """# {name}: NVIDIA Jetson Nano (JetPack 4.6.x, TensorRT 8.2.1, Python 3.6)
+
+`engine.onnx` is ONNX opset 13 with static shapes, K={k} <= 3840, no OneHot, and the nearest
+neighbours found as TopK(largest=1) of the negated distance (TensorRT 8.2 ignores largest=0).
+
+    sudo nvpmodel -m 0 && sudo jetson_clocks          # 10 W MAXN (use -m 1 for the 5 W mode)
+    /usr/src/tensorrt/bin/trtexec --onnx=engine.onnx --fp16 --saveEngine=engine.plan
+    /usr/src/tensorrt/bin/trtexec --loadEngine=engine.plan --useSpinWait --noDataTransfers \\
+        --warmUp=500 --duration=10 --percentile=99
+    python3 run_engine.py --runtime onnxruntime       # onnxruntime-gpu 1.11.0 (Jetson Zoo, cp36) or CPU
+    tegrastats --interval 100                         # board power: POM_5V_IN
+
+Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
+""",
+    "ncs2": """# {name}: Intel Neural Compute Stick 2 (MYRIAD, OpenVINO 2022.3 LTS)
+
+`engine.xml` / `engine.bin` are an FP16 IR (v{ir_version}) built from opset1/opset3 operations only,
+static shapes, MYRIAD-supported layers. MYRIAD ships only in the 2022.3 archive installers (not pip):
+
+    source /opt/intel/openvino_2022/setupvars.sh
+    compile_tool -m engine.xml -d MYRIAD -o engine.blob          # no stick attached: add -c myriad.conf
+    benchmark_app -m engine.xml -d MYRIAD -hint latency
+    python3 run_engine.py --runtime openvino --device MYRIAD
+
+`myriad.conf` holds `MYRIAD_ENABLE_MX_BOOT NO`. Fallback: `engine.onnx` (opset 13) converts with
+2022.3's own model optimizer: `mo --input_model engine.onnx --compress_to_fp16`.
+Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
+""",
+}
+
+
+def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, images: np.ndarray,
+                  labels: np.ndarray, devices_dir: Path, n_samples: int = 32) -> dict:
+    """Write ``out_root/<run>/<target>/`` and return its manifest. Verifies before writing the manifest."""
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+    name = run_dir.resolve().name
+    bundle = out_root / name / target
+    staging = bundle.with_name(f".{target}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    opset = ONNX_OPSET[target]
+    model = build_onnx(engine, opset)
+    check_onnx(model, target)
+    checks: dict = {"onnx_opset": opset, "onnx_ops": sorted({n.op_type for n in model.graph.node})}
+    import onnx
+
+    verifications = []
+    if target in ("onnx", "jetson", "ncs2"):
+        onnx.save_model(model, str(staging / "engine.onnx"))
+        verifications.append(verify(engine, "onnxruntime", staging / "engine.onnx", images, labels, "fp32"))
+    if target == "openvino":
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(_save_temp(model, staging))), str(staging / "engine.xml"),
+                      compress_to_fp16=False)
+        (staging / "engine.tmp.onnx").unlink()
+        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp32"))
+    if target == "ncs2":
+        import openvino as ov
+
+        ov.save_model(build_ncs2_ir(engine), str(staging / "engine.xml"), compress_to_fp16=True)
+        checks["ir"] = check_ir_opsets(staging / "engine.xml")
+        if "f16" not in checks["ir"]["const_precisions"]:
+            raise InputError("the NCS2 IR has no FP16 weights; MYRIAD needs an FP16 model")
+        (staging / "myriad.conf").write_text("MYRIAD_ENABLE_MX_BOOT NO\n")
+        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp16-weights"))
+    for v in verifications:
+        if v.precision == "fp32" and v.agreement < 1.0:
+            raise InputError(f"target {target}: {v.runtime} disagrees with the torch engine on "
+                             f"{round((1 - v.agreement) * v.images)} of {v.images} test images; not exported")
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(images), size=min(n_samples, len(images)), replace=False))
+    samples = np.ascontiguousarray(images[pick][:, None])
+    np.save(staging / "samples.npy", samples)
+    expected, expected_votes, _ = engine.predict(images[pick])
+    shutil.copy(devices_dir / "run_engine.py", staging / "run_engine.py")
+    files = sorted(p.name for p in staging.iterdir() if p.is_file())
+    readme = BOARD_README[target].format(name=name, opset=opset, k=engine.n_neighbors,
+                                         ir_version=checks.get("ir", {}).get("ir_version", ""))
+    (staging / "README.md").write_text(readme)
+    manifest = {
+        "format": "slicenet-bundle/1", "target": target, "slicenet_version": __version__, "run": str(run_dir),
+        "model": "engine.xml" if target in ("openvino", "ncs2") else "engine.onnx",
+        "fallback_model": "engine.onnx" if target == "ncs2" else None,
+        "input": {"name": "image", "shape": [1, 1, *engine.image_size], "dtype": "uint8",
+                  "normalisation": {"scale": 1.0 / 255.0, "mean": engine.input_mean, "std": engine.input_std,
+                                    "formula": "(image / 255 - mean) / std, inside the graph"}},
+        "outputs": {"class": "int64 [1]", "votes": f"float32 [1, {engine.n_classes}]"},
+        "class_names": list(engine.class_names), "head": engine.head, "k": engine.n_neighbors,
+        "metric": engine.metric, "postprocessing": engine.postprocessing, "parameters": engine.parameters,
+        "engine_bytes": engine.engine_bytes, "bank_size": int(engine.bank.shape[0]),
+        "checks": checks,
+        "verification": [v.__dict__ for v in verifications],
+        "samples": {"file": "samples.npy", "expected_classes": expected.tolist(),
+                    "expected_votes": np.round(expected_votes, 6).tolist()},
+        "sha256": {f: sha256(staging / f) for f in files},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    staging.rename(bundle)  # the bundle appears whole or not at all
+    return manifest
+
+
+def _save_temp(model, folder: Path) -> Path:
+    import onnx
+
+    path = folder / "engine.tmp.onnx"
+    onnx.save_model(model, str(path))
+    return path

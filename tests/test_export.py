@@ -1,0 +1,157 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import helper
+
+from slicenet.cli import main
+from slicenet.errors import InputError
+from slicenet.export import build_onnx, check_ir_opsets, check_onnx
+
+DEVICES = Path(__file__).resolve().parent.parent / "devices"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "dense"
+    assert main(["baseline", "--dataset", "digits", "--epochs", "2", "--hidden", "16", "--quiet",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "ncs2"])
+@pytest.mark.parametrize("which", ["tiny_run", "dense_run"])
+def test_every_target_exports_and_verifies(request, which, target, tmp_path):
+    run = request.getfixturevalue(which)
+    assert main(["export", str(run), "--target", target, "--out", str(tmp_path)]) == 0
+    bundle = tmp_path / run.name / target
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for v in manifest["verification"]:
+        assert v["images"] == 360
+        if v["precision"] == "fp32":
+            assert v["agreement"] == 1.0  # identical predictions to the torch engine
+        else:
+            assert v["agreement"] >= 0.99 and abs(v["accuracy_exported"] - v["accuracy_torch"]) <= 0.01
+    for name, digest in manifest["sha256"].items():
+        import hashlib
+        assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
+    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [1, 1, 8, 8]
+    assert (bundle / "README.md").is_file() and (bundle / "run_engine.py").is_file()
+
+
+def test_jetson_file_rules(tiny_run, tmp_path):
+    assert main(["export", str(tiny_run), "--target", "jetson", "--out", str(tmp_path)]) == 0
+    model = onnx.load(str(tmp_path / tiny_run.name / "jetson" / "engine.onnx"))
+    assert max(o.version for o in model.opset_import) <= 13
+    ops = {n.op_type for n in model.graph.node}
+    assert "OneHot" not in ops
+    for n in model.graph.node:
+        if n.op_type == "TopK":
+            assert next(a.i for a in n.attribute if a.name == "largest") == 1
+    assert not (tmp_path / tiny_run.name / "jetson" / "engine.onnx.data").exists()  # one file
+
+
+def test_ncs2_ir_is_opset10_and_fp16(tiny_run, tmp_path):
+    import re
+
+    assert main(["export", str(tiny_run), "--target", "ncs2", "--out", str(tmp_path)]) == 0
+    xml = (tmp_path / tiny_run.name / "ncs2" / "engine.xml").read_text()
+    versions = re.findall(r'<layer [^>]*version="opset(\d+)"', xml)
+    assert versions and max(int(v) for v in versions) <= 10
+    weights = re.findall(r'<layer [^>]*name="[^"]*"[^>]*type="Const"[^>]*>\s*<data [^>]*element_type="(\w+)"', xml)
+    assert "f16" in weights
+
+
+def _with_node(model, op_type: str, **attrs):
+    extra = helper.make_node(op_type, ["votes"], ["extra"], name="forbidden", **attrs)
+    model.graph.node.append(extra)
+    return model
+
+
+def test_forbidden_operations_are_named(tiny_run):
+    from slicenet.engine import Engine
+
+    engine = Engine.load(tiny_run / "engine.safetensors")
+    model = build_onnx(engine, 13)
+    one_hot = onnx.ModelProto()
+    one_hot.CopyFrom(model)
+    one_hot.graph.node.append(helper.make_node("OneHot", ["nearest", "k", "votes"], ["x"], name="oh"))
+    with pytest.raises(InputError, match="operation OneHot .* not supported by target jetson"):
+        check_onnx(one_hot, "jetson")
+    smallest = onnx.ModelProto()
+    smallest.CopyFrom(model)
+    for n in smallest.graph.node:
+        if n.op_type == "TopK":
+            for a in n.attribute:
+                if a.name == "largest":
+                    a.i = 0
+    with pytest.raises(InputError, match="TopK with largest=0"):
+        check_onnx(smallest, "jetson")
+    newer = build_onnx(engine, 17)
+    with pytest.raises(InputError, match="opset 17 is above 13"):
+        check_onnx(newer, "ncs2")
+    check_onnx(newer, "onnx")  # any operation of a current opset is fine for plain ONNX Runtime
+
+
+def test_ir_checker_rejects_a_newer_opset(tmp_path):
+    xml = tmp_path / "m.xml"
+    xml.write_text('<net name="m" version="11"><layers><layer id="0" name="t" type="TopK" version="opset11">'
+                   '</layer></layers></net>')
+    with pytest.raises(InputError, match="TopK \\(opset11\\) is not supported by target ncs2"):
+        check_ir_opsets(xml)
+
+
+@pytest.mark.parametrize("target,runtime", [("jetson", "onnxruntime"), ("ncs2", "openvino"),
+                                            ("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_board_runner_runs_here(tiny_run, tmp_path, target, runtime):
+    assert main(["export", str(tiny_run), "--target", target, "--out", str(tmp_path)]) == 0
+    bundle = tmp_path / tiny_run.name / target
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "--runtime", runtime, "--iterations", "20",
+                             "--warmup", "2", "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = json.loads((tmp_path / "r.json").read_text())
+    for key in ("board", "runtime", "runtime_version", "precision", "power_mode", "p50_ms", "p90_ms", "p99_ms",
+                "mean_ms", "min_ms", "max_ms", "throughput_fps", "first_inference_ms"):
+        assert key in out, key
+    assert out["samples_matching_expected"] == out["samples"]
+
+
+def test_board_runner_detects_a_damaged_file(tiny_run, tmp_path):
+    assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path)]) == 0
+    bundle = tmp_path / tiny_run.name / "onnx"
+    data = bytearray((bundle / "samples.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (bundle / "samples.npy").write_bytes(bytes(data))
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "--runtime", "onnxruntime"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "samples.npy has sha256" in result.stderr
+
+
+def test_board_code_is_python36_compatible():
+    """Checked by a tool (vermin), not by eye; and no torch or slicenet import."""
+    import re
+    import shutil
+
+    vermin = shutil.which("vermin") or str(Path(sys.executable).parent / "vermin")
+    result = subprocess.run([vermin, "-t=3.6-", "--no-tips", "--violations", "--eval-annotations", str(DEVICES)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in DEVICES.glob("*.py"):
+        assert not re.search(r"^\s*(import|from)\s+(torch|slicenet)\b", path.read_text(), re.M), path
+
+
+def test_unknown_target(tiny_run, capsys):
+    assert main(["export", str(tiny_run), "--target", "tpu"]) == 2
+    assert "unknown target 'tpu'" in capsys.readouterr().err
