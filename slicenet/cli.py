@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -98,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--verify-images", type=int, default=0,
                         help="test images to verify on (default 0: the whole test split)")
     export.set_defaults(func=cmd_export)
+
+    bench = commands.add_parser("bench", help="time exported bundles (interleaved), estimate board latency, "
+                                "or ingest a board result")
+    bench.add_argument("bundles", nargs="*", type=Path, help="exported bundle folders (export/<run>/<target>)")
+    bench.add_argument("--runtime", default="onnxruntime", help="onnxruntime (default) or openvino")
+    bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
+    bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
+    bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
+    bench.add_argument("--batch", type=int, default=1, help="images per inference (bundles are exported for 1)")
+    bench.add_argument("--json", type=Path, help="also write the list of results to this file")
+    bench.add_argument("--results", type=Path, default=Path("results/bench"), help="per-run JSON folder")
+    bench.add_argument("--profiles", type=Path, default=None, help="board profiles (default devices/profiles.toml)")
+    bench.add_argument("--ingest", type=Path, help="store a result.json written by devices/run_engine.py")
+    bench.set_defaults(func=cmd_bench)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     evaluate.add_argument("run", type=Path)
@@ -265,6 +280,67 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "
               f"{100 * v['accuracy_torch']:.2f} % -> {100 * v['accuracy_exported']:.2f} %")
     print(f"bundle -> {bundle}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import onnx
+
+    from . import bench
+    from .atomic import write_json
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.ingest is not None:
+        if args.bundles:
+            raise InputError("--ingest takes no bundles; run it on its own")
+        result = bench.ingest(args.ingest)
+        path = args.results / f"board-{re.sub(r'[^A-Za-z0-9]+', '-', result['board']).strip('-')}-{stamp}.json"
+        write_json(path, result)
+        print(f"stored {result['board']} ({result['runtime']} {result['runtime_version']}, {result['precision']}, "
+              f"power mode {result.get('power_mode')}): p50 {result['p50_ms']:.3f} ms -> {path}")
+        return 0
+    if not args.bundles:
+        raise InputError("name at least one exported bundle (export/<run>/<target>), or use --ingest FILE")
+    if args.runtime not in bench.RUNTIMES:
+        raise InputError(f"unknown runtime {args.runtime!r}: expected one of {', '.join(bench.RUNTIMES)}")
+    if args.batch != 1:
+        raise InputError("bundles are exported with a static batch of 1 (the boards' latency case); "
+                         "--batch other than 1 is not supported yet")
+    if args.count < 1 or args.warmup < 0:
+        raise InputError("--count must be at least 1 and --warmup at least 0")
+    profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
+    profiles = bench.load_profiles(profiles_path)
+    sessions = [bench.open_bundle(bundle, args.runtime, args.threads) for bundle in args.bundles]
+    latencies = bench.run_interleaved(sessions, args.count, args.warmup)
+    results = []
+    for session in sessions:
+        row = bench.summarise(session, latencies[session.name], args.threads)
+        manifest = json.loads((session.bundle / "manifest.json").read_text())
+        onnx_file = session.bundle / (manifest.get("fallback_model") or manifest["model"])
+        if onnx_file.suffix == ".onnx":
+            cost = bench.graph_cost(onnx.load(str(onnx_file)))
+            row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
+            row["estimates"] = bench.estimates(cost, profiles)
+        row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
+        row["engine_bytes"] = manifest["engine_bytes"]
+        row["command"] = shlex.join(["slicenet", *args.argv])
+        row["machine"] = __import__("slicenet.pipeline", fromlist=["machine_info"]).machine_info()
+        results.append(row)
+    first = results[0]["p50_ms"]
+    for row in results:
+        row["p50_ratio_to_first"] = row["p50_ms"] / first
+        safe = re.sub(r"[^A-Za-z0-9]+", "-", row["name"]).strip("-")
+        write_json(args.results / f"{safe}-{row['runtime']}-{stamp}.json", row)
+    if args.json:
+        write_json(args.json, results)
+    print(f"{'bundle':40s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'fps':>9s} "
+          f"{'ratio':>6s} {'first ms':>8s}")
+    for row in results:
+        print(f"{row['name'][:40]:40s} {row['p50_ms']:8.4f} {row['p90_ms']:8.4f} {row['p99_ms']:8.4f} "
+              f"{row['mean_ms']:8.4f} {row['throughput_fps']:9.0f} {row['p50_ratio_to_first']:6.2f} "
+              f"{row['first_inference_ms']:8.3f}")
+    print(f"{args.runtime} {results[0]['runtime_version']}, {args.count} interleaved inferences per bundle; "
+          f"JSON in {args.results}")
     return 0
 
 

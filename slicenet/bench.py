@@ -1,0 +1,231 @@
+"""Latency benchmarks of exported bundles on the host, a cost model per board, and board results.
+
+Several bundles are timed *interleaved* (A B A B ...), one single-image inference each turn, so
+that machine drift (frequency scaling, another process) falls on all of them alike; the report
+gives each one's ratio to the first. Field names follow OpenVINO's benchmark_app and ONNX Runtime's
+perf_test: count, duration, latency percentiles, throughput, first inference, session creation.
+
+The cost model counts FLOPs and bytes moved per inference from the exported ONNX graph and turns
+them into a roofline estimate for each board in ``devices/profiles.toml``: always labelled an
+estimate, never mixed with measured board results (``--ingest``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+RUNTIMES = ("onnxruntime", "openvino")
+INGEST_FIELDS = ("board", "runtime", "runtime_version", "precision", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+                 "throughput_fps")
+
+
+@dataclass
+class Session:
+    name: str
+    bundle: Path
+    runtime: str
+    runtime_version: str
+    infer: object  # callable(image) -> None
+    sample: np.ndarray
+    model_bytes: int
+    session_creation_ms: float
+    peak_rss_mb: float
+    first_inference_ms: float = 0.0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
+
+
+def open_bundle(bundle: Path, runtime: str, threads: int) -> Session:
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")
+    manifest = json.loads(manifest_path.read_text())
+    sample = np.load(bundle / manifest["samples"]["file"])[:1]
+    name = f"{Path(manifest['run']).name}/{manifest['target']}"
+    if runtime == "onnxruntime":
+        model = bundle / (manifest["fallback_model"] or manifest["model"])
+        if model.suffix != ".onnx":
+            raise InputError(f"{bundle} holds no ONNX model; use --runtime openvino for it")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        started = time.perf_counter()
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        created = time.perf_counter() - started
+
+        def infer(image, session=session):
+            session.run(["class", "votes"], {"image": image})
+
+        version = ort.__version__
+        model_bytes = model.stat().st_size
+    elif runtime == "openvino":
+        model = bundle / manifest["model"]
+        if model.suffix != ".xml":
+            model = bundle / manifest["model"]
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        started = time.perf_counter()
+        compiled = ov.Core().compile_model(str(model), "CPU", config)
+        created = time.perf_counter() - started
+        request = compiled.create_infer_request()
+
+        def infer(image, request=request):
+            request.infer({"image": image})
+
+        version = ov.__version__
+        model_bytes = sum(p.stat().st_size for p in (model, model.with_suffix(".bin")) if p.is_file())
+    else:
+        raise InputError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    return Session(name, bundle, runtime, version, infer, sample, model_bytes, created * 1000.0, _peak_rss_mb())
+
+
+def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[str, list[float]]:
+    """Latencies in ms per session, timed A B A B ...; returns {name: [ms, ...]} and the order used."""
+    for s in sessions:
+        started = time.perf_counter()
+        s.infer(s.sample)  # type: ignore[operator]
+        s.first_inference_ms = (time.perf_counter() - started) * 1000.0
+    for _ in range(warmup):
+        for s in sessions:
+            s.infer(s.sample)  # type: ignore[operator]
+    latencies: dict[str, list[float]] = {s.name: [] for s in sessions}
+    for _ in range(count):
+        for s in sessions:
+            started = time.perf_counter()
+            s.infer(s.sample)  # type: ignore[operator]
+            latencies[s.name].append((time.perf_counter() - started) * 1000.0)
+    return latencies
+
+
+def summarise(session: Session, latencies: list[float], threads: int) -> dict:
+    values = np.asarray(latencies)
+    return {
+        "name": session.name, "bundle": str(session.bundle), "runtime": session.runtime,
+        "runtime_version": session.runtime_version, "threads": threads, "batch": 1, "count": len(values),
+        "duration_s": float(values.sum() / 1000.0),
+        "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()), "max_ms": float(values.max()),
+        "throughput_fps": float(1000.0 / values.mean()), "first_inference_ms": session.first_inference_ms,
+        "session_creation_ms": session.session_creation_ms, "model_bytes": session.model_bytes,
+        "peak_rss_mb": session.peak_rss_mb,
+    }
+
+
+# -- cost model -------------------------------------------------------------------------------------
+
+def graph_cost(model) -> dict:
+    """FLOPs (a multiply-add counts 2) and bytes moved per inference, from an ONNX graph.
+
+    Bytes moved = every initializer read once + every node's input and output activations read or
+    written once (float32 unless typed otherwise): a lower bound that ignores caches.
+    """
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    itemsize: dict[str, int] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = tuple(d.dim_value for d in dims)
+        itemsize[value.name] = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).itemsize
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for name, array in weights.items():
+        shapes[name], itemsize[name] = array.shape, array.itemsize
+
+    def size(name: str) -> int:
+        return int(np.prod(shapes.get(name, ()))) if name in shapes else 0
+
+    flops, activation_bytes, per_op = 0, 0, {}
+    for n in model.graph.node:
+        out = n.output[0]
+        if n.op_type == "Conv":
+            weight = shapes[n.input[1]]
+            node_flops = 2 * size(out) * int(np.prod(weight[1:]))
+        elif n.op_type == "MatMul":
+            a, b = shapes[n.input[0]], shapes[n.input[1]]
+            node_flops = 2 * int(np.prod(a)) * b[-1]
+        elif n.op_type == "Gemm":
+            a, b = shapes[n.input[0]], shapes[n.input[1]]
+            node_flops = 2 * int(np.prod(a)) * b[-1] + size(out)
+        elif n.op_type == "MaxPool":
+            kernel = next(a.ints for a in n.attribute if a.name == "kernel_shape")
+            node_flops = size(out) * int(np.prod(kernel))
+        elif n.op_type in ("ReduceSum", "TopK", "ArgMax", "Softmax"):
+            node_flops = size(n.input[0])
+        elif n.op_type in ("Reshape", "Gather", "Cast"):
+            node_flops = 0
+        else:
+            node_flops = size(out)
+        flops += node_flops
+        per_op[n.op_type] = per_op.get(n.op_type, 0) + node_flops
+        for name in list(n.input) + list(n.output):
+            if name and name not in weights:
+                activation_bytes += size(name) * itemsize.get(name, 4)
+    weight_bytes = sum(int(a.nbytes) for a in weights.values())
+    return {"flops": int(flops), "weight_bytes": weight_bytes, "activation_bytes": int(activation_bytes),
+            "bytes_moved": weight_bytes + int(activation_bytes), "flops_by_op": per_op}
+
+
+def load_profiles(path: Path) -> dict:
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InputError(f"cannot read board profiles {path}: {exc}") from None
+
+
+def estimates(cost: dict, profiles: dict, precision_bytes: float = 4.0) -> list[dict]:
+    """Roofline latency estimate per board and power mode: max(compute time, memory time)."""
+    rows = []
+    for board, profile in profiles.get("boards", {}).items():
+        for mode, numbers in profile.get("modes", {}).items():
+            scale = 0.5 if numbers.get("fp16") else 1.0  # FP16 halves the bytes moved
+            compute_s = cost["flops"] / (numbers["peak_gflops"] * 1e9)
+            memory_s = cost["bytes_moved"] * scale / (numbers["bandwidth_gbs"] * 1e9)
+            rows.append({"board": profile.get("name", board), "mode": mode, "kind": "estimate",
+                         "estimated_ms": 1000.0 * max(compute_s, memory_s),
+                         "bound": "compute" if compute_s >= memory_s else "memory",
+                         "peak_gflops": numbers["peak_gflops"], "bandwidth_gbs": numbers["bandwidth_gbs"]})
+    return rows
+
+
+def ingest(path: Path) -> dict:
+    """A board result written by devices/run_engine.py, checked field by field."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"ingest file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"ingest file {path} is not valid JSON ({exc}); expected the result.json written "
+                         "by devices/run_engine.py") from None
+    if not isinstance(data, dict):
+        raise InputError(f"ingest file {path}: expected a JSON object written by devices/run_engine.py")
+    for field in INGEST_FIELDS:
+        if field not in data:
+            raise InputError(f"ingest file {path} lacks the field {field!r}; expected the result.json written "
+                             "by devices/run_engine.py")
+    for field in INGEST_FIELDS[4:]:
+        if not isinstance(data[field], (int, float)) or data[field] < 0:
+            raise InputError(f"ingest file {path}: field {field!r} must be a non-negative number, "
+                             f"got {data[field]!r}")
+    return {**data, "kind": "measured"}
