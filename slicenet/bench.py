@@ -73,11 +73,9 @@ def open_bundle(bundle: Path, runtime: str, threads: int) -> Session:
         model_bytes = model.stat().st_size
     elif runtime == "openvino":
         model = bundle / manifest["model"]
-        if model.suffix != ".xml":
-            model = bundle / manifest["model"]
         import openvino as ov
 
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         started = time.perf_counter()
@@ -153,7 +151,8 @@ def graph_cost(model) -> dict:
     def size(name: str) -> int:
         return int(np.prod(shapes.get(name, ()))) if name in shapes else 0
 
-    flops, activation_bytes, per_op = 0, 0, {}
+    flops, activation_bytes = 0, 0
+    per_op: dict[str, int] = {}
     for n in model.graph.node:
         out = n.output[0]
         if n.op_type == "Conv":
