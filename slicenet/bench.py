@@ -53,9 +53,7 @@ def open_bundle(bundle: Path, runtime: str, threads: int) -> Session:
     sample = np.load(bundle / manifest["samples"]["file"])[:1]
     name = f"{Path(manifest['run']).name}/{manifest['target']}"
     if runtime == "onnxruntime":
-        model = bundle / (manifest["fallback_model"] or manifest["model"])
-        if model.suffix != ".onnx":
-            raise InputError(f"{bundle} holds no ONNX model; use --runtime openvino for it")
+        model = bundle / manifest["onnx_model"]
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -316,11 +316,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for session in sessions:
         row = bench.summarise(session, latencies[session.name], args.threads)
         manifest = json.loads((session.bundle / "manifest.json").read_text())
-        onnx_file = session.bundle / (manifest.get("fallback_model") or manifest["model"])
-        if onnx_file.suffix == ".onnx":
-            cost = bench.graph_cost(onnx.load(str(onnx_file)))
-            row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
-            row["estimates"] = bench.estimates(cost, profiles)
+        cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))
+        row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
+        row["estimates"] = bench.estimates(cost, profiles)
         row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
         row["engine_bytes"] = manifest["engine_bytes"]
         row["command"] = shlex.join(["slicenet", *args.argv])

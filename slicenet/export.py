@@ -358,9 +358,9 @@ def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, im
     if target == "openvino":
         import openvino as ov
 
-        ov.save_model(ov.convert_model(str(_save_temp(model, staging))), str(staging / "engine.xml"),
+        onnx.save_model(model, str(staging / "engine.onnx"))  # kept: the IR's source, and the cost model's
+        ov.save_model(ov.convert_model(str(staging / "engine.onnx")), str(staging / "engine.xml"),
                       compress_to_fp16=False)
-        (staging / "engine.tmp.onnx").unlink()
         verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp32"))
     if target == "ncs2":
         import openvino as ov
@@ -389,6 +389,7 @@ def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, im
         "format": "slicenet-bundle/1", "target": target, "slicenet_version": __version__, "run": str(run_dir),
         "model": "engine.xml" if target in ("openvino", "ncs2") else "engine.onnx",
         "fallback_model": "engine.onnx" if target == "ncs2" else None,
+        "onnx_model": "engine.onnx",  # every bundle carries the ONNX graph (the IR's source for OpenVINO)
         "input": {"name": "image", "shape": [1, 1, *engine.image_size], "dtype": "uint8",
                   "normalisation": {"scale": 1.0 / 255.0, "mean": engine.input_mean, "std": engine.input_std,
                                     "formula": "(image / 255 - mean) / std, inside the graph"}},
@@ -407,11 +408,3 @@ def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, im
         shutil.rmtree(bundle)
     staging.rename(bundle)  # the bundle appears whole or not at all
     return manifest
-
-
-def _save_temp(model, folder: Path) -> Path:
-    import onnx
-
-    path = folder / "engine.tmp.onnx"
-    onnx.save_model(model, str(path))
-    return path

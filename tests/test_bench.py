@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from slicenet import bench
+from slicenet.cli import main
+from slicenet.errors import InputError
+
+FIELDS = ("name", "runtime", "runtime_version", "threads", "count", "duration_s", "p50_ms", "p90_ms", "p99_ms",
+          "mean_ms", "min_ms", "max_ms", "throughput_fps", "first_inference_ms", "session_creation_ms",
+          "model_bytes", "peak_rss_mb", "p50_ratio_to_first", "cost", "estimates")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    run = root / "run"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
+                 "--out", str(run)]) == 0
+    for target in ("onnx", "openvino"):
+        assert main(["export", str(run), "--target", target, "--out", str(root / "export")]) == 0
+    return root / "export" / "run"
+
+
+@pytest.mark.parametrize("runtime,targets", [("onnxruntime", ["onnx"]), ("openvino", ["openvino", "onnx"])])
+def test_every_field_on_each_runtime(bundles, tmp_path, runtime, targets):
+    out = tmp_path / "r.json"
+    assert main(["bench", *[str(bundles / t) for t in targets], "--runtime", runtime, "--count", "30",
+                 "--warmup", "3", "--threads", "1", "--json", str(out), "--results", str(tmp_path / "b")]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == len(targets) and rows[0]["p50_ratio_to_first"] == 1.0
+    for row in rows:
+        for field in FIELDS:
+            assert field in row, field
+        assert row["count"] == 30 and row["min_ms"] <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+        assert all(e["kind"] == "estimate" for e in row["estimates"])
+    assert len(list((tmp_path / "b").glob("*.json"))) == len(targets)
+
+
+def test_interleaving_alternates():
+    calls = []
+    sessions = [bench.Session(name, None, "x", "0", lambda image, name=name: calls.append(name), np.zeros(1),
+                              0, 0.0, 0.0) for name in ("A", "B", "C")]
+    latencies = bench.run_interleaved(sessions, count=4, warmup=1)
+    assert calls[:3] == ["A", "B", "C"]  # first inferences
+    assert calls[3:] == ["A", "B", "C"] * 5  # one warm-up round, then four timed rounds
+    assert all(len(v) == 4 for v in latencies.values())
+
+
+def test_flop_count_of_a_small_graph_matches_a_hand_count():
+    weight = np.ones((2, 1, 3, 3), dtype=np.float32)
+    dense = np.ones((18, 4), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3]),
+         helper.make_node("Reshape", ["c", "shape"], ["f"]),
+         helper.make_node("MatMul", ["f", "d"], ["m"]),
+         helper.make_node("Relu", ["m"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(dense, "d"),
+         numpy_helper.from_array(np.array([1, 18], dtype=np.int64), "shape")])
+    cost = bench.graph_cost(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    # Conv: 2x3x3 outputs x 9 multiply-adds x 2 = 324; MatMul: 18 x 4 x 2 = 144; Relu: 4.
+    assert cost["flops"] == 324 + 144 + 4
+    assert cost["weight_bytes"] == weight.nbytes + dense.nbytes + 16
+
+
+def test_estimates_are_rooflines():
+    profiles = {"boards": {"b": {"name": "Board", "modes": {"m": {"peak_gflops": 1.0, "bandwidth_gbs": 1.0}}}}}
+    (row,) = bench.estimates({"flops": 2e9, "bytes_moved": 1e9}, profiles)
+    assert row["estimated_ms"] == pytest.approx(2000.0) and row["bound"] == "compute" and row["kind"] == "estimate"
+
+
+def test_malformed_ingest_names_the_missing_field(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"board": "nano", "runtime": "onnxruntime"}))
+    assert main(["bench", "--ingest", str(path), "--results", str(tmp_path)]) == 2
+    assert "lacks the field 'runtime_version'" in capsys.readouterr().err
+    path.write_text("{broken")
+    with pytest.raises(InputError, match="not valid JSON"):
+        bench.ingest(path)
+
+
+def test_ingest_stores_a_board_result(tmp_path):
+    result = {"board": "NVIDIA Jetson Nano", "runtime": "tensorrt", "runtime_version": "8.2.1", "precision": "fp16",
+              "power_mode": "NV Power Mode: MAXN", "p50_ms": 0.4, "p90_ms": 0.5, "p99_ms": 0.9, "mean_ms": 0.45,
+              "throughput_fps": 2200.0}
+    path = tmp_path / "nano.json"
+    path.write_text(json.dumps(result))
+    assert main(["bench", "--ingest", str(path), "--results", str(tmp_path / "b")]) == 0
+    (stored,) = (tmp_path / "b").glob("board-*.json")
+    assert json.loads(stored.read_text())["kind"] == "measured"
