@@ -9,7 +9,7 @@ done
 slicenet optimise --method pso --out runs/mnist-pso-s0 --quiet
 slicenet optimise --method ga --out runs/mnist-ga-s0 --quiet
 slicenet optimise --method cma --granularity filter --out runs/mnist-cma-filter-s0 --quiet
-slicenet optimise --method cma --preset radu --generations 40 120 --out runs/mnist-cma-radu-s0 --quiet
+slicenet optimise --method cma --preset radu --generations 8 24 --search-images 500 --out runs/mnist-cma-radu-s0 --quiet
 slicenet optimise --preset pixels --postprocessing none --out runs/mnist-pixels --quiet
 slicenet baseline --hidden 128 64 32 16 8 --epochs 5 --out runs/mnist-dense --quiet
 slicenet baseline --preset radu --hidden 128 64 32 16 8 --epochs 5 --out runs/mnist-radu-dense --quiet
