@@ -42,6 +42,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--soft-score": ("soft_score", str, "smooth score: knn (k neighbours) or nca (whole bank)"),
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
     "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
+    "--prototypes": ("prototypes", int, "k-means prototypes per class in the bank (0 = every training image)"),
     "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
     "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
 }
@@ -91,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--out", type=Path, help="run directory (several widths: one sub-folder each)")
     baseline.add_argument("--quiet", action="store_true", help="no progress bar")
     baseline.set_defaults(func=cmd_baseline)
+
+    condense = commands.add_parser("condense", help="compact a run's engine: fewer prototypes, dimensions, bytes")
+    condense.add_argument("run", type=Path)
+    size = condense.add_mutually_exclusive_group(required=True)
+    size.add_argument("--prototypes", type=int, help="prototypes per class")
+    size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
+    condense.add_argument("--method", default="kmeans", help="kmeans (default), cnn or optimised")
+    condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
+    condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
+    condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
+    condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
+    condense.add_argument("--seed", type=int, default=0)
+    condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
+    condense.set_defaults(func=cmd_condense)
 
     export = commands.add_parser("export", help="export a run's engine for a target and verify it")
     export.add_argument("run", type=Path)
@@ -189,7 +204,17 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         state = pipeline.run_search(prepared, state, on_generation, on_checkpoint)
     info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
     engine = pipeline.build_engine(prepared, state, info=info)
+    full_bank = None
+    if config.prototypes:
+        from .condense import CompactSettings, accuracy, choose_and_build
+
+        full_bank = accuracy(engine, prepared.dataset.x_test, prepared.dataset.y_test)
+        engine, _, _ = choose_and_build(engine, prepared.dataset.x_train, prepared.dataset.y_train,
+                                        CompactSettings("kmeans", config.prototypes, 0, "fp32", config.n_neighbors),
+                                        config.seed)
     metrics = pipeline.final_metrics(prepared, state, engine)
+    if full_bank is not None:
+        metrics["full_bank_test_accuracy"] = full_bank
     metrics["wall_seconds"] = round(previous_wall + time.perf_counter() - started, 3)
     metrics["command"] = runs.load_command(run_dir)
     metrics["slicenet_version"] = __version__
@@ -255,6 +280,68 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         runs.write_results(run_dir, engine, metrics, history)
         print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {summary['epochs']} epochs; "
               f"{metrics['parameters']:,} parameters, engine {metrics['engine_bytes']:,} bytes -> {run_dir}")
+    return 0
+
+
+def cmd_condense(args: argparse.Namespace) -> int:
+    from . import condense, runs
+    from .atomic import write_text
+    from .config import to_toml
+    from .data import load_dataset
+
+    started = time.perf_counter()
+    engine = runs.load_engine(args.run)
+    source = runs.load_metrics(args.run)
+    config = runs.load_config(args.run)
+    if args.method not in condense.METHODS:
+        raise InputError(f"unknown reduction method {args.method!r}: expected one of {', '.join(condense.METHODS)}")
+    if args.precision not in ("fp32", "fp16", "int8"):
+        raise InputError(f"unknown precision {args.precision!r}: expected fp32, fp16 or int8")
+    if args.prototypes is not None and args.prototypes < 1:
+        raise InputError(f"--prototypes must be at least 1, got {args.prototypes}")
+    if args.budget_kb is not None and args.budget_kb <= 0:
+        raise InputError(f"--budget-kb must be positive, got {args.budget_kb}")
+    dataset = load_dataset(config.dataset, engine.image_size[0])
+    run = Path(args.run)
+    if args.budget_kb is not None:
+        out = args.out or run.with_name(f"{run.name}-{args.budget_kb:g}kb")
+        compact, chosen, trials = condense.budget_search(engine, dataset.x_train, dataset.y_train,
+                                                         int(args.budget_kb * 1000), args.seed, args.method)
+        front = condense.frontier(trials)
+        print(f"accuracy / size frontier ({len(trials)} engines within {args.budget_kb:g} KB, validation accuracy):")
+        for point in front:
+            print(f"  {point['engine_bytes']:>9,} B  {100 * point['validation_accuracy']:6.2f} %  "
+                  f"{point['prototypes']} per class, dims {point['dims'] or 'all'}, {point['precision']}, "
+                  f"k={point['n_neighbors']}")
+        extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
+                 chosen["validation_accuracy"], "compact": chosen}
+    else:
+        out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
+        settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
+                                            args.n_neighbors, args.generations)
+        compact, val_accuracy, k = condense.choose_and_build(engine, dataset.x_train, dataset.y_train, settings,
+                                                             args.seed)
+        extra = {"validation_accuracy": val_accuracy, "compact": {**settings.__dict__, "n_neighbors": k}}
+    if (out / runs.METRICS).exists():
+        raise InputError(f"{out} already holds a finished run; choose another --out")
+    compact.info = {**engine.info, "condensed_from": str(run)}
+    metrics = {key: source[key] for key in ("method", "dataset", "preset", "granularity", "random_init_test_accuracy",
+                                            "evaluations", "n_train", "n_test", "seed") if key in source}
+    metrics.update(extra)
+    metrics.update({
+        "test_accuracy": condense.accuracy(compact, dataset.x_test, dataset.y_test),
+        "full_bank_test_accuracy": source["test_accuracy"], "full_bank_engine_bytes": source["engine_bytes"],
+        "parameters": compact.parameters, "engine_bytes": compact.engine_bytes, "bank_size": int(len(compact.bank)),
+        "wall_seconds": round(time.perf_counter() - started, 3), "condensed_from": str(run),
+        "command": shlex.join(["slicenet", *args.argv]), "slicenet_version": __version__,
+        "machine": __import__("slicenet.pipeline", fromlist=["machine_info"]).machine_info(),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / runs.CONFIG, to_toml(config, {"version": __version__, "command": metrics["command"],
+                                                   "kind": "optimise", "condensed_from": str(run)}))
+    runs.write_results(out, compact, metrics, [])
+    print(f"test accuracy {metrics['test_accuracy']:.4f} (full bank {source['test_accuracy']:.4f}); engine "
+          f"{metrics['engine_bytes']:,} bytes (full bank {source['engine_bytes']:,}) -> {out}")
     return 0
 
 
@@ -415,9 +502,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows = report.collect(run_dirs)
     command = shlex.join(["slicenet", *args.argv])
-    plots = report.render_plots(rows, args.out)
+    bench = report.load_bench(args.out / "bench")
+    plots = report.render_plots(rows, args.out, bench)
     write_text(args.out / "runs.csv", report.render_csv(rows))
-    write_text(args.out / "REPORT.md", report.render_markdown(rows, command, plots))
+    write_text(args.out / "REPORT.md", report.render_markdown(rows, command, plots, bench))
     print(f"wrote {args.out / 'REPORT.md'}, runs.csv and {len(plots)} plots from {len(rows)} runs")
     return 0
 

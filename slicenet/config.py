@@ -33,6 +33,7 @@ class RunConfig:
     soft_score: str = "knn"  # smooth score: knn (softmax over the k neighbours) | nca (over the whole bank)
     temperature: float = 0.05  # softmax temperature of that smooth score
     image_size: int = 28  # folder datasets only: images are resized to this square size
+    prototypes: int = 0  # k-means prototypes per class in the final bank; 0 = every training image
     seed: int = 0  # seeds initial weights, validation split and optimiser: same seed, same run
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
 
@@ -149,6 +150,7 @@ def validate(config: RunConfig) -> None:
         (config.search_images == 0 or config.search_images >= 20,
          f"search_images must be 0 (all) or at least 20, got {config.search_images}"),
         (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
+        (config.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {config.prototypes}"),
     ]
     for ok, message in checks:
         if not ok:

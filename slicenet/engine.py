@@ -6,6 +6,7 @@ size, ``engine_bytes``, is the size of that file: every byte inference needs, ba
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,6 +20,31 @@ from .knn import knn_vote, postprocess
 from .trunk import TrunkSpec, Weights, features
 
 FORMAT = "slicenet-engine/1"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def quantise_round_trip(tensor: torch.Tensor, precision: str) -> torch.Tensor:
+    """The values ``tensor`` takes once stored at ``precision`` (fp32 in memory)."""
+    stored = encode("t", tensor, precision)
+    return decode(stored, "t")
+
+
+def encode(name: str, tensor: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
+    """Tensors to store for ``name``: fp32, fp16, or int8 with one fp32 scale per tensor (symmetric)."""
+    tensor = tensor.detach().float().contiguous()
+    if precision == "fp32":
+        return {name: tensor}
+    if precision == "fp16":
+        return {name: tensor.half()}
+    scale = tensor.abs().max().clamp_min(1e-12) / 127.0
+    return {f"{name}.q": torch.round(tensor / scale).clamp(-127, 127).to(torch.int8),
+            f"{name}.scale": scale.reshape(1)}
+
+
+def decode(tensors: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if f"{name}.q" in tensors:
+        return tensors[f"{name}.q"].float() * tensors[f"{name}.scale"]
+    return tensors[name].float()
 
 
 def normalise_images(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
@@ -44,6 +70,8 @@ class Engine:
     info: dict  # provenance: method, dataset, run name, ...
     head: str = "knn"  # "knn": vote of the bank; "dense": the fully connected layers below
     dense: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (W [out, in], b)
+    projection: torch.Tensor | None = None  # [D, d]: centred features are projected before L2 normalising
+    storage: dict[str, str] = field(default_factory=lambda: {"weights": "fp32", "bank": "fp32"})
 
     @classmethod
     def build(cls, spec: TrunkSpec, weights: Weights, images: np.ndarray, labels: np.ndarray,
@@ -85,7 +113,29 @@ class Engine:
         """Post-processed features [N, D] of uint8 images [N, H, W]."""
         self.check_images(images)
         raw = features(normalise_images(images, self.input_mean, self.input_std), self.spec, self.weights)
-        return postprocess(raw, self.feature_mean, self.postprocessing)
+        return self.postprocess(raw)
+
+    def postprocess(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw trunk features -> the space of the bank (centre, project, L2 normalise)."""
+        if self.projection is None:
+            return postprocess(raw, self.feature_mean, self.postprocessing)
+        projected = (raw - self.feature_mean) @ self.projection
+        return postprocess(projected, None, "l2" if self.postprocessing != "none" else "none")
+
+    def with_storage(self, weights: str | None = None, bank: str | None = None) -> Engine:
+        """A copy stored at the given precisions (fp32, fp16, int8); its in-memory tensors are the
+        stored values decoded, so every runtime computes with exactly what the file holds."""
+        storage = {"weights": weights or self.storage["weights"], "bank": bank or self.storage["bank"]}
+        for value in storage.values():
+            if value not in PRECISIONS:
+                raise InputError(f"unknown precision {value!r}: expected one of {', '.join(PRECISIONS)}")
+        copy = dataclasses.replace(self, storage=storage)
+        copy.weights = [(quantise_round_trip(w, storage["weights"]), quantise_round_trip(b, storage["weights"]))
+                        for w, b in self.weights]
+        copy.dense = [(quantise_round_trip(w, storage["weights"]), quantise_round_trip(b, storage["weights"]))
+                      for w, b in self.dense]
+        copy.bank = quantise_round_trip(self.bank, storage["bank"])
+        return copy
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,18 +157,22 @@ class Engine:
     # -- storage -------------------------------------------------------------------------------
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {}
+        tensors: dict[str, torch.Tensor] = {}
+        precision = self.storage["weights"]
         for index, (weight, bias) in enumerate(self.weights):
-            tensors[f"trunk.{index}.weight"] = weight.contiguous()
-            tensors[f"trunk.{index}.bias"] = bias.contiguous()
+            tensors.update(encode(f"trunk.{index}.weight", weight, precision))
+            tensors.update(encode(f"trunk.{index}.bias", bias, precision))
         if self.head == "dense":
             for index, (weight, bias) in enumerate(self.dense):
-                tensors[f"dense.{index}.weight"] = weight.contiguous()
-                tensors[f"dense.{index}.bias"] = bias.contiguous()
+                tensors.update(encode(f"dense.{index}.weight", weight, precision))
+                tensors.update(encode(f"dense.{index}.bias", bias, precision))
             return tensors
         tensors["feature_mean"] = self.feature_mean.contiguous()
-        tensors["bank"] = self.bank.contiguous()
-        tensors["bank_labels"] = self.bank_labels.to(torch.int32)  # 4 bytes a label is plenty
+        if self.projection is not None:
+            tensors.update(encode("projection", self.projection, precision))
+        tensors.update(encode("bank", self.bank, self.storage["bank"]))
+        # Labels in the smallest integer type that holds them.
+        tensors["bank_labels"] = self.bank_labels.to(torch.uint8 if self.n_classes <= 256 else torch.int32)
         return tensors
 
     def _metadata(self) -> dict[str, str]:
@@ -132,6 +186,7 @@ class Engine:
             "head": json.dumps({"kind": self.head, "n_neighbors": self.n_neighbors, "metric": self.metric,
                                 "postprocessing": self.postprocessing, "dense_layers": len(self.dense)}),
             "class_names": json.dumps(list(self.class_names)),
+            "storage": json.dumps(self.storage),
             "info": json.dumps(self.info),
         }
 
@@ -163,17 +218,22 @@ class Engine:
             spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
             image = json.loads(metadata["input"])
             head = json.loads(metadata["head"])
-            weights = [(tensors[f"trunk.{i}.weight"], tensors[f"trunk.{i}.bias"]) for i in range(len(spec.layers))]
+            storage = json.loads(metadata.get("storage", '{"weights": "fp32", "bank": "fp32"}'))
+            weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
+                       for i in range(len(spec.layers))]
             common = dict(class_names=tuple(json.loads(metadata["class_names"])),
                           image_size=(int(image["height"]), int(image["width"])),
                           info=json.loads(metadata.get("info", "{}")))
             if head["kind"] == "dense":
-                dense = [(tensors[f"dense.{i}.weight"], tensors[f"dense.{i}.bias"])
+                dense = [(decode(tensors, f"dense.{i}.weight"), decode(tensors, f"dense.{i}.bias"))
                          for i in range(int(head["dense_layers"]))]
-                return cls.build_dense(spec, weights, dense, float(image["mean"]), float(image["std"]), **common)
+                engine = cls.build_dense(spec, weights, dense, float(image["mean"]), float(image["std"]), **common)
+                engine.storage = storage
+                return engine
+            projection = decode(tensors, "projection") if "projection" in tensors or "projection.q" in tensors else None
             return cls(spec, weights, float(image["mean"]), float(image["std"]), head["postprocessing"],
-                       tensors["feature_mean"], tensors["bank"], tensors["bank_labels"].to(torch.int64),
-                       int(head["n_neighbors"]), head["metric"], **common)
+                       tensors["feature_mean"], decode(tensors, "bank"), tensors["bank_labels"].to(torch.int64),
+                       int(head["n_neighbors"]), head["metric"], **common, projection=projection, storage=storage)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); "
                              "re-run 'slicenet optimise' to rebuild it") from None

@@ -103,8 +103,10 @@ def build_onnx(engine: Engine, opset: int):
     else:
         if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
             raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
-        if engine.postprocessing == "centre_l2":
+        if engine.postprocessing == "centre_l2" or engine.projection is not None:
             x = node("Sub", [x, const("feature_mean", engine.feature_mean.numpy()[None])], "centred")
+        if engine.projection is not None:
+            x = node("MatMul", [x, const("projection", engine.projection.numpy())], "projected")
         if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
             square = node("Mul", [x, x], "square")
             norm = node("Sqrt", [node("ReduceSum", [square, axis1], "sum_square", keepdims=1)], "norm")
@@ -113,7 +115,7 @@ def build_onnx(engine: Engine, opset: int):
         bank = engine.bank.numpy()
         if engine.metric == "cosine":
             bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
-        scores = node("MatMul", [x, const("bank_t", bank.T.astype(np.float32).copy())], "dot")
+        scores = node("MatMul", [x, bank_constant(engine, bank, const, node)], "dot")
         if engine.metric != "cosine":
             # -||q - b||^2 = 2 q.b - ||q||^2 - ||b||^2: larger is nearer, as TopK(largest=1) wants.
             q2 = node("ReduceSum", [node("Mul", [x, x], "q_square"), axis1], "q_norm2", keepdims=1)
@@ -139,6 +141,29 @@ def build_onnx(engine: Engine, opset: int):
     model.ir_version = min(model.ir_version, 8)  # readable by onnxruntime 1.11 (Jetson Zoo wheel) / TRT 8.2
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def bank_constant(engine: Engine, bank: np.ndarray, const, node) -> str:
+    """The transposed bank as stored by the engine: fp32, or fp16 / int8 (times its scale) cast to
+    fp32 in the graph, which reproduces the engine's decoded values exactly."""
+    precision = engine.storage.get("bank", "fp32")
+    if precision == "fp32" or engine.metric == "cosine":
+        return const("bank_t", bank.T.astype(np.float32).copy())
+    from onnx import TensorProto
+
+    from .engine import encode
+
+    stored = encode("bank", torch_tensor(bank.T.copy()), precision)
+    if precision == "fp16":
+        return node("Cast", [const("bank_t_fp16", stored["bank"].numpy())], "bank_t", to=TensorProto.FLOAT)
+    decoded = node("Cast", [const("bank_t_int8", stored["bank.q"].numpy())], "bank_t_q", to=TensorProto.FLOAT)
+    return node("Mul", [decoded, const("bank_scale", stored["bank.scale"].numpy())], "bank_t")
+
+
+def torch_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 def check_onnx(model, target: str) -> None:
@@ -201,8 +226,10 @@ def build_ncs2_ir(engine: Engine):
         if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
             raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
         axis1 = np.array([1], dtype=np.int64)
-        if engine.postprocessing == "centre_l2":
+        if engine.postprocessing == "centre_l2" or engine.projection is not None:
             x = ops.subtract(x, engine.feature_mean.numpy()[None])
+        if engine.projection is not None:
+            x = ops.matmul(x, engine.projection.numpy(), False, False)
         if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
             norm = ops.sqrt(ops.reduce_sum(ops.multiply(x, x), axis1, True))
             x = ops.divide(x, ops.maximum(norm, np.float32(EPSILON)))

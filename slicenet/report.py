@@ -58,7 +58,14 @@ def collect(run_dirs: list[Path]) -> list[dict]:
         machine = metrics.get("machine", {})
         row = {key: metrics.get(key, "") for key in COLUMNS}
         row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
-                   network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics)
+                   network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics,
+                   full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
+                   full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
+                   frontier=metrics.get("frontier"))
+        if row["compact"]:
+            c = row["compact"]
+            row["network"] += (f", compact: {c['method']} {c['prototypes']}/class, dims {c['dims'] or 'all'}, "
+                               f"{c['precision']}, k={c['n_neighbors']}")
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
@@ -118,7 +125,75 @@ def _reference_cells(group: dict) -> str:
     return f"| {ref['params']} | {ref['engine']} | {ref['acc_4k_5']} | {ref['acc_60k_5']} | {ref['acc_4k_20']} |"
 
 
-def render_markdown(rows: list[dict], command: str, plots: list[str]) -> str:
+def compact_table(rows: list[dict]) -> list[str]:
+    compact = [r for r in rows if r["compact"]]
+    if not compact:
+        return []
+    lines = ["", "## Compact engines (condensed banks)", "",
+             "Loss is the compact engine's test accuracy minus its source run's (full bank), in points.", "",
+             "| engine | dataset | engine bytes | full-bank bytes | test acc | full-bank test acc | loss (points) "
+             "| command |", "|---|---|---|---|---|---|---|---|"]
+    for r in compact:
+        lines.append(f"| {r['network']} | {r['dataset']} | {r['engine_bytes']:,} | {r['full_bank_engine_bytes']:,} | "
+                     f"{_pct(r['test_accuracy'])} | {_pct(r['full_bank_test_accuracy'])} | "
+                     f"{100 * (r['test_accuracy'] - r['full_bank_test_accuracy']):+.2f} | `{r['command']}` |")
+    return lines
+
+
+def load_bench(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        return []
+    import json
+
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        data["file"] = path.name
+        results.append(data)
+    return results
+
+
+def latency_tables(bench: list[dict]) -> list[str]:
+    host = [b for b in bench if b.get("kind") != "measured"]
+    boards = [b for b in bench if b.get("kind") == "measured"]
+    if not bench:
+        return []
+    lines = ["", "## Latency", "", "### Host, measured (`slicenet bench`, interleaved, batch 1)", "",
+             "| bundle | runtime | threads | p50 ms | p90 ms | p99 ms | mean ms | fps | p50 / first bundle | "
+             "first inference ms | test acc | engine bytes | machine | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for b in host:
+        acc = _pct(b["test_accuracy"]) if b.get("test_accuracy") is not None else ""
+        machine = b.get("machine", {})
+        lines.append(f"| {b['name']} | {b['runtime']} {b['runtime_version']} | {b['threads'] or 'default'} | "
+                     f"{b['p50_ms']:.4f} | {b['p90_ms']:.4f} | {b['p99_ms']:.4f} | {b['mean_ms']:.4f} | "
+                     f"{b['throughput_fps']:.0f} | {b['p50_ratio_to_first']:.2f} | {b['first_inference_ms']:.3f} | "
+                     f"{acc} | {b.get('engine_bytes', 0):,} | {machine.get('cpu', '')}, {machine.get('cores', '')} "
+                     f"cores | `{b.get('command', '')}` |")
+    estimated = [(b["name"], e) for b in host for e in b.get("estimates", [])]
+    if estimated:
+        lines += ["", "### Boards, ESTIMATED (roofline from devices/profiles.toml, not measured)", "",
+                  "| bundle | board | mode | estimated ms | bound |", "|---|---|---|---|---|"]
+        seen = set()
+        for name, e in estimated:
+            if (name, e["board"], e["mode"]) in seen:
+                continue
+            seen.add((name, e["board"], e["mode"]))
+            lines.append(f"| {name} | {e['board']} | {e['mode']} | {e['estimated_ms']:.4f} | {e['bound']} |")
+    lines += ["", "### Boards, measured (`slicenet bench --ingest`)", ""]
+    if boards:
+        lines += ["| board | runtime | precision | power mode | p50 ms | p99 ms | fps |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['board']} | {b['runtime']} {b['runtime_version']} | {b['precision']} | "
+                  f"{b.get('power_mode')} | {b['p50_ms']:.3f} | {b['p99_ms']:.3f} | {b['throughput_fps']:.0f} |"
+                  for b in boards]
+    else:
+        lines.append("None yet: no board was attached here; results from `devices/run_engine.py` appear here once "
+                     "ingested.")
+    return lines
+
+
+def render_markdown(rows: list[dict], command: str, plots: list[str], bench: list[dict] | None = None) -> str:
     lines = [
         "# slicenet results", "",
         f"Generated by `{command}` from {len(rows)} run directories: every measured figure comes from a run's",
@@ -138,6 +213,8 @@ def render_markdown(rows: list[dict], command: str, plots: list[str]) -> str:
             f"| {g['network']} | {g['dataset']} | {g['preset']} | {g['parameters']:,} | {g['engine_bytes']:,} | "
             f"{g['runs']} | {_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
             f"{g['wall_median']:.0f} / {g['wall_max']:.0f} " + _reference_cells(g) + f" `{g['command']}` |")
+    lines += compact_table(rows)
+    lines += latency_tables(bench or [])
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "## Every run, with its command and machine", "",
@@ -159,7 +236,7 @@ def render_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def render_plots(rows: list[dict], out: Path) -> list[str]:
+def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -> list[str]:
     """PNG plots into ``out``; returns their file names. Each is written atomically."""
     import matplotlib
 
@@ -212,6 +289,39 @@ def render_plots(rows: list[dict], out: Path) -> list[str]:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         save(fig, "fitness_vs_evaluations.png")
+
+    host = [b for b in bench or [] if b.get("kind") != "measured" and b.get("test_accuracy") is not None]
+    if host:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for b in host:
+            ax.scatter(b["p50_ms"], 100 * b["test_accuracy"])
+            ax.annotate(f"{b['name']} ({b['runtime']})", (b["p50_ms"], 100 * b["test_accuracy"]), fontsize=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("p50 latency, batch 1, host CPU (ms)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        save(fig, "accuracy_vs_latency.png")
+
+    fronts = [r for r in rows if r.get("frontier")]
+    if fronts:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in fronts:
+            points = r["frontier"]
+            ax.step([p["engine_bytes"] for p in points], [100 * p["validation_accuracy"] for p in points],
+                    where="post", marker="o", label=f"budget search ({r['dataset']}, validation)")
+        for g in summary:
+            ax.scatter(g["engine_bytes"], 100 * g["test_median"], marker="s", s=14)
+            ax.annotate(g["network"][:40], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5)
+        ax.scatter(list(REFERENCE_ENGINE_BYTES.values()),
+                   [REFERENCE[k]["acc_4k_5"] for k in REFERENCE_ENGINE_BYTES], marker="x", color="grey",
+                   label="reference, MNIST 4k/1k (weights only)")
+        ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
+        ax.set_xscale("log")
+        ax.set_xlabel("engine bytes")
+        ax.set_ylabel("accuracy (%): squares = test, steps = validation")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "size_frontier.png")
 
     knn = [g for g in summary if g["network"].startswith("k-NN") and "pixels" not in g["network"]]
     if knn:

@@ -1,0 +1,256 @@
+"""Compact engines: fewer prototypes, fewer feature dimensions, fewer bytes per number.
+
+A k-NN head stores its reference set; with every training image as a prototype the bank dwarfs the
+trunk. Three levers, each chosen by validation accuracy (never by the test split):
+
+- **Prototype reduction**, per class, never dropping a class: ``kmeans`` (class-wise k-means
+  centroids), ``cnn`` (Hart's condensed nearest neighbour after Wilson's editing: a subset of real
+  training images), ``optimised`` (k-means centroids then moved without gradients by the same
+  ask/tell optimisers as the trunk, to maximise validation k-NN quality).
+- **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
+  its export (one MatMul).
+- **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
+
+``budget_search`` tries the grid of these settings and returns the most accurate engine within a
+byte budget, together with the accuracy / size frontier it found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine import Engine, normalise_images
+from .errors import InputError
+from .fitness import stratified_split
+from .knn import knn_vote, pairwise_distances
+from .trunk import features
+
+METHODS = ("kmeans", "cnn", "optimised")
+
+
+@dataclass(frozen=True)
+class CompactSettings:
+    method: str = "kmeans"  # kmeans | cnn | optimised
+    prototypes: int = 10  # per class (a class with fewer images keeps them all)
+    dims: int = 0  # PCA dimensions of the features; 0 = keep them all
+    precision: str = "fp32"  # storage of bank and weights: fp32 | fp16 | int8
+    n_neighbors: int = 0  # k; 0 = chosen by validation among 1, 3, 5, 9
+    generations: int = 100  # method optimised: generations of the optimiser
+    optimiser: str = "cma"  # method optimised: which registered optimiser
+
+
+def raw_features(engine: Engine, images: np.ndarray) -> torch.Tensor:
+    return features(normalise_images(images, engine.input_mean, engine.input_std), engine.spec, engine.weights)
+
+
+def pca_projection(raw: torch.Tensor, mean: torch.Tensor, dims: int) -> torch.Tensor:
+    """[D, dims] principal directions of the centred features."""
+    centred = (raw - mean).double()
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return v[:dims].T.float().contiguous()
+
+
+def _kmeans(points: np.ndarray, count: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    if count >= len(points):
+        return points.copy()
+    return KMeans(n_clusters=count, n_init=3, random_state=seed).fit(points).cluster_centers_.astype(np.float32)
+
+
+def _hart_cnn(points: np.ndarray, labels: np.ndarray, count: int, seed: int, n_classes: int) -> np.ndarray:
+    """Indices of a condensed subset: Wilson-edited (k=3), then Hart's 1-NN condensing, then exactly
+    ``count`` per class (Hart's order first, padded with the images nearest the class centroids)."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(points)
+    y = torch.from_numpy(labels)
+    votes, _, idx = knn_vote(x, x, y, n_classes, 4)  # the nearest is the image itself: drop it
+    neighbour_labels = y[idx[:, 1:]]
+    edited_votes = torch.zeros(len(x), n_classes, dtype=torch.int64).scatter_add_(
+        1, neighbour_labels, torch.ones_like(neighbour_labels))
+    keep = (edited_votes.argmax(1) == y).numpy()
+    order = rng.permutation(np.flatnonzero(keep))
+    store: list[int] = []
+    for label in range(n_classes):
+        members = order[labels[order] == label]
+        if len(members):
+            store.append(int(members[0]))
+    for _ in range(3):  # passes until nothing is absorbed
+        added = False
+        for i in order:
+            if i in store:
+                continue
+            d = pairwise_distances(x[i : i + 1], x[store], "euclidean")[0]
+            if labels[store[int(d.argmin())]] != labels[i]:
+                store.append(int(i))
+                added = True
+        if not added:
+            break
+    chosen = []
+    for label in range(n_classes):
+        members = np.flatnonzero(labels == label)
+        picked = [i for i in store if labels[i] == label][:count]
+        if len(picked) < min(count, len(members)):
+            centres = _kmeans(points[members], min(count, len(members)), seed)
+            centre_distances = pairwise_distances(torch.from_numpy(centres), x[members], "euclidean").numpy()
+            for row in centre_distances:
+                for j in np.argsort(row):
+                    if members[j] not in picked:
+                        picked.append(int(members[j]))
+                        break
+                if len(picked) >= min(count, len(members)):
+                    break
+        chosen.extend(picked)
+    return np.asarray(chosen)
+
+
+def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings: CompactSettings, seed: int,
+                queries: np.ndarray | None = None, query_labels: np.ndarray | None = None,
+                n_neighbors: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Prototypes (and their labels) from post-processed training features, ``settings.prototypes``
+    per class (or all of a smaller class)."""
+    if settings.method not in METHODS:
+        raise InputError(f"unknown reduction method {settings.method!r}: expected one of {', '.join(METHODS)}")
+    if settings.prototypes < 1:
+        raise InputError(f"--prototypes must be at least 1, got {settings.prototypes}")
+    if settings.method == "cnn":
+        chosen = _hart_cnn(points, labels, settings.prototypes, seed, n_classes)
+        return points[chosen], labels[chosen]
+    bank, bank_labels = [], []
+    for label in range(n_classes):
+        members = points[labels == label]
+        centres = _kmeans(members, settings.prototypes, seed)
+        bank.append(centres)
+        bank_labels.append(np.full(len(centres), label))
+    prototypes, prototype_labels = np.concatenate(bank), np.concatenate(bank_labels)
+    if settings.method == "optimised":
+        assert queries is not None and query_labels is not None
+        prototypes = _optimise_prototypes(prototypes, prototype_labels, queries, query_labels, n_classes,
+                                          settings, seed, n_neighbors)
+    return prototypes, prototype_labels
+
+
+def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+                         n_classes: int, settings: CompactSettings, seed: int, n_neighbors: int) -> np.ndarray:
+    """Move the prototypes without gradients to maximise k-NN accuracy (+ the smooth score)."""
+    from .optimisers import make_optimiser
+
+    y_bank = torch.from_numpy(labels)
+    q = torch.from_numpy(queries)
+    y_q = torch.from_numpy(query_labels)
+    sigma = float(np.std(start)) * 0.1
+    optimiser = make_optimiser(settings.optimiser, start.reshape(-1).astype(np.float64), sigma, 0, seed,
+                               settings.generations)
+    k = min(n_neighbors, len(start))
+
+    def score(population: np.ndarray) -> np.ndarray:
+        banks = torch.as_tensor(population, dtype=torch.float32).reshape(len(population), *start.shape)
+        votes, distances, idx = knn_vote(q.expand(len(population), *q.shape), banks, y_bank, n_classes, k)
+        accuracy = (votes.argmax(-1) == y_q).double().mean(-1)
+        weights = torch.softmax(-distances.double() / 0.05, -1)
+        soft = (weights * (y_bank[idx] == y_q.unsqueeze(-1))).sum(-1).mean(-1)
+        return -(accuracy + soft).numpy()
+
+    start_score = score(start.reshape(1, -1))[0]
+    while not optimiser.stop():
+        population = optimiser.ask()
+        optimiser.tell(population, score(population))
+    best = optimiser.recommendation()
+    return (best if score(best[None])[0] < start_score else start.reshape(-1)).reshape(start.shape).astype(np.float32)
+
+
+def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
+                  raw: torch.Tensor | None = None, n_neighbors: int | None = None) -> Engine:
+    """A compact engine from ``engine``'s trunk and the given training images."""
+    if engine.head != "knn":
+        raise InputError("condense needs a k-NN engine (from 'slicenet optimise' or 'baseline --head knn')")
+    raw = raw_features(engine, images) if raw is None else raw
+    mean = raw.mean(0)
+    projection = None
+    if settings.dims and settings.dims < raw.shape[1]:
+        projection = pca_projection(raw, mean, settings.dims)
+    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection)
+    points = compact.postprocess(raw).numpy()
+    k = n_neighbors or settings.n_neighbors or engine.n_neighbors
+    bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed, points, labels, k)
+    compact.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
+    compact.bank_labels = torch.from_numpy(bank_labels.astype(np.int64))
+    compact.n_neighbors = min(k, len(bank))
+    return compact.with_storage(settings.precision, settings.precision)
+
+
+def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
+    predicted, _, _ = engine.predict(images)
+    return float((predicted == labels).mean())
+
+
+def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
+                     validation_fraction: float = 0.25) -> tuple[Engine, float, int]:
+    """Pick k by validation (if not given), then build on all the images; returns (engine, val acc, k)."""
+    fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
+    raw_fit = raw_features(engine, images[fit])
+    candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
+    scored = []
+    for k in candidates:
+        trial = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, k)
+        scored.append((accuracy(trial, images[val], labels[val]), -k, k))
+    val_accuracy, _, k = max(scored)
+    return build_compact(engine, images, labels, settings, seed, n_neighbors=k), val_accuracy, k
+
+
+def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
+                  method: str = "kmeans", on_trial: Callable[[dict], None] | None = None,
+                  validation_fraction: float = 0.25) -> tuple[Engine, dict, list[dict]]:
+    """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k.
+
+    Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy.
+    """
+    fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
+    raw_fit = raw_features(engine, images[fit])
+    n_features = raw_fit.shape[1]
+    trials: list[dict[str, Any]] = []
+    for prototypes in (1, 2, 3, 5, 10, 20, 30, 50):
+        for dims in (0, 128, 64, 32, 16, 8):
+            if dims >= n_features:
+                continue
+            base = build_compact(engine, images[fit], labels[fit],
+                                 CompactSettings(method, prototypes, dims, "fp32", 1), seed, raw_fit, 1)
+            for precision in ("fp32", "fp16", "int8"):
+                for k in (1, 3, 5, 9):
+                    if k > len(base.bank):
+                        continue
+                    trial_engine = dataclasses.replace(base, n_neighbors=k).with_storage(precision, precision)
+                    size = trial_engine.engine_bytes
+                    if size > budget_bytes:
+                        continue
+                    trial = {"method": method, "prototypes": prototypes, "dims": dims, "precision": precision,
+                             "n_neighbors": k, "engine_bytes": size,
+                             "validation_accuracy": accuracy(trial_engine, images[val], labels[val])}
+                    trials.append(trial)
+                    if on_trial is not None:
+                        on_trial(trial)
+    if not trials:
+        raise InputError(f"no engine fits in {budget_bytes} bytes (the trunk alone needs about "
+                         f"{engine.with_storage('int8', 'int8').spec.parameters} bytes at int8); raise --budget-kb")
+    best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"]))
+    settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"])
+    final = build_compact(engine, images, labels, settings, seed, n_neighbors=best["n_neighbors"])
+    if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
+        raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")
+    return final, best, trials
+
+
+def frontier(trials: list[dict]) -> list[dict]:
+    """The accuracy / size Pareto frontier: each trial more accurate than every smaller one."""
+    best_so_far, points = -1.0, []
+    for trial in sorted(trials, key=lambda t: (t["engine_bytes"], -t["validation_accuracy"])):
+        if trial["validation_accuracy"] > best_so_far:
+            best_so_far = trial["validation_accuracy"]
+            points.append(trial)
+    return points

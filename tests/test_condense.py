@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slicenet.cli import main
+from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, reduce_bank
+from slicenet.engine import Engine, quantise_round_trip
+from slicenet.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("condense") / "run"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine_and_data(run):
+    from slicenet.data import load_dataset
+
+    return Engine.load(run / "engine.safetensors"), load_dataset("digits")
+
+
+@pytest.mark.parametrize("method", ["kmeans", "cnn", "optimised"])
+@pytest.mark.parametrize("prototypes", [1, 4])
+def test_each_method_keeps_the_requested_count_per_class(engine_and_data, method, prototypes):
+    engine, data = engine_and_data
+    settings = CompactSettings(method, prototypes, 0, "fp32", 1, generations=3)
+    compact = build_compact(engine, data.x_train, data.y_train, settings, seed=0)
+    counts = np.bincount(compact.bank_labels.numpy(), minlength=10)
+    assert counts.tolist() == [prototypes] * 10  # never drops a class
+
+
+def test_a_small_class_keeps_all_it_has():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(23, 4)).astype(np.float32)
+    labels = np.array([0] * 20 + [1] * 3)
+    bank, bank_labels = reduce_bank(points, labels, 2, CompactSettings("kmeans", 5), seed=0)
+    assert np.bincount(bank_labels).tolist() == [5, 3]
+
+
+def test_budget_search_never_returns_an_engine_over_budget(engine_and_data):
+    engine, data = engine_and_data
+    for budget in (8_000, 20_000):
+        compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget, seed=0)
+        assert compact.engine_bytes <= budget and chosen["engine_bytes"] <= budget
+        assert all(t["engine_bytes"] <= budget for t in trials)
+        points = frontier(trials)
+        assert [p["engine_bytes"] for p in points] == sorted(p["engine_bytes"] for p in points)
+        assert [p["validation_accuracy"] for p in points] == sorted(p["validation_accuracy"] for p in points)
+    with pytest.raises(InputError, match="no engine fits"):
+        budget_search(engine, data.x_train, data.y_train, 100, seed=0)
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-3), ("int8", 1.0 / 127 + 1e-6)])
+def test_round_trips_stay_within_stated_tolerances(precision, tolerance):
+    x = torch.randn(50, 16)
+    back = quantise_round_trip(x, precision)
+    relative = ((back - x).abs().max() / x.abs().max()).item()
+    assert relative <= tolerance  # fp16: 2^-11 relative; int8: half a step of max/127 (stated: one step)
+
+
+def test_storage_round_trip_through_the_file_is_exact(engine_and_data, tmp_path):
+    engine, data = engine_and_data
+    compact = build_compact(engine, data.x_train, data.y_train, CompactSettings("kmeans", 5, 16, "int8", 3), 0)
+    (tmp_path / "e.safetensors").write_bytes(compact.to_bytes())
+    again = Engine.load(tmp_path / "e.safetensors")
+    assert torch.equal(again.bank, compact.bank) and torch.equal(again.projection, compact.projection)
+    assert np.array_equal(again.predict(data.x_test)[0], compact.predict(data.x_test)[0])
+    assert compact.engine_bytes < engine.engine_bytes / 10
+
+
+@pytest.mark.parametrize("target", ["onnx", "jetson", "ncs2", "openvino"])
+def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target):
+    out = tmp_path / "compact"
+    assert main(["condense", str(run), "--prototypes", "3", "--dims", "16", "--precision", "int8",
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["engine_bytes"] == (out / "engine.safetensors").stat().st_size
+    assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "export")]) == 0
+    manifest = json.loads((tmp_path / "export" / "compact" / target / "manifest.json").read_text())
+    assert all(v["agreement"] == 1.0 for v in manifest["verification"] if v["precision"] == "fp32")
+    assert main(["evaluate", str(out), "--json"]) == 0
+
+
+def test_budget_cli_and_bad_flags(run, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["condense", str(run), "--budget-kb", "12", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["engine_bytes"] <= 12_000 and metrics["frontier"]
+    assert "frontier" in capsys.readouterr().out
+    assert main(["condense", str(run), "--prototypes", "0"]) == 2
+    assert main(["condense", str(run), "--prototypes", "2", "--method", "svd"]) == 2
+    assert "unknown reduction method" in capsys.readouterr().err
