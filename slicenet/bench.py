@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import InputError
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "torch")
 INGEST_FIELDS = ("board", "runtime", "runtime_version", "precision", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
                  "throughput_fps")
 
@@ -45,7 +45,31 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
 
 
+def open_run(run_dir: Path, threads: int) -> Session:
+    """A run directory's engine in PyTorch (the reference implementation), timed like a bundle."""
+    import torch
+
+    from .data import load_dataset
+    from .runs import ENGINE, load_config, load_engine
+
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    engine = load_engine(run_dir)
+    created = time.perf_counter() - started
+    dataset = load_dataset(load_config(run_dir).dataset, engine.image_size[0])
+    sample = dataset.x_test[:1][:, None]
+
+    def infer(image, engine=engine):
+        engine.predict(image[:, 0])
+
+    return Session(f"{run_dir.name}/torch", run_dir, "torch", torch.__version__, infer, sample,
+                   (run_dir / ENGINE).stat().st_size, created * 1000.0, _peak_rss_mb())
+
+
 def open_bundle(bundle: Path, runtime: str, threads: int) -> Session:
+    if runtime == "torch":
+        return open_run(bundle, threads)
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")

@@ -43,6 +43,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
     "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
     "--prototypes": ("prototypes", int, "k-means prototypes per class in the bank (0 = every training image)"),
+    "--bank-shifts": ("bank_shifts", int, "add bank copies shifted by 1..n pixels (0 = none)"),
     "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
     "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
 }
@@ -117,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time exported bundles (interleaved), estimate board latency, "
                                 "or ingest a board result")
-    bench.add_argument("bundles", nargs="*", type=Path, help="exported bundle folders (export/<run>/<target>)")
-    bench.add_argument("--runtime", default="onnxruntime", help="onnxruntime (default) or openvino")
+    bench.add_argument("bundles", nargs="*", type=Path,
+                       help="exported bundle folders (export/<run>/<target>); run directories with --runtime torch")
+    bench.add_argument("--runtime", default="onnxruntime", help="onnxruntime (default), openvino or torch")
     bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
     bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
     bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
@@ -402,12 +404,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = []
     for session in sessions:
         row = bench.summarise(session, latencies[session.name], args.threads)
-        manifest = json.loads((session.bundle / "manifest.json").read_text())
-        cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))
-        row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
-        row["estimates"] = bench.estimates(cost, profiles)
-        row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
-        row["engine_bytes"] = manifest["engine_bytes"]
+        if args.runtime == "torch":
+            from . import runs
+
+            metrics = runs.load_metrics(session.bundle)
+            row.update(test_accuracy=metrics["test_accuracy"], engine_bytes=metrics["engine_bytes"],
+                       cost=None, estimates=[])
+        else:
+            manifest = json.loads((session.bundle / "manifest.json").read_text())
+            cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))
+            row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
+            row["estimates"] = bench.estimates(cost, profiles)
+            row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
+            row["engine_bytes"] = manifest["engine_bytes"]
         row["command"] = shlex.join(["slicenet", *args.argv])
         row["machine"] = __import__("slicenet.pipeline", fromlist=["machine_info"]).machine_info()
         results.append(row)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, shifted_copies
 from .engine import Engine, normalise_images
 from .fitness import Problem
 from .search import SearchSettings, SearchState, serial_search
@@ -83,11 +83,11 @@ def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | No
                  labels: np.ndarray | None = None, info: dict | None = None) -> Engine:
     """The engine of a search state, its bank the given images (default: all training images)."""
     config, dataset = prepared.config, prepared.dataset
-    return Engine.build(prepared.spec, state.torch_weights(),
-                        dataset.x_train if images is None else images,
-                        dataset.y_train if labels is None else labels,
-                        prepared.input_mean, prepared.input_std, config.postprocessing,
-                        config.n_neighbors, config.metric, dataset.class_names, info)
+    images, labels = shifted_copies(dataset.x_train if images is None else images,
+                                    dataset.y_train if labels is None else labels, config.bank_shifts)
+    return Engine.build(prepared.spec, state.torch_weights(), images, labels, prepared.input_mean,
+                        prepared.input_std, config.postprocessing, config.n_neighbors, config.metric,
+                        dataset.class_names, info)
 
 
 def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:

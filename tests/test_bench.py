@@ -92,3 +92,12 @@ def test_ingest_stores_a_board_result(tmp_path):
     assert main(["bench", "--ingest", str(path), "--results", str(tmp_path / "b")]) == 0
     (stored,) = (tmp_path / "b").glob("board-*.json")
     assert json.loads(stored.read_text())["kind"] == "measured"
+
+
+def test_torch_runtime_on_run_directories(bundles, tmp_path):
+    out = tmp_path / "t.json"
+    run = bundles.parent.parent / "run"
+    assert main(["bench", str(run), "--runtime", "torch", "--count", "5", "--warmup", "1", "--json", str(out),
+                 "--results", str(tmp_path / "b")]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["test_accuracy"] > 0.5

@@ -102,3 +102,14 @@ def test_stratified_split_keeps_every_class():
     fit, val = stratified_split(labels, 0.25, np.random.default_rng(0))
     assert len(np.intersect1d(fit, val)) == 0 and len(fit) + len(val) == 100
     assert np.bincount(labels[val]).tolist() == [5] * 5
+
+
+def test_shifted_copies():
+    from slicenet.data import shifted_copies
+
+    images = np.zeros((2, 5, 5), dtype=np.uint8)
+    images[:, 2, 2] = 255
+    out, labels = shifted_copies(images, np.array([3, 4]), 1)
+    assert out.shape == (10, 5, 5) and labels.tolist() == [3, 4] * 5
+    assert out[2, 3, 2] == 255 and out[4, 1, 2] == 255 and out[6, 2, 3] == 255 and out[8, 2, 1] == 255
+    assert shifted_copies(images, np.array([3, 4]), 0)[0] is images
