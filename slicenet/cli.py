@@ -363,7 +363,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise InputError(f"{devices / 'run_engine.py'} is missing: export runs from a slicenet checkout "
                          "(pip install -e .)")
     manifest = export.export_bundle(engine, args.run, args.target, args.out, images, labels, devices)
-    bundle = args.out / Path(args.run).resolve().name / args.target
+    bundle = args.out / export.bundle_name(Path(args.run)) / args.target
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "
               f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "

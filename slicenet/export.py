@@ -362,12 +362,18 @@ Copy `result.json` back and run `slicenet bench --ingest result.json` on the hos
 }
 
 
+def bundle_name(run_dir: Path) -> str:
+    """The run's folder name, prefixed by its parent's for runs nested in a group (baseline widths)."""
+    path = run_dir.resolve()
+    return path.name if path.parent.name in ("runs", "") else f"{path.parent.name}-{path.name}"
+
+
 def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, images: np.ndarray,
                   labels: np.ndarray, devices_dir: Path, n_samples: int = 32) -> dict:
     """Write ``out_root/<run>/<target>/`` and return its manifest. Verifies before writing the manifest."""
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
-    name = run_dir.resolve().name
+    name = bundle_name(run_dir)
     bundle = out_root / name / target
     staging = bundle.with_name(f".{target}.partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -21,7 +21,9 @@ def bundles(tmp_path_factory):
                  "--out", str(run)]) == 0
     for target in ("onnx", "openvino"):
         assert main(["export", str(run), "--target", target, "--out", str(root / "export")]) == 0
-    return root / "export" / "run"
+    from slicenet.export import bundle_name
+
+    return root / "export" / bundle_name(run)
 
 
 @pytest.mark.parametrize("runtime,targets", [("onnxruntime", ["onnx"]), ("openvino", ["openvino", "onnx"])])
@@ -97,6 +99,7 @@ def test_ingest_stores_a_board_result(tmp_path):
 def test_torch_runtime_on_run_directories(bundles, tmp_path):
     out = tmp_path / "t.json"
     run = bundles.parent.parent / "run"
+    assert (run / "metrics.json").is_file()
     assert main(["bench", str(run), "--runtime", "torch", "--count", "5", "--warmup", "1", "--json", str(out),
                  "--results", str(tmp_path / "b")]) == 0
     (row,) = json.loads(out.read_text())

@@ -82,7 +82,9 @@ def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["engine_bytes"] == (out / "engine.safetensors").stat().st_size
     assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "export")]) == 0
-    manifest = json.loads((tmp_path / "export" / "compact" / target / "manifest.json").read_text())
+    from slicenet.export import bundle_name
+
+    manifest = json.loads((tmp_path / "export" / bundle_name(out) / target / "manifest.json").read_text())
     assert all(v["agreement"] == 1.0 for v in manifest["verification"] if v["precision"] == "fp32")
     assert main(["evaluate", str(out), "--json"]) == 0
 

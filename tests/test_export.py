@@ -9,7 +9,7 @@ from onnx import helper
 
 from slicenet.cli import main
 from slicenet.errors import InputError
-from slicenet.export import build_onnx, check_ir_opsets, check_onnx
+from slicenet.export import build_onnx, bundle_name, check_ir_opsets, check_onnx
 
 DEVICES = Path(__file__).resolve().parent.parent / "devices"
 
@@ -35,7 +35,7 @@ def dense_run(tmp_path_factory):
 def test_every_target_exports_and_verifies(request, which, target, tmp_path):
     run = request.getfixturevalue(which)
     assert main(["export", str(run), "--target", target, "--out", str(tmp_path)]) == 0
-    bundle = tmp_path / run.name / target
+    bundle = tmp_path / bundle_name(run) / target
     manifest = json.loads((bundle / "manifest.json").read_text())
     for v in manifest["verification"]:
         assert v["images"] == 360
@@ -52,21 +52,21 @@ def test_every_target_exports_and_verifies(request, which, target, tmp_path):
 
 def test_jetson_file_rules(tiny_run, tmp_path):
     assert main(["export", str(tiny_run), "--target", "jetson", "--out", str(tmp_path)]) == 0
-    model = onnx.load(str(tmp_path / tiny_run.name / "jetson" / "engine.onnx"))
+    model = onnx.load(str(tmp_path / bundle_name(tiny_run) / "jetson" / "engine.onnx"))
     assert max(o.version for o in model.opset_import) <= 13
     ops = {n.op_type for n in model.graph.node}
     assert "OneHot" not in ops
     for n in model.graph.node:
         if n.op_type == "TopK":
             assert next(a.i for a in n.attribute if a.name == "largest") == 1
-    assert not (tmp_path / tiny_run.name / "jetson" / "engine.onnx.data").exists()  # one file
+    assert not (tmp_path / bundle_name(tiny_run) / "jetson" / "engine.onnx.data").exists()  # one file
 
 
 def test_ncs2_ir_is_opset10_and_fp16(tiny_run, tmp_path):
     import re
 
     assert main(["export", str(tiny_run), "--target", "ncs2", "--out", str(tmp_path)]) == 0
-    xml = (tmp_path / tiny_run.name / "ncs2" / "engine.xml").read_text()
+    xml = (tmp_path / bundle_name(tiny_run) / "ncs2" / "engine.xml").read_text()
     versions = re.findall(r'<layer [^>]*version="opset(\d+)"', xml)
     assert versions and max(int(v) for v in versions) <= 10
     weights = re.findall(r'<layer [^>]*name="[^"]*"[^>]*type="Const"[^>]*>\s*<data [^>]*element_type="(\w+)"', xml)
@@ -116,7 +116,7 @@ def test_ir_checker_rejects_a_newer_opset(tmp_path):
                                             ("onnx", "onnxruntime"), ("openvino", "openvino")])
 def test_board_runner_runs_here(tiny_run, tmp_path, target, runtime):
     assert main(["export", str(tiny_run), "--target", target, "--out", str(tmp_path)]) == 0
-    bundle = tmp_path / tiny_run.name / target
+    bundle = tmp_path / bundle_name(tiny_run) / target
     result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "--runtime", runtime, "--iterations", "20",
                              "--warmup", "2", "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
                             timeout=120)
@@ -130,7 +130,7 @@ def test_board_runner_runs_here(tiny_run, tmp_path, target, runtime):
 
 def test_board_runner_detects_a_damaged_file(tiny_run, tmp_path):
     assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path)]) == 0
-    bundle = tmp_path / tiny_run.name / "onnx"
+    bundle = tmp_path / bundle_name(tiny_run) / "onnx"
     data = bytearray((bundle / "samples.npy").read_bytes())
     data[-1] ^= 0xFF
     (bundle / "samples.npy").write_bytes(bytes(data))
