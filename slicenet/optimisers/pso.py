@@ -4,6 +4,13 @@ pyswarms' own optimisers run their loop themselves; its backend (swarm, topology
 position updates) is what lets PSO sit behind the ask / tell interface with batched evaluation.
 The swarm starts as a Gaussian cloud of spread ``sigma0`` around ``x0``; inertia decays linearly
 from ``inertia_start`` to ``inertia_end`` over the budget (Shi & Eberhart 1998).
+
+Noisy fitness: slicenet scores every generation on a fresh validation split, and a personal best
+remembered from one lucky split drags the swarm towards it for ever (measured: the swarm's mean
+fitness peaked half-way and then fell). So after the first generation ``ask`` returns the current
+positions *and* the personal bests, scored together on the same split, and every comparison is
+between fresh scores (re-evaluation, as in noisy-PSO practice); the population is then 2 x the
+swarm.
 """
 
 from __future__ import annotations
@@ -49,27 +56,38 @@ class PSO(Optimiser):
         self._make_helpers()
 
     def ask(self) -> np.ndarray:
-        return self.swarm.position.copy()
+        if self.generation == 0:
+            return self.swarm.position.copy()
+        return np.concatenate([self.swarm.position, self.swarm.pbest_pos])
 
     def _tell(self, solutions: np.ndarray, fitness: np.ndarray) -> None:
         swarm = self.swarm
-        swarm.position = solutions
-        swarm.current_cost = fitness
+        n = self.population_size
+        swarm.position = solutions[:n]
+        swarm.current_cost = fitness[:n]
+        if len(fitness) > n:
+            swarm.pbest_cost = fitness[n:].copy()  # fresh scores of the personal bests
+            swarm.best_cost = np.inf  # the global best is re-chosen from fresh scores
         swarm.pbest_pos, swarm.pbest_cost = compute_pbest(swarm)
         swarm.best_pos, swarm.best_cost = self.topology.compute_gbest(swarm)
         progress = min(1.0, (self.generation + 1) / max(1, self.max_generations))
         swarm.options["w"] = self.inertia[0] + (self.inertia[1] - self.inertia[0]) * progress
         # pyswarms' velocity update draws from numpy's global RNG; ours is drawn here from the
         # optimiser's own generator so a checkpointed optimiser resumes exactly.
-        r1 = self.rng.uniform(size=solutions.shape)
-        r2 = self.rng.uniform(size=solutions.shape)
+        r1 = self.rng.uniform(size=swarm.position.shape)
+        r2 = self.rng.uniform(size=swarm.position.shape)
         options = swarm.options
         velocity = (options["w"] * swarm.velocity
                     + options["c1"] * r1 * (swarm.pbest_pos - swarm.position)
                     + options["c2"] * r2 * (swarm.best_pos - swarm.position))
+        self._fresh_best = swarm.best_pos.copy()
         swarm.velocity = self.velocity_handler(velocity, self.velocity_clamp, position=swarm.position)
         swarm.position = swarm.position + swarm.velocity
 
+    def recommendation(self) -> np.ndarray:
+        # The global best by the latest fresh scores (not the best single score ever seen).
+        return getattr(self, "_fresh_best", self.best_x).copy()
+
     @staticmethod
     def default_population_size(dimension: int) -> int:
-        return 24
+        return 16  # particles; each generation scores them and their personal bests
