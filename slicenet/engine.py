@@ -134,6 +134,8 @@ class Engine:
                         for w, b in self.weights]
         copy.dense = [(quantise_round_trip(w, storage["weights"]), quantise_round_trip(b, storage["weights"]))
                       for w, b in self.dense]
+        if self.projection is not None:
+            copy.projection = quantise_round_trip(self.projection, storage["weights"])
         copy.bank = quantise_round_trip(self.bank, storage["bank"])
         return copy
 
