@@ -52,7 +52,7 @@ def onnxruntime_runner(model_path, providers):
 
     def infer(image):
         outputs = session.run(["class", "votes"], {"image": image})
-        return int(np.asarray(outputs[0]).reshape(-1)[0])
+        return [int(c) for c in np.asarray(outputs[0]).reshape(-1)]
 
     return infer, created, "onnxruntime", ort.__version__, ",".join(session.get_providers())
 
@@ -76,7 +76,7 @@ def openvino_runner(model_path, device):
 
     def infer(image):
         result = request.infer({"image": image})
-        return int(np.asarray(result[output]).reshape(-1)[0])
+        return [int(c) for c in np.asarray(result[output]).reshape(-1)]
 
     version = getattr(openvino, "__version__", None) or openvino.runtime.get_version()
     return infer, created, "openvino", version, device
@@ -127,6 +127,11 @@ def main(argv=None):
     expected = manifest["samples"]["expected_classes"]
     if samples.ndim != 4 or len(samples) != len(expected):
         fail("samples.npy does not match the manifest's expected classes")
+    batch = int(manifest["input"]["shape"][0])
+
+    def chunk(start):
+        """``batch`` samples from ``start``, wrapping around the shipped samples."""
+        return samples[[(start + i) % len(samples) for i in range(batch)]]
 
     if args.runtime == "onnxruntime":
         infer, created, runtime, version, where = onnxruntime_runner(model_path, args.providers)
@@ -134,16 +139,17 @@ def main(argv=None):
         infer, created, runtime, version, where = openvino_runner(model_path, args.device)
 
     started = time.perf_counter()
-    first_class = infer(samples[:1])
+    predicted = infer(chunk(0))
     first = time.perf_counter() - started
-    predicted = [first_class] + [infer(samples[i:i + 1]) for i in range(1, len(samples))]
-    matches = sum(int(p == e) for p, e in zip(predicted, expected))
+    for start in range(batch, len(samples), batch):
+        predicted += infer(chunk(start))
+    matches = sum(int(p == e) for p, e in zip(predicted[:len(expected)], expected))
     for i in range(args.warmup):
-        infer(samples[i % len(samples):i % len(samples) + 1])
+        infer(chunk(i * batch))
     latencies = []
     timed_start = time.perf_counter()
     for i in range(args.iterations):
-        image = samples[i % len(samples):i % len(samples) + 1]
+        image = chunk(i * batch)
         t0 = time.perf_counter()
         infer(image)
         latencies.append((time.perf_counter() - t0) * 1000.0)
@@ -159,6 +165,7 @@ def main(argv=None):
         "precision": "fp16" if manifest["target"] == "ncs2" else "fp32",
         "power_mode": power_mode(),
         "python": platform.python_version(),
+        "batch": batch,
         "count": args.iterations,
         "duration_s": duration,
         "session_creation_ms": created * 1000.0,
@@ -169,7 +176,7 @@ def main(argv=None):
         "mean_ms": float(np.mean(latencies)),
         "min_ms": float(np.min(latencies)),
         "max_ms": float(np.max(latencies)),
-        "throughput_fps": args.iterations / duration,
+        "throughput_fps": args.iterations * batch / duration,
         "samples": len(expected),
         "samples_matching_expected": matches,
     }

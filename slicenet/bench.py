@@ -45,7 +45,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
 
 
-def open_run(run_dir: Path, threads: int) -> Session:
+def open_run(run_dir: Path, threads: int, batch: int) -> Session:
     """A run directory's engine in PyTorch (the reference implementation), timed like a bundle."""
     import torch
 
@@ -58,7 +58,7 @@ def open_run(run_dir: Path, threads: int) -> Session:
     engine = load_engine(run_dir)
     created = time.perf_counter() - started
     dataset = load_dataset(load_config(run_dir).dataset, engine.image_size[0])
-    sample = dataset.x_test[:1][:, None]
+    sample = dataset.x_test[:batch][:, None]
 
     def infer(image, engine=engine):
         engine.predict(image[:, 0])
@@ -67,14 +67,18 @@ def open_run(run_dir: Path, threads: int) -> Session:
                    (run_dir / ENGINE).stat().st_size, created * 1000.0, _peak_rss_mb())
 
 
-def open_bundle(bundle: Path, runtime: str, threads: int) -> Session:
+def open_bundle(bundle: Path, runtime: str, threads: int, batch: int | None = None) -> Session:
     if runtime == "torch":
-        return open_run(bundle, threads)
+        return open_run(bundle, threads, batch or 1)
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")
     manifest = json.loads(manifest_path.read_text())
-    sample = np.load(bundle / manifest["samples"]["file"])[:1]
+    exported = int(manifest["input"]["shape"][0])
+    if batch is not None and batch != exported:
+        raise InputError(f"{bundle} is exported for batch {exported}, not {batch}: "
+                         f"run 'slicenet export RUN --target T --batch {batch}' and bench that bundle")
+    sample = np.load(bundle / manifest["samples"]["file"])[:exported]
     name = f"{Path(manifest['run']).name}/{manifest['target']}"
     if runtime == "onnxruntime":
         model = bundle / manifest["onnx_model"]
@@ -133,16 +137,16 @@ def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[st
     return latencies
 
 
-def summarise(session: Session, latencies: list[float], threads: int) -> dict:
+def summarise(session: Session, latencies: list[float], threads: int, batch: int = 1) -> dict:
     values = np.asarray(latencies)
     return {
         "name": session.name, "bundle": str(session.bundle), "runtime": session.runtime,
-        "runtime_version": session.runtime_version, "threads": threads, "batch": 1, "count": len(values),
+        "runtime_version": session.runtime_version, "threads": threads, "batch": batch, "count": len(values),
         "duration_s": float(values.sum() / 1000.0),
         "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
         "p99_ms": float(np.percentile(values, 99)), "mean_ms": float(values.mean()),
         "min_ms": float(values.min()), "max_ms": float(values.max()),
-        "throughput_fps": float(1000.0 / values.mean()), "first_inference_ms": session.first_inference_ms,
+        "throughput_fps": float(batch * 1000.0 / values.mean()), "first_inference_ms": session.first_inference_ms,
         "session_creation_ms": session.session_creation_ms, "model_bytes": session.model_bytes,
         "peak_rss_mb": session.peak_rss_mb,
     }

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", type=Path)
     export.add_argument("--target", required=True, help="onnx, openvino, jetson or ncs2")
     export.add_argument("--out", type=Path, default=Path("export"), help="bundle root (default export/)")
+    export.add_argument("--batch", type=int, default=1, help="static batch of the exported graph (default 1)")
     export.add_argument("--verify-images", type=int, default=0,
                         help="test images to verify on (default 0: the whole test split)")
     export.set_defaults(func=cmd_export)
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
     bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
     bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
-    bench.add_argument("--batch", type=int, default=1, help="images per inference (bundles are exported for 1)")
+    bench.add_argument("--batch", type=int, default=None,
+                       help="images per inference: checked against the bundles (export them with --batch N)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
     bench.add_argument("--results", type=Path, default=Path("results/bench"), help="per-run JSON folder")
     bench.add_argument("--profiles", type=Path, default=None, help="board profiles (default devices/profiles.toml)")
@@ -362,8 +364,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not (devices / "run_engine.py").is_file():
         raise InputError(f"{devices / 'run_engine.py'} is missing: export runs from a slicenet checkout "
                          "(pip install -e .)")
-    manifest = export.export_bundle(engine, args.run, args.target, args.out, images, labels, devices)
-    bundle = args.out / export.bundle_name(Path(args.run)) / args.target
+    manifest = export.export_bundle(engine, args.run, args.target, args.out, images, labels, devices,
+                                    batch=args.batch)
+    bundle = export.bundle_folder(Path(args.run), args.target, args.out, args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "
               f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "
@@ -392,18 +395,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("name at least one exported bundle (export/<run>/<target>), or use --ingest FILE")
     if args.runtime not in bench.RUNTIMES:
         raise InputError(f"unknown runtime {args.runtime!r}: expected one of {', '.join(bench.RUNTIMES)}")
-    if args.batch != 1:
-        raise InputError("bundles are exported with a static batch of 1 (the boards' latency case); "
-                         "--batch other than 1 is not supported yet")
     if args.count < 1 or args.warmup < 0:
         raise InputError("--count must be at least 1 and --warmup at least 0")
     profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
     profiles = bench.load_profiles(profiles_path)
-    sessions = [bench.open_bundle(bundle, args.runtime, args.threads) for bundle in args.bundles]
+    sessions = [bench.open_bundle(bundle, args.runtime, args.threads, args.batch) for bundle in args.bundles]
     latencies = bench.run_interleaved(sessions, args.count, args.warmup)
     results = []
     for session in sessions:
-        row = bench.summarise(session, latencies[session.name], args.threads)
+        row = bench.summarise(session, latencies[session.name], args.threads, len(session.sample))
         if args.runtime == "torch":
             from . import runs
 

@@ -60,8 +60,8 @@ class Verification:
 
 # -- the ONNX graph ---------------------------------------------------------------------------------
 
-def build_onnx(engine: Engine, opset: int):
-    """The whole engine as one ONNX model of the given opset (13 or newer)."""
+def build_onnx(engine: Engine, opset: int, batch: int = 1):
+    """The whole engine as one ONNX model of the given opset (13 or newer), static batch ``batch``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -90,7 +90,7 @@ def build_onnx(engine: Engine, opset: int):
         if layer.pool > 1:
             x = node("MaxPool", [x], f"pool{index}", kernel_shape=[layer.pool] * 2, strides=[layer.pool] * 2)
         x = node("Relu" if layer.activation == "relu" else "Tanh", [x], f"act{index}")
-    x = node("Reshape", [x, const("flat_shape", np.array([1, -1], dtype=np.int64))], "features")
+    x = node("Reshape", [x, const("flat_shape", np.array([batch, -1], dtype=np.int64))], "features")
     axis1 = const("axis1", np.array([1], dtype=np.int64))
     if engine.head == "dense":
         for index, (weight, bias) in enumerate(engine.dense):
@@ -132,9 +132,9 @@ def build_onnx(engine: Engine, opset: int):
         node("ArgMax", [votes], "class", axis=1, keepdims=0)
     graph = helper.make_graph(
         nodes, "slicenet_engine",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 1, height, width])],
-        [helper.make_tensor_value_info("class", TensorProto.INT64, [1]),
-         helper.make_tensor_value_info("votes", TensorProto.FLOAT, [1, engine.n_classes])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, 1, height, width])],
+        [helper.make_tensor_value_info("class", TensorProto.INT64, [batch]),
+         helper.make_tensor_value_info("votes", TensorProto.FLOAT, [batch, engine.n_classes])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="slicenet",
                               producer_version=__version__)
@@ -197,14 +197,14 @@ def check_onnx(model, target: str) -> None:
 
 # -- the OpenVINO IR for the NCS2 (opset <= 10) -------------------------------------------------------
 
-def build_ncs2_ir(engine: Engine):
+def build_ncs2_ir(engine: Engine, batch: int = 1):
     """The engine as an OpenVINO model of opset1 / opset3 operations only (readable by 2022.3)."""
     import openvino.opset1 as ops
     import openvino.opset3 as ops3
     from openvino import Model
 
     height, width = engine.image_size
-    image = ops.parameter([1, 1, height, width], np.uint8, name="image")
+    image = ops.parameter([batch, 1, height, width], np.uint8, name="image")
     x = ops.convert(image, "f32")
     x = ops.multiply(x, np.float32(1.0 / (255.0 * engine.input_std)))
     x = ops.add(x, np.float32(-engine.input_mean / engine.input_std))
@@ -214,7 +214,7 @@ def build_ncs2_ir(engine: Engine):
         if layer.pool > 1:
             x = ops.max_pool(x, [layer.pool] * 2, [0, 0], [0, 0], [layer.pool] * 2)
         x = ops.relu(x) if layer.activation == "relu" else ops.tanh(x)
-    x = ops.reshape(x, np.array([1, -1], dtype=np.int64), special_zero=False)
+    x = ops.reshape(x, np.array([batch, -1], dtype=np.int64), special_zero=False)
     if engine.head == "dense":
         for index, (weight, bias) in enumerate(engine.dense):
             x = ops.add(ops.matmul(x, weight.numpy().T.copy(), False, False), bias.numpy()[None])
@@ -247,7 +247,7 @@ def build_ncs2_ir(engine: Engine):
         votes = ops.reduce_sum(gathered, axis1, False)
         top = ops3.topk(votes, np.int64(1), 1, "max", "index", "i32")  # ties: the smallest class index
     votes.set_friendly_name("votes")
-    class_index = ops.reshape(top.output(1), np.array([1], dtype=np.int64), special_zero=False)
+    class_index = ops.reshape(top.output(1), np.array([batch], dtype=np.int64), special_zero=False)
     class_index.set_friendly_name("class")
     model = Model([class_index, votes], [image], "slicenet_engine")
     model.outputs[0].get_tensor().set_names({"class"})
@@ -275,21 +275,33 @@ def check_ir_opsets(xml_path: Path, max_opset: int = 10) -> dict:
 
 # -- verification -----------------------------------------------------------------------------------
 
-def run_onnxruntime(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def batches(images: np.ndarray, batch: int):
+    """Chunks of ``batch`` images [batch, 1, H, W] (the last padded by repeating its final image) and
+    how many of each chunk are real."""
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        yield np.ascontiguousarray(chunk[:, None]), real
+
+
+def run_onnxruntime(path: Path, images: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
     try:
         import onnxruntime as ort
     except ImportError:
         raise InputError("onnxruntime is not installed: pip install 'slicenet[export]'") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    classes, votes = [], []
-    for image in images:
-        c, v = session.run(["class", "votes"], {"image": image[None, None]})
-        classes.append(int(c[0]))
-        votes.append(v[0])
+    classes: list[int] = []
+    votes: list[np.ndarray] = []
+    for chunk, real in batches(images, batch):
+        c, v = session.run(["class", "votes"], {"image": chunk})
+        classes.extend(int(x) for x in c[:real])
+        votes.extend(v[:real])
     return np.array(classes), np.stack(votes)
 
 
-def run_openvino(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_openvino(path: Path, images: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
     try:
         import openvino as ov
     except ImportError:
@@ -297,19 +309,20 @@ def run_openvino(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray
     # f32: on CPUs with AMX OpenVINO defaults to bf16, which changes k-NN predictions.
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    classes, votes = [], []
-    for image in images:
-        result = request.infer({"image": image[None, None]})
-        classes.append(int(np.asarray(result[compiled.output("class")]).reshape(-1)[0]))
-        votes.append(np.asarray(result[compiled.output("votes")])[0])
+    classes: list[int] = []
+    votes: list[np.ndarray] = []
+    for chunk, real in batches(images, batch):
+        result = request.infer({"image": chunk})
+        classes.extend(int(x) for x in np.asarray(result[compiled.output("class")]).reshape(-1)[:real])
+        votes.extend(np.asarray(result[compiled.output("votes")])[:real])
     return np.array(classes), np.stack(votes)
 
 
 def verify(engine: Engine, runtime: str, path: Path, images: np.ndarray, labels: np.ndarray,
-           precision: str) -> Verification:
+           precision: str, batch: int = 1) -> Verification:
     expected, _, _ = engine.predict(images)
     run = run_onnxruntime if runtime == "onnxruntime" else run_openvino
-    predicted, _ = run(path, images)
+    predicted, _ = run(path, images, batch)
     return Verification(len(images), float((predicted == expected).mean()), float((expected == labels).mean()),
                         float((predicted == labels).mean()), runtime, precision)
 
@@ -368,18 +381,24 @@ def bundle_name(run_dir: Path) -> str:
     return path.name if path.parent.name in ("runs", "") else f"{path.parent.name}-{path.name}"
 
 
+def bundle_folder(run_dir: Path, target: str, out_root: Path, batch: int = 1) -> Path:
+    return out_root / bundle_name(run_dir) / (target if batch == 1 else f"{target}-b{batch}")
+
+
 def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, images: np.ndarray,
-                  labels: np.ndarray, devices_dir: Path, n_samples: int = 32) -> dict:
-    """Write ``out_root/<run>/<target>/`` and return its manifest. Verifies before writing the manifest."""
+                  labels: np.ndarray, devices_dir: Path, n_samples: int = 32, batch: int = 1) -> dict:
+    """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written)."""
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}: expected one of {', '.join(TARGETS)}")
+    if not 1 <= batch <= 4096:
+        raise InputError(f"--batch must be between 1 and 4096, got {batch}")
     name = bundle_name(run_dir)
-    bundle = out_root / name / target
-    staging = bundle.with_name(f".{target}.partial")
+    bundle = bundle_folder(run_dir, target, out_root, batch)
+    staging = bundle.with_name(f".{bundle.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     opset = ONNX_OPSET[target]
-    model = build_onnx(engine, opset)
+    model = build_onnx(engine, opset, batch)
     check_onnx(model, target)
     checks: dict = {"onnx_opset": opset, "onnx_ops": sorted({n.op_type for n in model.graph.node})}
     import onnx
@@ -387,29 +406,30 @@ def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, im
     verifications = []
     if target in ("onnx", "jetson", "ncs2"):
         onnx.save_model(model, str(staging / "engine.onnx"))
-        verifications.append(verify(engine, "onnxruntime", staging / "engine.onnx", images, labels, "fp32"))
+        verifications.append(verify(engine, "onnxruntime", staging / "engine.onnx", images, labels, "fp32", batch))
     if target == "openvino":
         import openvino as ov
 
         onnx.save_model(model, str(staging / "engine.onnx"))  # kept: the IR's source, and the cost model's
         ov.save_model(ov.convert_model(str(staging / "engine.onnx")), str(staging / "engine.xml"),
                       compress_to_fp16=False)
-        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp32"))
+        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp32", batch))
     if target == "ncs2":
         import openvino as ov
 
-        ov.save_model(build_ncs2_ir(engine), str(staging / "engine.xml"), compress_to_fp16=True)
+        ov.save_model(build_ncs2_ir(engine, batch), str(staging / "engine.xml"), compress_to_fp16=True)
         checks["ir"] = check_ir_opsets(staging / "engine.xml")
         if "f16" not in checks["ir"]["const_precisions"]:
             raise InputError("the NCS2 IR has no FP16 weights; MYRIAD needs an FP16 model")
         (staging / "myriad.conf").write_text("MYRIAD_ENABLE_MX_BOOT NO\n")
-        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp16-weights"))
+        verifications.append(verify(engine, "openvino", staging / "engine.xml", images, labels, "fp16-weights",
+                                    batch))
     for v in verifications:
         if v.precision == "fp32" and v.agreement < 1.0:
             raise InputError(f"target {target}: {v.runtime} disagrees with the torch engine on "
                              f"{round((1 - v.agreement) * v.images)} of {v.images} test images; not exported")
     rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(images), size=min(n_samples, len(images)), replace=False))
+    pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
     samples = np.ascontiguousarray(images[pick][:, None])
     np.save(staging / "samples.npy", samples)
     expected, expected_votes, _ = engine.predict(images[pick])
@@ -423,10 +443,11 @@ def export_bundle(engine: Engine, run_dir: Path, target: str, out_root: Path, im
         "model": "engine.xml" if target in ("openvino", "ncs2") else "engine.onnx",
         "fallback_model": "engine.onnx" if target == "ncs2" else None,
         "onnx_model": "engine.onnx",  # every bundle carries the ONNX graph (the IR's source for OpenVINO)
-        "input": {"name": "image", "shape": [1, 1, *engine.image_size], "dtype": "uint8",
+        "batch": batch,
+        "input": {"name": "image", "shape": [batch, 1, *engine.image_size], "dtype": "uint8",
                   "normalisation": {"scale": 1.0 / 255.0, "mean": engine.input_mean, "std": engine.input_std,
                                     "formula": "(image / 255 - mean) / std, inside the graph"}},
-        "outputs": {"class": "int64 [1]", "votes": f"float32 [1, {engine.n_classes}]"},
+        "outputs": {"class": f"int64 [{batch}]", "votes": f"float32 [{batch}, {engine.n_classes}]"},
         "class_names": list(engine.class_names), "head": engine.head, "k": engine.n_neighbors,
         "metric": engine.metric, "postprocessing": engine.postprocessing, "parameters": engine.parameters,
         "engine_bytes": engine.engine_bytes, "bank_size": int(engine.bank.shape[0]),

@@ -155,3 +155,22 @@ def test_board_code_is_python36_compatible():
 def test_unknown_target(tiny_run, capsys):
     assert main(["export", str(tiny_run), "--target", "tpu"]) == 2
     assert "unknown target 'tpu'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["onnx", "ncs2"])
+def test_batched_export_verifies_and_benches(tiny_run, tmp_path, target):
+    assert main(["export", str(tiny_run), "--target", target, "--batch", "8", "--out", str(tmp_path)]) == 0
+    bundle = tmp_path / bundle_name(tiny_run) / f"{target}-b8"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["input"]["shape"][0] == 8 and manifest["verification"][0]["agreement"] == 1.0
+    runtime = "onnxruntime" if target == "onnx" else "openvino"
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "--runtime", runtime, "--iterations", "5",
+                             "--warmup", "1", "--out", str(tmp_path / "r.json")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["batch"] == 8
+    out = tmp_path / "b.json"
+    assert main(["bench", str(bundle), "--runtime", runtime, "--batch", "8", "--count", "5", "--warmup", "1",
+                 "--json", str(out), "--results", str(tmp_path / "res")]) == 0
+    assert json.loads(out.read_text())[0]["batch"] == 8
+    assert main(["bench", str(bundle), "--runtime", runtime, "--batch", "4", "--count", "5"]) == 2
