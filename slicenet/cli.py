@@ -506,7 +506,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report
     from .atomic import write_text
 
-    run_dirs = args.runs or sorted(p.parent for p in Path("runs").glob("*/metrics.json"))
+    run_dirs = args.runs or sorted(p.parent for p in Path("runs").rglob("metrics.json"))
     if not run_dirs:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows = report.collect(run_dirs)
