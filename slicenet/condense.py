@@ -215,7 +215,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     raw_fit = raw_features(engine, images[fit])
     n_features = raw_fit.shape[1]
     trials: list[dict[str, Any]] = []
-    for prototypes in (1, 2, 3, 5, 10, 20, 30, 50):
+    for prototypes in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200):
         for dims in (0, 128, 64, 32, 16, 8):
             if dims >= n_features:
                 continue
