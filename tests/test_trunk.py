@@ -17,7 +17,7 @@ from slicenet.trunk import (
 
 def reference_forward(x, spec, weights):
     """The textbook order, conv -> activation -> pool, with F.conv2d: the reference answer."""
-    for (weight, bias), layer in zip(weights, spec.layers, strict=True):
+    for (weight, bias), layer in zip(weights, spec.layers[: len(weights)], strict=True):
         x = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding)
         x = torch.relu(x) if layer.activation == "relu" else torch.tanh(x)
         if layer.pool > 1:
