@@ -91,7 +91,6 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
             x = node("MaxPool", [x], f"pool{index}", kernel_shape=[layer.pool] * 2, strides=[layer.pool] * 2)
         x = node("Relu" if layer.activation == "relu" else "Tanh", [x], f"act{index}")
     x = node("Reshape", [x, const("flat_shape", np.array([batch, -1], dtype=np.int64))], "features")
-    axis1 = const("axis1", np.array([1], dtype=np.int64))
     if engine.head == "dense":
         for index, (weight, bias) in enumerate(engine.dense):
             x = node("MatMul", [x, const(f"dense{index}.weight_t", weight.numpy().T.copy())], f"dense{index}.mm")
@@ -103,6 +102,7 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
     else:
         if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
             raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
+        axis1 = const("axis1", np.array([1], dtype=np.int64))
         if engine.postprocessing == "centre_l2" or engine.projection is not None:
             x = node("Sub", [x, const("feature_mean", engine.feature_mean.numpy()[None])], "centred")
         if engine.projection is not None:
@@ -115,12 +115,12 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
         bank = engine.bank.numpy()
         if engine.metric == "cosine":
             bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
-        scores = node("MatMul", [x, bank_constant(engine, bank, const, node)], "dot")
+        factor = 1.0 if engine.metric == "cosine" else 2.0
+        scores = node("MatMul", [x, bank_constant(engine, bank, const, node, factor)], "dot")
         if engine.metric != "cosine":
-            # -||q - b||^2 = 2 q.b - ||q||^2 - ||b||^2: larger is nearer, as TopK(largest=1) wants.
-            q2 = node("ReduceSum", [node("Mul", [x, x], "q_square"), axis1], "q_norm2", keepdims=1)
-            scores = node("Mul", [scores, const("two", np.array(2.0, dtype=np.float32))], "dot2")
-            scores = node("Sub", [scores, q2], "dot2_minus_q")
+            # -||q - b||^2 = 2 q.b - ||b||^2 - ||q||^2. TopK ranks the bank for one query at a time,
+            # so the query's own ||q||^2 is dropped, and the 2 is folded into the stored bank (exact:
+            # a power of two): one MatMul and one Sub, larger is nearer, as TopK(largest=1) wants.
             scores = node("Sub", [scores, const("bank_norm2", (bank.astype(np.float64) ** 2).sum(1)
                                                  .astype(np.float32)[None])], "neg_distance")
         k = const("k", np.array([engine.n_neighbors], dtype=np.int64))
@@ -143,21 +143,23 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
     return model
 
 
-def bank_constant(engine: Engine, bank: np.ndarray, const, node) -> str:
-    """The transposed bank as stored by the engine: fp32, or fp16 / int8 (times its scale) cast to
-    fp32 in the graph, which reproduces the engine's decoded values exactly."""
+def bank_constant(engine: Engine, bank: np.ndarray, const, node, factor: float = 1.0) -> str:
+    """``factor`` x the transposed bank as stored by the engine: fp32, or fp16 / int8 (times its
+    scale) cast to fp32 in the graph, which reproduces the engine's decoded values exactly (the
+    factor is a power of two, so scaling is exact too)."""
     precision = engine.storage.get("bank", "fp32")
     if precision == "fp32" or engine.metric == "cosine":
-        return const("bank_t", bank.T.astype(np.float32).copy())
+        return const("bank_t", (factor * bank.T).astype(np.float32).copy())
     from onnx import TensorProto
 
     from .engine import encode
 
     stored = encode("bank", torch_tensor(bank.T.copy()), precision)
     if precision == "fp16":
-        return node("Cast", [const("bank_t_fp16", stored["bank"].numpy())], "bank_t", to=TensorProto.FLOAT)
+        return node("Cast", [const("bank_t_fp16", (stored["bank"] * factor).numpy())], "bank_t",
+                    to=TensorProto.FLOAT)
     decoded = node("Cast", [const("bank_t_int8", stored["bank.q"].numpy())], "bank_t_q", to=TensorProto.FLOAT)
-    return node("Mul", [decoded, const("bank_scale", stored["bank.scale"].numpy())], "bank_t")
+    return node("Mul", [decoded, const("bank_scale", (stored["bank.scale"] * factor).numpy())], "bank_t")
 
 
 def torch_tensor(array: np.ndarray):
@@ -236,11 +238,10 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
         bank = engine.bank.numpy()
         if engine.metric == "cosine":
             bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
-        scores = ops.matmul(x, bank.T.astype(np.float32).copy(), False, False)
+        factor = 1.0 if engine.metric == "cosine" else 2.0  # as in build_onnx: 2 q.b - ||b||^2
+        scores = ops.matmul(x, (factor * bank.T).astype(np.float32).copy(), False, False)
         if engine.metric != "cosine":
-            q2 = ops.reduce_sum(ops.multiply(x, x), axis1, True)
-            scores = ops.subtract(ops.subtract(ops.multiply(scores, np.float32(2.0)), q2),
-                                  (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)[None])
+            scores = ops.subtract(scores, (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)[None])
         nearest = ops3.topk(scores, np.int64(engine.n_neighbors), 1, "max", "value", "i32")
         one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
         gathered = ops.gather(one_hot, nearest.output(1), np.int64(0))
