@@ -79,7 +79,7 @@ def open_bundle(bundle: Path, runtime: str, threads: int, batch: int | None = No
         raise InputError(f"{bundle} is exported for batch {exported}, not {batch}: "
                          f"run 'slicenet export RUN --target T --batch {batch}' and bench that bundle")
     sample = np.load(bundle / manifest["samples"]["file"])[:exported]
-    name = f"{Path(manifest['run']).name}/{manifest['target']}"
+    name = f"{bundle.resolve().parent.name}/{bundle.name}"
     if runtime == "onnxruntime":
         model = bundle / manifest["onnx_model"]
         import onnxruntime as ort
