@@ -46,7 +46,11 @@ def network_name(metrics: dict, config: dict) -> str:
     if metrics.get("preset") == "pixels":
         return f"k-NN (k={config.get('n_neighbors', 9)}) on raw pixels"
     name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
-    return name if config.get("granularity", "layer") == "layer" else f"{name}, per filter"
+    if config.get("granularity", "layer") != "layer":
+        name += ", per filter"
+    if config.get("bank_shifts"):
+        name += f", bank + {config['bank_shifts']}-px shifts"
+    return name
 
 
 def collect(run_dirs: list[Path]) -> list[dict]:
