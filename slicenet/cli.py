@@ -72,10 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"slicenet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    optimise = commands.add_parser("optimise", help="optimise a trunk without gradients; write a run directory")
-    optimise.add_argument("--config", help="TOML file of options (flags override it)")
-    for flag, (key, kind, text) in CONFIG_FLAGS.items():
-        optimise.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    def with_config_flags(name: str, text: str, flags: dict) -> argparse.ArgumentParser:
+        """A subcommand whose options mirror a config dataclass: --config TOML, then flags over it."""
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", help="TOML file of options (flags override it)")
+        for flag, (key, kind, help_text) in flags.items():
+            sub.add_argument(flag, dest=key, type=kind, default=None, help=help_text)
+        return sub
+
+    optimise = with_config_flags("optimise", "optimise a trunk without gradients; write a run directory",
+                                 CONFIG_FLAGS)
     optimise.add_argument("--generations", type=int, nargs="+", default=None,
                           help="generation budget per layer (one number for all, or one per layer)")
     optimise.add_argument("--out", type=Path, help="run directory (default runs/<method>-<dataset>-<time>)")
@@ -83,10 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimise.add_argument("--quiet", action="store_true", help="no progress bar")
     optimise.set_defaults(func=cmd_optimise)
 
-    baseline = commands.add_parser("baseline", help="train the same trunk with backprop (dense or k-NN head)")
-    baseline.add_argument("--config", help="TOML file of options (flags override it)")
-    for flag, (key, kind, text) in BASELINE_FLAGS.items():
-        baseline.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    baseline = with_config_flags("baseline", "train the same trunk with backprop (dense or k-NN head)",
+                                 BASELINE_FLAGS)
     baseline.add_argument("--hidden", type=int, nargs="+", default=None,
                           help="dense hidden widths, one run each (default 128)")
     baseline.add_argument("--augment", action="store_true", default=None, help="random shifts and rotations")

@@ -174,6 +174,20 @@ def latency_tables(bench: list[dict]) -> list[str]:
                      f"{b['throughput_fps']:.0f} | {b['p50_ratio_to_first']:.2f} | {b['first_inference_ms']:.3f} | "
                      f"{acc} | {b.get('engine_bytes', 0):,} | {machine.get('cpu', '')}, {machine.get('cores', '')} "
                      f"cores | `{b.get('command', '')}` |")
+    runs_by_command: dict[str, list[dict]] = {}
+    for b in host:
+        runs_by_command.setdefault(b.get("command", ""), []).append(b)
+    findings = []
+    for members in runs_by_command.values():
+        first = min(members, key=lambda b: abs(b["p50_ratio_to_first"] - 1.0))
+        for b in members:
+            if b is not first:
+                verdict = "slower" if b["p50_ratio_to_first"] > 1 else "faster"
+                findings.append(f"- `{b['name']}` ({b['runtime']}): p50 {b['p50_ms']:.4f} ms, "
+                                f"{b['p50_ratio_to_first']:.2f}x the p50 of `{first['name']}` "
+                                f"({first['p50_ms']:.4f} ms) in the same interleaved run: **{verdict}**.")
+    if findings:
+        lines += ["", "In words (each against the first bundle of its own interleaved run):", ""] + findings
     estimated = [(b["name"], e) for b in host for e in b.get("estimates", [])]
     if estimated:
         lines += ["", "### Boards, ESTIMATED (roofline from devices/profiles.toml, not measured)", "",
@@ -240,6 +254,12 @@ def render_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def reference_points(ax) -> None:
+    """The paper's published (engine size, MNIST 4k/1k accuracy) points, marked as the reference's."""
+    ax.scatter(list(REFERENCE_ENGINE_BYTES.values()), [REFERENCE[k]["acc_4k_5"] for k in REFERENCE_ENGINE_BYTES],
+               marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
+
+
 def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -> list[str]:
     """PNG plots into ``out``; returns their file names. Each is written atomically."""
     import matplotlib
@@ -265,8 +285,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], label=f"ours, {dataset}")
         for g in mine:
             ax.annotate(g["network"].replace(" (k=9)", ""), (g["engine_bytes"], 100 * g["test_median"]), fontsize=6)
-    ax.scatter(list(REFERENCE_ENGINE_BYTES.values()), [REFERENCE[k]["acc_4k_5"] for k in REFERENCE_ENGINE_BYTES],
-               marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
+    reference_points(ax)
     ax.set_xscale("log")
     ax.set_xlabel("engine bytes (ours: all inference needs)")
     ax.set_ylabel("test accuracy (%)")
@@ -316,9 +335,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         for g in summary:
             ax.scatter(g["engine_bytes"], 100 * g["test_median"], marker="s", s=14)
             ax.annotate(g["network"][:40], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5)
-        ax.scatter(list(REFERENCE_ENGINE_BYTES.values()),
-                   [REFERENCE[k]["acc_4k_5"] for k in REFERENCE_ENGINE_BYTES], marker="x", color="grey",
-                   label="reference, MNIST 4k/1k (weights only)")
+        reference_points(ax)
         ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
         ax.set_xscale("log")
         ax.set_xlabel("engine bytes")
