@@ -64,3 +64,13 @@ def test_mismatched_tell_is_rejected():
 def test_sanitise():
     assert sanitise_fitness(np.array([1.0, np.nan, 3.0])).tolist() == [1.0, 7.0, 3.0]
     assert sanitise_fitness(np.array([np.nan])).tolist() == [1e30]
+
+
+def test_pso_writes_no_report_log_into_the_working_directory(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from slicenet.optimisers import make_optimiser; "
+            "o = make_optimiser('pso', np.zeros(2), 0.1, 4, 0, 2); X = o.ask(); o.tell(X, (X ** 2).sum(1))")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    assert not (tmp_path / "report.log").exists()

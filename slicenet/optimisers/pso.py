@@ -15,11 +15,19 @@ swarm.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
-from pyswarms.backend.generators import create_swarm
-from pyswarms.backend.handlers import VelocityHandler
-from pyswarms.backend.operators import compute_pbest
-from pyswarms.backend.topology import Star
+
+# pyswarms' Reporter reads a logging config from $LOG_CFG and otherwise writes report.log into the
+# working directory on import; point it at ours (no file) unless the user set their own.
+os.environ.setdefault("LOG_CFG", str(Path(__file__).with_name("pyswarms_logging.yaml")))
+
+from pyswarms.backend.generators import create_swarm  # noqa: E402
+from pyswarms.backend.handlers import VelocityHandler  # noqa: E402
+from pyswarms.backend.operators import compute_pbest  # noqa: E402
+from pyswarms.backend.topology import Star  # noqa: E402
 
 from .base import Optimiser
 
