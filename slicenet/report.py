@@ -260,6 +260,16 @@ def reference_points(ax) -> None:
                marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
 
 
+def finish_axes(ax, xlabel: str, ylabel: str, log_x: bool = False, legend: bool = True) -> None:
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if legend:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -> list[str]:
     """PNG plots into ``out``; returns their file names. Each is written atomically."""
     import matplotlib
@@ -286,11 +296,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         for g in mine:
             ax.annotate(g["network"].replace(" (k=9)", ""), (g["engine_bytes"], 100 * g["test_median"]), fontsize=6)
     reference_points(ax)
-    ax.set_xscale("log")
-    ax.set_xlabel("engine bytes (ours: all inference needs)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
     save(fig, "accuracy_vs_engine_size.png")
 
     searches = [r for r in rows if not r["kind"] and r["evaluations"] and (r["path"] / HISTORY).is_file()]
@@ -337,11 +343,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             ax.annotate(g["network"][:40], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5)
         reference_points(ax)
         ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
-        ax.set_xscale("log")
-        ax.set_xlabel("engine bytes")
-        ax.set_ylabel("accuracy (%): squares = test, steps = validation")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        finish_axes(ax, "engine bytes", "accuracy (%): squares = test, steps = validation", log_x=True)
         save(fig, "size_frontier.png")
 
     knn = [g for g in summary if g["network"].startswith("k-NN") and "pixels" not in g["network"]]

@@ -31,3 +31,14 @@ def idx_dir(tmp_path):
         write_idx(tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=True)
         write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One quick digits run (1 generation, population 4), shared read-only by the test modules."""
+    from slicenet.cli import main
+
+    out = tmp_path_factory.mktemp("shared") / "tiny"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    return out

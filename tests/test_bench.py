@@ -14,11 +14,9 @@ FIELDS = ("name", "runtime", "runtime_version", "threads", "count", "duration_s"
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(tmp_path_factory, tiny_run):
     root = tmp_path_factory.mktemp("bench")
-    run = root / "run"
-    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
-                 "--out", str(run)]) == 0
+    run = tiny_run
     for target in ("onnx", "openvino"):
         assert main(["export", str(run), "--target", target, "--out", str(root / "export")]) == 0
     from slicenet.export import bundle_name
@@ -96,9 +94,9 @@ def test_ingest_stores_a_board_result(tmp_path):
     assert json.loads(stored.read_text())["kind"] == "measured"
 
 
-def test_torch_runtime_on_run_directories(bundles, tmp_path):
+def test_torch_runtime_on_run_directories(tiny_run, tmp_path):
     out = tmp_path / "t.json"
-    run = bundles.parent.parent / "run"
+    run = tiny_run
     assert (run / "metrics.json").is_file()
     assert main(["bench", str(run), "--runtime", "torch", "--count", "5", "--warmup", "1", "--json", str(out),
                  "--results", str(tmp_path / "b")]) == 0

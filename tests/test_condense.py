@@ -11,11 +11,8 @@ from slicenet.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("condense") / "run"
-    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
-                 "--out", str(out)]) == 0
-    return out
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -15,14 +15,6 @@ DEVICES = Path(__file__).resolve().parent.parent / "devices"
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
-                 "--out", str(out)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "dense"
     assert main(["baseline", "--dataset", "digits", "--epochs", "2", "--hidden", "16", "--quiet",
