@@ -271,10 +271,12 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         engine = baseline.to_engine(model, dataset, single, mean, std, info)
         untrained = baseline.to_engine(baseline.Network(spec, dataset.image_size, hidden, dataset.n_classes,
                                                         config.seed), dataset, single, mean, std, info)
+        test = pipeline.evaluate(engine, dataset.x_test, dataset.y_test)
         metrics = {
             "method": f"backprop-{config.optimizer}", "head": config.head, "hidden": hidden,
             "dataset": dataset.name, "preset": preset, "granularity": "",
-            "test_accuracy": pipeline.evaluate(engine, dataset.x_test, dataset.y_test)["accuracy"],
+            "test_accuracy": test["accuracy"], "per_class_accuracy": test["per_class_accuracy"],
+            "confusion_matrix": test["confusion_matrix"],
             "random_init_test_accuracy": pipeline.evaluate(untrained, dataset.x_test, dataset.y_test)["accuracy"],
             **summary,
             "parameters": engine.parameters, "engine_bytes": engine.engine_bytes,
@@ -283,8 +285,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             "n_test": int(len(dataset.y_test)), "seed": config.seed, "augment": config.augment,
             "command": command, "slicenet_version": __version__, "machine": pipeline.machine_info(),
         }
-        metrics.update({k: v for k, v in pipeline.evaluate(engine, dataset.x_test, dataset.y_test).items()
-                        if k in ("per_class_accuracy", "confusion_matrix")})
         runs.write_results(run_dir, engine, metrics, history)
         print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {summary['epochs']} epochs; "
               f"{metrics['parameters']:,} parameters, engine {metrics['engine_bytes']:,} bytes -> {run_dir}")
@@ -296,6 +296,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
     from .atomic import write_text
     from .config import to_toml
     from .data import load_dataset
+    from .pipeline import machine_info
 
     started = time.perf_counter()
     engine = runs.load_engine(args.run)
@@ -342,7 +343,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         "parameters": compact.parameters, "engine_bytes": compact.engine_bytes, "bank_size": int(len(compact.bank)),
         "wall_seconds": round(time.perf_counter() - started, 3), "condensed_from": str(run),
         "command": shlex.join(["slicenet", *args.argv]), "slicenet_version": __version__,
-        "machine": __import__("slicenet.pipeline", fromlist=["machine_info"]).machine_info(),
+        "machine": machine_info(),
     })
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / runs.CONFIG, to_toml(config, {"version": __version__, "command": metrics["command"],
@@ -384,6 +385,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from . import bench
     from .atomic import write_json
+    from .pipeline import machine_info
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.ingest is not None:
@@ -422,7 +424,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
             row["engine_bytes"] = manifest["engine_bytes"]
         row["command"] = shlex.join(["slicenet", *args.argv])
-        row["machine"] = __import__("slicenet.pipeline", fromlist=["machine_info"]).machine_info()
+        row["machine"] = machine_info()
         results.append(row)
     first = results[0]["p50_ms"]
     for row in results:

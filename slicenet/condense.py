@@ -28,7 +28,7 @@ import torch
 from .engine import Engine, normalise_images
 from .errors import InputError
 from .fitness import stratified_split
-from .knn import knn_vote, pairwise_distances
+from .knn import count_votes, knn_vote, pairwise_distances
 from .trunk import features
 
 METHODS = ("kmeans", "cnn", "optimised")
@@ -70,11 +70,8 @@ def _hart_cnn(points: np.ndarray, labels: np.ndarray, count: int, seed: int, n_c
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(points)
     y = torch.from_numpy(labels)
-    votes, _, idx = knn_vote(x, x, y, n_classes, 4)  # the nearest is the image itself: drop it
-    neighbour_labels = y[idx[:, 1:]]
-    edited_votes = torch.zeros(len(x), n_classes, dtype=torch.int64).scatter_add_(
-        1, neighbour_labels, torch.ones_like(neighbour_labels))
-    keep = (edited_votes.argmax(1) == y).numpy()
+    _, _, idx = knn_vote(x, x, y, n_classes, 4)  # the nearest is the image itself: drop it
+    keep = (count_votes(y[idx[:, 1:]], n_classes).argmax(1) == y).numpy()
     order = rng.permutation(np.flatnonzero(keep))
     store: list[int] = []
     for label in range(n_classes):

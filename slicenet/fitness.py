@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .knn import pairwise_distances, postprocess
+from .knn import count_votes, pairwise_distances, postprocess
 from .trunk import TrunkSpec, Weights, layer_forward, population_features
 
 ACTIVATION_BUDGET = 2**27  # float32 elements of intermediate activations per chunk (512 MiB)
@@ -104,9 +104,7 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
         d = pairwise_distances(queries[:, rows], bank, problem.metric)  # [P, q, B]
         _, idx = (-d).topk(problem.n_neighbors, dim=-1)
         labels = y_fit[idx]
-        votes = torch.zeros(*labels.shape[:-1], problem.n_classes, dtype=torch.int64)
-        votes.scatter_add_(-1, labels, torch.ones_like(labels))
-        hits.append(votes.argmax(-1) == y_val[rows])
+        hits.append(count_votes(labels, problem.n_classes).argmax(-1) == y_val[rows])
         if problem.soft_score == "nca":
             # NCA (Goldberger et al. 2004): probability that a softmax over the whole bank picks a
             # same-class image; unlike the top-k form it also pulls in same-class images that are

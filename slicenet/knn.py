@@ -34,6 +34,12 @@ def pairwise_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -
     raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
 
 
+def count_votes(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Votes [..., n_classes] (int64) from neighbour labels [..., k]: one vote per neighbour."""
+    return torch.zeros(*labels.shape[:-1], n_classes, dtype=torch.int64).scatter_add_(
+        -1, labels, torch.ones_like(labels))
+
+
 def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
              n_neighbors: int, metric: str = "euclidean", chunk_elements: int = 2**25
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,9 +54,7 @@ def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tenso
         d = pairwise_distances(chunk, bank, metric)
         # topk of the negated distance: the k nearest (the same trick the exported graph needs).
         neg, idx = (-d).topk(n_neighbors, dim=-1)
-        labels = bank_labels[idx]
-        votes.append(torch.zeros(*labels.shape[:-1], n_classes, dtype=torch.int64)
-                     .scatter_add_(-1, labels, torch.ones_like(labels)))
+        votes.append(count_votes(bank_labels[idx], n_classes))
         distances.append(-neg)
         indices.append(idx)
     return torch.cat(votes, -2), torch.cat(distances, -2), torch.cat(indices, -2)
