@@ -20,14 +20,15 @@ class RunConfig:
     method: str = "cma"  # optimiser: cma | pso | ga
     preset: str = "auto"  # trunk: auto | default | radu | tiny
     granularity: str = "layer"  # serial search unit: a whole layer, or one filter at a time
-    generations: tuple[int, ...] = (160, 480)  # generation budget per layer (filters share their layer's)
+    generations: tuple[int, ...] = (200, 800)  # generation budget per layer (filters share their layer's)
     sweeps: int = 1  # passes over the layers; later passes re-tune each layer given the others
     population_size: int = 0  # candidates per generation; 0 = the method's default for the dimension
     sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
     n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
     metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
     postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
-    validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries
+    validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries (holdout)
+    scoring: str = "holdout"  # holdout: queries vs the rest | loo: every scored image vs all the others
     search_images: int = 1000  # training images scored per generation, a fresh stratified subset; 0 = all
     soft_weight: float = 1.0  # weight of the smooth k-NN score that breaks accuracy ties
     soft_score: str = "knn"  # smooth score: knn (softmax over the k neighbours) | nca (over the whole bank)
@@ -146,6 +147,7 @@ def validate(config: RunConfig) -> None:
          f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
         (config.soft_weight >= 0, f"soft_weight must be non-negative, got {config.soft_weight}"),
         (config.soft_score in ("knn", "nca"), f"soft_score {config.soft_score!r}: expected knn or nca"),
+        (config.scoring in ("holdout", "loo"), f"scoring {config.scoring!r}: expected holdout or loo"),
         (config.temperature > 0, f"temperature must be positive, got {config.temperature}"),
         (config.image_size >= 4, f"image_size must be at least 4, got {config.image_size}"),
         (config.search_images == 0 or config.search_images >= 20,

@@ -65,6 +65,7 @@ class Problem:
     soft_weight: float = 1.0  # weight of the smooth tie-breaker against accuracy
     soft_score: str = "knn"  # "knn": softmax over the k neighbours; "nca": over the whole bank
     temperature: float = 0.05  # softmax temperature over neighbour distances
+    leave_one_out: bool = False  # every scored image is a query against all the others
 
     def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """The (fit, validation) indices for generation ``key``; ``key=()`` gives the run's fixed split
@@ -91,8 +92,15 @@ class Scores:
 
 def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor, y_val: torch.Tensor
                    ) -> Scores:
-    """Scores of P candidates from their features [P, N_fit + N_val, D], the fit rows first."""
-    bank, queries = features[:, : len(y_fit)], features[:, len(y_fit) :]
+    """Scores of P candidates from their features [P, N_fit + N_val, D], the fit rows first.
+
+    With ``problem.leave_one_out`` the features are [P, N, D], ``y_fit`` and ``y_val`` the same N
+    labels, and each image is a query against the N - 1 others.
+    """
+    if problem.leave_one_out:
+        bank = queries = features
+    else:
+        bank, queries = features[:, : len(y_fit)], features[:, len(y_fit) :]
     mean = bank.mean(1, keepdim=True)
     bank = postprocess(bank, mean, problem.postprocessing)
     queries = postprocess(queries, mean, problem.postprocessing)
@@ -102,6 +110,9 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     for start in range(0, len(y_val), per_chunk):
         rows = slice(start, start + per_chunk)
         d = pairwise_distances(queries[:, rows], bank, problem.metric)  # [P, q, B]
+        if problem.leave_one_out:  # an image is not its own neighbour
+            own = torch.arange(rows.start, min(rows.stop, len(y_val)))
+            d[:, own - rows.start, own] = float("inf")
         _, idx = (-d).topk(problem.n_neighbors, dim=-1)
         labels = y_fit[idx]
         hits.append(count_votes(labels, problem.n_classes).argmax(-1) == y_val[rows])
@@ -120,6 +131,17 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     soft_mean = torch.cat(soft, -1).mean(-1)
     fitness = -(accuracy + problem.soft_weight * soft_mean)
     return Scores(fitness.numpy(), accuracy.numpy(), soft_mean.numpy())
+
+
+def scored_rows(problem: Problem, split: tuple[torch.Tensor, torch.Tensor] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the training rows to run through the trunk, bank rows, query rows) of a split: the bank
+    rows first then the queries, or with leave-one-out the whole subset as both."""
+    fit, val = split or problem.split()
+    if problem.leave_one_out:
+        both = torch.cat([fit, val]).sort().values
+        return both, both, both
+    return torch.cat([fit, val]), fit, val
 
 
 def _chunk_size(spec: TrunkSpec, x: torch.Tensor, index: int, size: int) -> int:
@@ -145,10 +167,10 @@ def population_fitness(problem: Problem, layer_input: torch.Tensor, weights: Wei
     ``problem.x_train`` through the frozen layers before it (cached by the search).
     """
     candidates = torch.as_tensor(population, dtype=torch.float32)
-    fit, val = split or problem.split()
+    rows, fit, val = scored_rows(problem, split)
     chunk = _chunk_size(problem.spec, layer_input, index, len(candidates))
     parts = []
-    for x in layer_input[torch.cat([fit, val])].split(chunk):
+    for x in layer_input[rows].split(chunk):
         held = None
         if filter_index is not None:
             held = layer_forward(x, *weights[index], problem.spec.layers[index])
@@ -162,7 +184,7 @@ def fitness_one_by_one(problem: Problem, weights: Weights, index: int, populatio
     """Reference implementation: each candidate built as a whole trunk and run on its own."""
     from .trunk import features, unflatten_layer
 
-    fit, val = split or problem.split()
+    index_rows, fit, val = scored_rows(problem, split)
     rows = []
     for candidate in population:
         trial = [(w.clone(), b.clone()) for w, b in weights]
@@ -172,5 +194,5 @@ def fitness_one_by_one(problem: Problem, weights: Weights, index: int, populatio
             kernel = trial[index][0][filter_index]
             kernel.copy_(torch.as_tensor(candidate[:-1], dtype=torch.float32).reshape(kernel.shape))
             trial[index][1][filter_index] = float(candidate[-1])
-        rows.append(features(problem.x_train, problem.spec, trial)[torch.cat([fit, val])])
+        rows.append(features(problem.x_train, problem.spec, trial)[index_rows])
     return score_features(problem, torch.stack(rows), problem.y_train[fit], problem.y_train[val])

@@ -57,7 +57,7 @@ def prepare(config: RunConfig) -> Prepared:
         search_images=config.search_images,
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
         soft_weight=config.soft_weight, soft_score=config.soft_score,
-        temperature=config.temperature)
+        temperature=config.temperature, leave_one_out=config.scoring == "loo")
     return Prepared(config, dataset, spec, preset, problem, mean, std)
 
 

@@ -79,9 +79,14 @@ PRESETS: dict[str, TrunkSpec] = {
     # The reference's trunk (Radu et al.): conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU, max-pool 2.
     # 18,816 parameters and 9,216 features on 28x28 inputs.
     "radu": TrunkSpec((LayerSpec(32, 3), LayerSpec(64, 3, pool=2))),
-    # The default serves k-NN: pooling after each layer gives 256 features on 28x28 (36x fewer than
-    # radu), which makes distances cheaper, the bank smaller and the neighbours more meaningful.
-    "default": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(16, 5, pool=2))),
+    # The default serves k-NN and the search: pooling after each layer gives 128 features on 28x28
+    # (72x fewer than radu: cheaper distances, a smaller bank), and 912 parameters keep the search
+    # space small (104 + 808 dimensions). Chosen over "lenet" below by measurement on MNIST-5k, 3 seeds:
+    # the same median test accuracy, a gain over the random-init trunk of 5.4-5.7 points instead of
+    # 1.7-4.3, half the bank, and faster generations.
+    "default": TrunkSpec((LayerSpec(4, 5, pool=2), LayerSpec(8, 5, pool=2))),
+    # LeNet-like, twice as wide: 3,424 parameters, 256 features (slicenet 0.1's default).
+    "lenet": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(16, 5, pool=2))),
     # A wider second layer: 512 features, 6,640 parameters.
     "wide": TrunkSpec((LayerSpec(8, 5, pool=2), LayerSpec(32, 5, pool=2))),
     # No convolution at all: k-NN on the raw (standardised) pixels, the classic baseline.

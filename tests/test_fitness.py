@@ -15,11 +15,12 @@ def problem():
                    torch.from_numpy(data.y_train[:400]), 10, validation_fraction=0.25, seed=0)
 
 
+@pytest.mark.parametrize("leave_one_out", [False, True])
 @pytest.mark.parametrize("soft_score", ["knn", "nca"])
 @pytest.mark.parametrize("filter_index", [None, 2])
 @pytest.mark.parametrize("layer", [0, 1])
-def test_batched_fitness_equals_one_by_one(problem, layer, filter_index, soft_score):
-    problem = Problem(**{**problem.__dict__, "soft_score": soft_score})
+def test_batched_fitness_equals_one_by_one(problem, layer, filter_index, soft_score, leave_one_out):
+    problem = Problem(**{**problem.__dict__, "soft_score": soft_score, "leave_one_out": leave_one_out})
     weights = init_weights(problem.spec, 0)
     rng = np.random.default_rng(layer)
     if filter_index is None:
@@ -84,3 +85,27 @@ def test_fixed_split_covers_the_whole_training_set(problem):
     assert len(fit) + len(val) == len(problem.y_train)
     fit, val = subset.split((0, 1, 0))
     assert len(fit) + len(val) == 100
+
+
+def test_leave_one_out_matches_scikit_learn(problem):
+    """Every scored image is a query against all the others, never against itself."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from slicenet.knn import postprocess
+    from slicenet.trunk import features
+
+    loo = Problem(**{**problem.__dict__, "leave_one_out": True})
+    weights = init_weights(loo.spec, 0)
+    fit, val = loo.split((3, 0, 0))
+    rows = torch.cat([fit, val]).sort().values
+    x = features(loo.x_train[rows], loo.spec, weights)
+    x = postprocess(x, x.mean(0, keepdim=True), "centre_l2").numpy()
+    y = loo.y_train[rows].numpy()
+    # n_neighbors + 1 neighbours of each training point, then drop the point itself.
+    knn = KNeighborsClassifier(n_neighbors=loo.n_neighbors + 1).fit(x, y)
+    _, idx = knn.kneighbors(x)
+    others = np.array([[j for j in row if j != i][: loo.n_neighbors] for i, row in enumerate(idx)])
+    votes = np.stack([np.bincount(y[o], minlength=10) for o in others])
+    expected = (votes.argmax(1) == y).mean()
+    scores = population_fitness(loo, loo.x_train, weights, 0, flatten_layer(*weights[0])[None], split=(fit, val))
+    assert scores.accuracy[0] == pytest.approx(expected)

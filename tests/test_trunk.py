@@ -60,7 +60,7 @@ def test_population_features_equal_one_trunk_each(layer, filter_index):
             w[filter_index] = torch.as_tensor(vector[:-1], dtype=torch.float32).reshape(w[filter_index].shape)
             b[filter_index] = float(vector[-1])
         candidates.append((vector, reference_forward(x, spec, trial)))
-    layer_input = x if layer == 0 else reference_forward(x, spec, weights[:1]).reshape(6, 8, 12, 12)
+    layer_input = x if layer == 0 else reference_forward(x, spec, weights[:1]).reshape(6, -1, 12, 12)
     held = None
     if filter_index is not None:
         from slicenet.trunk import layer_forward
