@@ -6,6 +6,7 @@ Bad input of any kind ends in one line on stderr and exit status 2 (``InputError
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shlex
@@ -28,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--dataset": ("dataset", str, "mnist (default), mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>"),
     "--method": ("method", str, "optimiser: cma (default), pso, ga"),
-    "--preset": ("preset", str, "trunk preset: auto (default), default, radu, tiny"),
+    "--preset": ("preset", str, "trunk preset: auto (default), default, lenet, wide, radu, tiny, pixels"),
     "--granularity": ("granularity", str, "layer (default) or filter: optimise one filter at a time"),
     "--sweeps": ("sweeps", int, "passes over the layers (later passes re-tune each layer)"),
     "--population-size": ("population_size", int, "candidates per generation (0 = method default)"),
@@ -38,6 +39,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
     "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),
     "--search-images": ("search_images", int, "training images scored per generation (0 = all)"),
+    "--scoring": ("scoring", str, "holdout (queries vs the rest) or loo (each scored image vs all others)"),
     "--soft-weight": ("soft_weight", float, "weight of the smooth k-NN score in the fitness"),
     "--soft-score": ("soft_score", str, "smooth score: knn (k neighbours) or nca (whole bank)"),
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
     condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
+    condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
     condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
     condense.add_argument("--seed", type=int, default=0)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
@@ -306,6 +309,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"unknown reduction method {args.method!r}: expected one of {', '.join(condense.METHODS)}")
     if args.precision not in ("fp32", "fp16", "int8"):
         raise InputError(f"unknown precision {args.precision!r}: expected fp32, fp16 or int8")
+    if args.metric not in ("", *condense.COMPACT_METRICS):
+        raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
     if args.prototypes is not None and args.prototypes < 1:
         raise InputError(f"--prototypes must be at least 1, got {args.prototypes}")
     if args.budget_kb is not None and args.budget_kb <= 0:
@@ -321,16 +326,16 @@ def cmd_condense(args: argparse.Namespace) -> int:
         for point in front:
             print(f"  {point['engine_bytes']:>9,} B  {100 * point['validation_accuracy']:6.2f} %  "
                   f"{point['prototypes']} per class, dims {point['dims'] or 'all'}, {point['precision']}, "
-                  f"k={point['n_neighbors']}")
+                  f"k={point['n_neighbors']}, {point['metric']}")
         extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
                  chosen["validation_accuracy"], "compact": chosen}
     else:
         out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
         settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
-                                            args.n_neighbors, args.generations)
-        compact, val_accuracy, k = condense.choose_and_build(engine, dataset.x_train, dataset.y_train, settings,
-                                                             args.seed)
-        extra = {"validation_accuracy": val_accuracy, "compact": {**settings.__dict__, "n_neighbors": k}}
+                                            args.n_neighbors, args.generations, metric=args.metric)
+        compact, val_accuracy, chosen_settings = condense.choose_and_build(engine, dataset.x_train, dataset.y_train,
+                                                                           settings, args.seed)
+        extra = {"validation_accuracy": val_accuracy, "compact": dataclasses.asdict(chosen_settings)}
     if (out / runs.METRICS).exists():
         raise InputError(f"{out} already holds a finished run; choose another --out")
     compact.info = {**engine.info, "condensed_from": str(run)}

@@ -10,6 +10,10 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
 - **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
   its export (one MatMul).
 - **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
+- **Metric**: cosine (the bank's directions only) or euclidean, by validation, cosine on a tie. On
+  L2-normalised queries the two rank real training images alike, but centroids are shorter than
+  unit length; and a cosine engine exports to a shorter graph (ranking by q.b/|b| is unchanged by
+  the query's own length, so the query's normalisation drops out: see ``export.build_onnx``).
 
 ``budget_search`` tries the grid of these settings and returns the most accurate engine within a
 byte budget, together with the accuracy / size frontier it found.
@@ -43,6 +47,10 @@ class CompactSettings:
     n_neighbors: int = 0  # k; 0 = chosen by validation among 1, 3, 5, 9
     generations: int = 100  # method optimised: generations of the optimiser
     optimiser: str = "cma"  # method optimised: which registered optimiser
+    metric: str = ""  # cosine | euclidean; "" = chosen by validation (cosine on a tie)
+
+
+COMPACT_METRICS = ("cosine", "euclidean")  # preference order on a validation tie
 
 
 def raw_features(engine: Engine, images: np.ndarray) -> torch.Tensor:
@@ -179,6 +187,7 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
     compact.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
     compact.bank_labels = torch.from_numpy(bank_labels.astype(np.int64))
     compact.n_neighbors = min(k, len(bank))
+    compact.metric = settings.metric or engine.metric
     return compact.with_storage(settings.precision, settings.precision)
 
 
@@ -188,23 +197,30 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
-                     validation_fraction: float = 0.25) -> tuple[Engine, float, int]:
-    """Pick k by validation (if not given), then build on all the images; returns (engine, val acc, k)."""
+                     validation_fraction: float = 0.25) -> tuple[Engine, float, CompactSettings]:
+    """Pick k and the metric by validation (where not given), then build on all the images.
+
+    Returns (engine, validation accuracy, the settings used, k and metric filled in)."""
     fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
     raw_fit = raw_features(engine, images[fit])
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
+    metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     scored = []
+    base = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, max(candidates))
     for k in candidates:
-        trial = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, k)
-        scored.append((accuracy(trial, images[val], labels[val]), -k, k))
-    val_accuracy, _, k = max(scored)
-    return build_compact(engine, images, labels, settings, seed, n_neighbors=k), val_accuracy, k
+        for preference, metric in enumerate(metrics):
+            trial = dataclasses.replace(base, n_neighbors=min(k, len(base.bank)), metric=metric)
+            scored.append((accuracy(trial, images[val], labels[val]), -k, -preference, k, metric))
+    val_accuracy, _, _, k, metric = max(scored)
+    chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric)
+    return build_compact(engine, images, labels, chosen, seed, n_neighbors=k), val_accuracy, chosen
 
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
                   method: str = "kmeans", on_trial: Callable[[dict], None] | None = None,
                   validation_fraction: float = 0.25) -> tuple[Engine, dict, list[dict]]:
-    """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k.
+    """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k
+    x metric.
 
     Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy.
     """
@@ -219,24 +235,28 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
             base = build_compact(engine, images[fit], labels[fit],
                                  CompactSettings(method, prototypes, dims, "fp32", 1), seed, raw_fit, 1)
             for precision in ("fp32", "fp16", "int8"):
+                stored = base.with_storage(precision, precision)
+                size = stored.engine_bytes  # neither k nor the metric changes the bytes
+                if size > budget_bytes:
+                    continue
                 for k in (1, 3, 5, 9):
                     if k > len(base.bank):
                         continue
-                    trial_engine = dataclasses.replace(base, n_neighbors=k).with_storage(precision, precision)
-                    size = trial_engine.engine_bytes
-                    if size > budget_bytes:
-                        continue
-                    trial = {"method": method, "prototypes": prototypes, "dims": dims, "precision": precision,
-                             "n_neighbors": k, "engine_bytes": size,
-                             "validation_accuracy": accuracy(trial_engine, images[val], labels[val])}
-                    trials.append(trial)
-                    if on_trial is not None:
-                        on_trial(trial)
+                    for metric in COMPACT_METRICS:
+                        trial_engine = dataclasses.replace(stored, n_neighbors=k, metric=metric)
+                        trial = {"method": method, "prototypes": prototypes, "dims": dims, "precision": precision,
+                                 "n_neighbors": k, "metric": metric, "engine_bytes": size,
+                                 "validation_accuracy": accuracy(trial_engine, images[val], labels[val])}
+                        trials.append(trial)
+                        if on_trial is not None:
+                            on_trial(trial)
     if not trials:
         raise InputError(f"no engine fits in {budget_bytes} bytes (the trunk alone needs about "
                          f"{engine.with_storage('int8', 'int8').spec.parameters} bytes at int8); raise --budget-kb")
-    best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"]))
-    settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"])
+    best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"],
+                                      -COMPACT_METRICS.index(t["metric"])))
+    settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
+                               metric=best["metric"])
     final = build_compact(engine, images, labels, settings, seed, n_neighbors=best["n_neighbors"])
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
         raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")

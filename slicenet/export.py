@@ -107,7 +107,9 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
             x = node("Sub", [x, const("feature_mean", engine.feature_mean.numpy()[None])], "centred")
         if engine.projection is not None:
             x = node("MatMul", [x, const("projection", engine.projection.numpy())], "projected")
-        if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
+        # Cosine ranks the bank by q.b/|b| for each query: the query's own length does not change its
+        # neighbours, so its L2 normalisation is left out of the graph (five operations fewer).
+        if engine.postprocessing in ("centre_l2", "l2") and engine.metric != "cosine":
             square = node("Mul", [x, x], "square")
             norm = node("Sqrt", [node("ReduceSum", [square, axis1], "sum_square", keepdims=1)], "norm")
             norm = node("Max", [norm, const("epsilon", np.array(EPSILON, dtype=np.float32))], "norm_safe")
@@ -232,7 +234,7 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
             x = ops.subtract(x, engine.feature_mean.numpy()[None])
         if engine.projection is not None:
             x = ops.matmul(x, engine.projection.numpy(), False, False)
-        if engine.postprocessing in ("centre_l2", "l2") or engine.metric == "cosine":
+        if engine.postprocessing in ("centre_l2", "l2") and engine.metric != "cosine":  # as in build_onnx
             norm = ops.sqrt(ops.reduce_sum(ops.multiply(x, x), axis1, True))
             x = ops.divide(x, ops.maximum(norm, np.float32(EPSILON)))
         bank = engine.bank.numpy()

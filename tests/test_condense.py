@@ -71,18 +71,26 @@ def test_storage_round_trip_through_the_file_is_exact(engine_and_data, tmp_path)
     assert compact.engine_bytes < engine.engine_bytes / 10
 
 
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("target", ["onnx", "jetson", "ncs2", "openvino"])
-def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target):
+def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target, metric):
     out = tmp_path / "compact"
     assert main(["condense", str(run), "--prototypes", "3", "--dims", "16", "--precision", "int8",
-                 "--out", str(out)]) == 0
+                 "--metric", metric, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["engine_bytes"] == (out / "engine.safetensors").stat().st_size
+    assert metrics["compact"]["metric"] == metric
     assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "export")]) == 0
     from slicenet.export import bundle_name
 
-    manifest = json.loads((tmp_path / "export" / bundle_name(out) / target / "manifest.json").read_text())
+    bundle = tmp_path / "export" / bundle_name(out) / target
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert all(v["agreement"] == 1.0 for v in manifest["verification"] if v["precision"] == "fp32")
+    if target == "onnx":  # cosine ranking needs no query normalisation: no Sqrt in the graph
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(str(bundle / "engine.onnx")).graph.node}
+        assert ("Sqrt" in ops) == (metric == "euclidean")
     assert main(["evaluate", str(out), "--json"]) == 0
 
 
@@ -95,3 +103,5 @@ def test_budget_cli_and_bad_flags(run, tmp_path, capsys):
     assert main(["condense", str(run), "--prototypes", "0"]) == 2
     assert main(["condense", str(run), "--prototypes", "2", "--method", "svd"]) == 2
     assert "unknown reduction method" in capsys.readouterr().err
+    assert main(["condense", str(run), "--prototypes", "2", "--metric", "hamming"]) == 2
+    assert "expected cosine or euclidean" in capsys.readouterr().err
