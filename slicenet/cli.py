@@ -320,7 +320,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
     if args.budget_kb is not None:
         out = args.out or run.with_name(f"{run.name}-{args.budget_kb:g}kb")
         compact, chosen, trials = condense.budget_search(engine, dataset.x_train, dataset.y_train,
-                                                         int(args.budget_kb * 1000), args.seed, args.method)
+                                                         int(args.budget_kb * 1000), args.seed, args.method,
+                                                         metrics=(args.metric,) if args.metric else
+                                                         condense.COMPACT_METRICS)
         front = condense.frontier(trials)
         print(f"accuracy / size frontier ({len(trials)} engines within {args.budget_kb:g} KB, validation accuracy):")
         for point in front:

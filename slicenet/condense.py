@@ -218,7 +218,8 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
                   method: str = "kmeans", on_trial: Callable[[dict], None] | None = None,
-                  validation_fraction: float = 0.25) -> tuple[Engine, dict, list[dict]]:
+                  validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS
+                  ) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k
     x metric.
 
@@ -242,7 +243,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                 for k in (1, 3, 5, 9):
                     if k > len(base.bank):
                         continue
-                    for metric in COMPACT_METRICS:
+                    for metric in metrics:
                         trial_engine = dataclasses.replace(stored, n_neighbors=k, metric=metric)
                         trial = {"method": method, "prototypes": prototypes, "dims": dims, "precision": precision,
                                  "n_neighbors": k, "metric": metric, "engine_bytes": size,

@@ -38,9 +38,9 @@ ALLOWED_ONNX_OPS = {
     "onnx": None,  # any operation of the opset
     "openvino": None,
     "jetson": {"Cast", "Mul", "Add", "Sub", "Conv", "MaxPool", "Relu", "Tanh", "Reshape", "ReduceSum", "Sqrt",
-               "Max", "Div", "MatMul", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
+               "Max", "Div", "MatMul", "Gemm", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
     "ncs2": {"Cast", "Mul", "Add", "Sub", "Conv", "MaxPool", "Relu", "Tanh", "Reshape", "ReduceSum", "Sqrt",
-             "Max", "Div", "MatMul", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
+             "Max", "Div", "MatMul", "Gemm", "Neg", "TopK", "Gather", "ArgMax", "Softmax"},
 }
 MYRIAD_IR_OPS = {"Parameter", "Result", "Const", "Convert", "Multiply", "Add", "Subtract", "Convolution",
                  "MaxPool", "ReLU", "Tanh", "Reshape", "ReduceSum", "Sqrt", "Maximum", "Divide", "MatMul",
@@ -102,36 +102,55 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
     else:
         if engine.metric not in ("euclidean", "sqeuclidean", "cosine"):
             raise InputError(f"metric {engine.metric!r} cannot be exported; retrain with --metric euclidean")
-        axis1 = const("axis1", np.array([1], dtype=np.int64))
-        if engine.postprocessing == "centre_l2" or engine.projection is not None:
-            x = node("Sub", [x, const("feature_mean", engine.feature_mean.numpy()[None])], "centred")
-        if engine.projection is not None:
-            x = node("MatMul", [x, const("projection", engine.projection.numpy())], "projected")
-        # Cosine ranks the bank by q.b/|b| for each query: the query's own length does not change its
-        # neighbours, so its L2 normalisation is left out of the graph (five operations fewer).
-        if engine.postprocessing in ("centre_l2", "l2") and engine.metric != "cosine":
-            square = node("Mul", [x, x], "square")
-            norm = node("Sqrt", [node("ReduceSum", [square, axis1], "sum_square", keepdims=1)], "norm")
-            norm = node("Max", [norm, const("epsilon", np.array(EPSILON, dtype=np.float32))], "norm_safe")
-            x = node("Div", [x, norm], "query")
+        centre = engine.postprocessing == "centre_l2" or engine.projection is not None
+        mean = engine.feature_mean.numpy().astype(np.float64)[None] if centre else None
         bank = engine.bank.numpy()
         if engine.metric == "cosine":
+            # Cosine ranks the bank by q.b/|b| for each query: the query's own length does not change
+            # its neighbours, so the query's L2 normalisation is left out, and the centring folds
+            # into the next product's bias, (x - m) W = x W - m W: one Gemm instead of Sub + MatMul.
             bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
-        factor = 1.0 if engine.metric == "cosine" else 2.0
-        scores = node("MatMul", [x, bank_constant(engine, bank, const, node, factor)], "dot")
-        if engine.metric != "cosine":
+            bank_t = bank.T.astype(np.float32).copy()
+            first: np.ndarray = bank_t if engine.projection is None else engine.projection.numpy()
+            if mean is None:
+                x = node("MatMul", [x, const("first_weight", first)], "first_product")
+            else:
+                folded = (-(mean @ first.astype(np.float64))).astype(np.float32)
+                x = node("Gemm", [x, const("first_weight", first), const("first_bias", folded)], "first_product")
+            scores = x if engine.projection is None else node("MatMul", [x, const("bank_t", bank_t)], "dot")
+        else:
+            if mean is not None:
+                x = node("Sub", [x, const("feature_mean", mean.astype(np.float32))], "centred")
+            if engine.projection is not None:
+                x = node("MatMul", [x, const("projection", engine.projection.numpy())], "projected")
+            if engine.postprocessing in ("centre_l2", "l2"):
+                square = node("Mul", [x, x], "square")
+                norm = node("Sqrt", [node("ReduceSum", [square, const("axis1", np.array([1], dtype=np.int64))],
+                                          "sum_square", keepdims=1)], "norm")
+                norm = node("Max", [norm, const("epsilon", np.array(EPSILON, dtype=np.float32))], "norm_safe")
+                x = node("Div", [x, norm], "query")
+            scores = node("MatMul", [x, bank_constant(engine, bank, const, node, 2.0)], "dot")
             # -||q - b||^2 = 2 q.b - ||b||^2 - ||q||^2. TopK ranks the bank for one query at a time,
             # so the query's own ||q||^2 is dropped, and the 2 is folded into the stored bank (exact:
             # a power of two): one MatMul and one Sub, larger is nearer, as TopK(largest=1) wants.
             scores = node("Sub", [scores, const("bank_norm2", (bank.astype(np.float64) ** 2).sum(1)
                                                  .astype(np.float32)[None])], "neg_distance")
-        k = const("k", np.array([engine.n_neighbors], dtype=np.int64))
-        nodes.append(helper.make_node("TopK", [scores, k], ["nearest_scores", "nearest"], name="topk",
-                                      axis=-1, largest=1, sorted=1))
         one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
-        gathered = node("Gather", [const("bank_onehot", one_hot), "nearest"], "neighbour_labels", axis=0)
-        votes = node("ReduceSum", [gathered, axis1], "votes", keepdims=0)
-        node("ArgMax", [votes], "class", axis=1, keepdims=0)
+        if engine.n_neighbors == 1:
+            # 1-NN: the nearest prototype's one-hot row is the vote and its label the class (three
+            # operations where TopK, Gather, ReduceSum and ArgMax would take four).
+            nearest = node("ArgMax", [scores], "nearest", axis=1, keepdims=0)
+            node("Gather", [const("bank_onehot", one_hot), nearest], "votes", axis=0)
+            node("Gather", [const("bank_labels", engine.bank_labels.numpy().astype(np.int64)), nearest], "class",
+                 axis=0)
+        else:
+            k = const("k", np.array([engine.n_neighbors], dtype=np.int64))
+            nodes.append(helper.make_node("TopK", [scores, k], ["nearest_scores", "nearest"], name="topk",
+                                          axis=-1, largest=1, sorted=1))
+            gathered = node("Gather", [const("bank_onehot", one_hot), "nearest"], "neighbour_labels", axis=0)
+            votes = node("ReduceSum", [gathered, const("vote_axis", np.array([1], dtype=np.int64))], "votes",
+                         keepdims=0)
+            node("ArgMax", [votes], "class", axis=1, keepdims=0)
     graph = helper.make_graph(
         nodes, "slicenet_engine",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, 1, height, width])],
@@ -150,7 +169,7 @@ def bank_constant(engine: Engine, bank: np.ndarray, const, node, factor: float =
     scale) cast to fp32 in the graph, which reproduces the engine's decoded values exactly (the
     factor is a power of two, so scaling is exact too)."""
     precision = engine.storage.get("bank", "fp32")
-    if precision == "fp32" or engine.metric == "cosine":
+    if precision == "fp32":
         return const("bank_t", (factor * bank.T).astype(np.float32).copy())
     from onnx import TensorProto
 

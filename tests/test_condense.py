@@ -75,8 +75,9 @@ def test_storage_round_trip_through_the_file_is_exact(engine_and_data, tmp_path)
 @pytest.mark.parametrize("target", ["onnx", "jetson", "ncs2", "openvino"])
 def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target, metric):
     out = tmp_path / "compact"
+    k = "1" if metric == "cosine" else "3"  # 1-NN exports as ArgMax + Gather, k > 1 through TopK
     assert main(["condense", str(run), "--prototypes", "3", "--dims", "16", "--precision", "int8",
-                 "--metric", metric, "--out", str(out)]) == 0
+                 "--metric", metric, "--n-neighbors", k, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["engine_bytes"] == (out / "engine.safetensors").stat().st_size
     assert metrics["compact"]["metric"] == metric
@@ -91,6 +92,7 @@ def test_a_condensed_engine_exports_and_verifies(run, tmp_path, target, metric):
 
         ops = {n.op_type for n in onnx.load(str(bundle / "engine.onnx")).graph.node}
         assert ("Sqrt" in ops) == (metric == "euclidean")
+        assert ("TopK" in ops) == (k != "1")
     assert main(["evaluate", str(out), "--json"]) == 0
 
 
