@@ -166,3 +166,23 @@ def test_batched_export_verifies_and_benches(tiny_run, tmp_path, target):
                  "--json", str(out), "--results", str(tmp_path / "res")]) == 0
     assert json.loads(out.read_text())[0]["batch"] == 8
     assert main(["bench", str(bundle), "--runtime", runtime, "--batch", "4", "--count", "5"]) == 2
+
+
+def test_near_ties_are_counted_only_where_float_noise_can_swap_neighbours(tiny_run):
+    """A duplicated bank makes every image's first and second neighbour tie exactly; the engine as
+    trained has no such ties on the digits test images."""
+    import dataclasses
+
+    import torch
+
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import near_ties
+
+    engine = Engine.load(tiny_run / "engine.safetensors")
+    images = load_dataset("digits").x_test[:20]
+    assert near_ties(engine, images) == 0
+    doubled = dataclasses.replace(engine, bank=torch.cat([engine.bank, engine.bank]),
+                                  bank_labels=torch.cat([engine.bank_labels, (engine.bank_labels + 1) % 10]),
+                                  n_neighbors=1)
+    assert near_ties(doubled, images) == len(images)
