@@ -40,9 +40,10 @@ COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "para
 def network_name(metrics: dict, config: dict) -> str:
     """The row label, matching the reference's names where the network is the same kind."""
     if "hidden" in metrics:  # a baseline run
+        epochs = "" if config.get("epochs", 5) == 5 else f", {config['epochs']} epochs max"
         if metrics.get("head") == "knn":
-            return f"backprop trunk + k-NN (k={config.get('n_neighbors', 9)})"
-        return f"dense {metrics['hidden']}"
+            return f"backprop trunk + k-NN (k={config.get('n_neighbors', 9)}){epochs}"
+        return f"dense {metrics['hidden']}{epochs}"
     if metrics.get("preset") == "pixels":
         return f"k-NN (k={config.get('n_neighbors', 9)}) on raw pixels"
     name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
@@ -50,6 +51,8 @@ def network_name(metrics: dict, config: dict) -> str:
         name += ", per filter"
     if config.get("bank_shifts"):
         name += f", bank + {config['bank_shifts']}-px shifts"
+    if config.get("scoring", "holdout") != "holdout":
+        name += f", {config['scoring']} scoring"
     return name
 
 
@@ -70,6 +73,7 @@ def collect(run_dirs: list[Path]) -> list[dict]:
             c = row["compact"]
             row["network"] += (f", compact: {c['method']} {c['prototypes']}/class, dims {c['dims'] or 'all'}, "
                                f"{c['precision']}, k={c['n_neighbors']}")
+            row["network"] += f", {c['metric']}" if c.get("metric") else ""
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
