@@ -32,6 +32,8 @@ REFERENCE: dict[str, dict[str, Any]] = {
 REFERENCE_ENGINE_BYTES = {"dense 128": 4.5e6, "dense 64": 0.5e6, "dense 32": 273e3, "dense 16": 174e3,
                           "dense 8": 124e3, "k-NN (k=9), CMA": 74e3, "k-NN (k=9), PSO": 74e3}
 
+LEVEL_BAND = 0.03  # p50 ratios this close to 1 are reported as level, not as faster or slower
+
 COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "parameters", "engine_bytes",
            "test_accuracy", "random_init_test_accuracy", "validation_accuracy", "evaluations", "wall_seconds",
            "seed", "cpu", "cores", "command"]
@@ -186,7 +188,9 @@ def latency_tables(bench: list[dict]) -> list[str]:
         first = min(members, key=lambda b: abs(b["p50_ratio_to_first"] - 1.0))
         for b in members:
             if b is not first:
-                verdict = "slower" if b["p50_ratio_to_first"] > 1 else "faster"
+                ratio = b["p50_ratio_to_first"]
+                verdict = (f"level (within {LEVEL_BAND:.0%}: not a measurable difference)"
+                           if abs(ratio - 1) < LEVEL_BAND else "slower" if ratio > 1 else "faster")
                 findings.append(f"- `{b['name']}` ({b['runtime']}): p50 {b['p50_ms']:.4f} ms, "
                                 f"{b['p50_ratio_to_first']:.2f}x the p50 of `{first['name']}` "
                                 f"({first['p50_ms']:.4f} ms) in the same interleaved run: **{verdict}**.")
