@@ -13,6 +13,9 @@ slicenet baseline --head knn --epochs 5 --out runs/mnist-backprop-knn --quiet
 slicenet optimise --method cma --granularity filter --out runs/mnist-cma-filter-s0 --quiet
 slicenet optimise --method cma --bank-shifts 1 --out runs/mnist-cma-shifts-s0 --quiet
 slicenet optimise --method cma --scoring loo --out runs/mnist-cma-loo-s0 --quiet
+for seed in 1 2; do  # run after run_compact_bench.sh, on an idle machine
+  slicenet optimise --method cma --scoring loo --seed "$seed" --out "runs/mnist-cma-loo-s$seed" --quiet
+done
 # Unchanged since slicenet 0.1 (their presets did not change): the radu and raw-pixel rows.
 # slicenet optimise --method cma --preset radu --generations 8 24 --search-images 500 --out runs/mnist-cma-radu-s0 --quiet
 # slicenet optimise --preset pixels --postprocessing none --out runs/mnist-pixels --quiet
