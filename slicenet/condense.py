@@ -206,11 +206,11 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     scored = []
-    base = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, max(candidates))
-    for k in candidates:
+    for k in candidates:  # built per k: the optimised method tunes its prototypes for that k
+        trial = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, k)
         for preference, metric in enumerate(metrics):
-            trial = dataclasses.replace(base, n_neighbors=min(k, len(base.bank)), metric=metric)
-            scored.append((accuracy(trial, images[val], labels[val]), -k, -preference, k, metric))
+            scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
+                           -k, -preference, k, metric))
     val_accuracy, _, _, k, metric = max(scored)
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric)
     return build_compact(engine, images, labels, chosen, seed, n_neighbors=k), val_accuracy, chosen

@@ -68,10 +68,10 @@ def near_ties(engine: Engine, images: np.ndarray) -> int:
     distances are at most 2). A runtime that sums in another order may pick either, legitimately."""
     if engine.head != "knn" or len(images) == 0 or engine.n_neighbors >= len(engine.bank):
         return 0
-    from .knn import pairwise_distances
+    from .knn import knn_vote
 
-    d = pairwise_distances(engine.embed(images), engine.bank, engine.metric)
-    nearest = d.topk(engine.n_neighbors + 1, dim=-1, largest=False).values
+    _, nearest, _ = knn_vote(engine.embed(images), engine.bank, engine.bank_labels, engine.n_classes,
+                             engine.n_neighbors + 1, engine.metric)
     return int((nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE).sum())
 
 
