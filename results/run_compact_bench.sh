@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compact engines, exports and host latency (after run_mnist.sh and run_fashion.sh).
 set -euo pipefail
-slicenet baseline --hidden 128 --epochs 20 --patience 20 --threads 1 --out runs/mnist-dense-20ep --quiet
+# Unchanged since slicenet 0.2: slicenet baseline --hidden 128 --epochs 20 --patience 20 --threads 1 --out runs/mnist-dense-20ep --quiet
 slicenet condense runs/mnist-cma-s0 --budget-kb 74 --out runs/mnist-cma-s0-74kb
 slicenet condense runs/mnist-cma-s0 --budget-kb 74 --metric cosine --out runs/mnist-cma-s0-74kb-cosine
 slicenet condense runs/mnist-cma-s0 --prototypes 10 --precision int8 --metric cosine --out runs/mnist-cma-s0-p10

@@ -45,7 +45,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
     "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
     "--prototypes": ("prototypes", int, "k-means prototypes per class in the bank (0 = every training image)"),
-    "--bank-shifts": ("bank_shifts", int, "add bank copies shifted by 1..n pixels (0 = none)"),
+    "--bank-shifts": ("bank_shifts", int, "bank copies shifted 1..n px (0 = none, -1 = auto: 1 up to 10,000 images)"),
     "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
     "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
 }

@@ -13,6 +13,8 @@ import tomllib
 
 from .errors import InputError
 
+AUTO_SHIFTS_MAX_TRAIN = 10_000  # bank_shifts = -1: shifted copies for training sets up to this size
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -35,7 +37,8 @@ class RunConfig:
     temperature: float = 0.05  # softmax temperature of that smooth score
     image_size: int = 28  # folder datasets only: images are resized to this square size
     prototypes: int = 0  # k-means prototypes per class in the final bank; 0 = every training image
-    bank_shifts: int = 0  # add copies of the bank images shifted by 1..n pixels (4 per step); 0 = none
+    bank_shifts: int = -1  # bank copies shifted by 1..n pixels (4 per step); 0 = none; -1 = auto: 1 for
+    # training sets of at most AUTO_SHIFTS_MAX_TRAIN images of 16 pixels or more, else 0
     seed: int = 0  # seeds initial weights, validation split and optimiser: same seed, same run
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
 
@@ -154,7 +157,8 @@ def validate(config: RunConfig) -> None:
          f"search_images must be 0 (all) or at least 20, got {config.search_images}"),
         (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
         (config.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {config.prototypes}"),
-        (0 <= config.bank_shifts <= 4, f"bank_shifts must be between 0 and 4 pixels, got {config.bank_shifts}"),
+        (-1 <= config.bank_shifts <= 4,
+         f"bank_shifts must be -1 (auto) or between 0 and 4 pixels, got {config.bank_shifts}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import RunConfig
+from .config import AUTO_SHIFTS_MAX_TRAIN, RunConfig
 from .data import Dataset, load_dataset, shifted_copies
 from .engine import Engine, normalise_images
 from .fitness import Problem
@@ -29,6 +29,17 @@ class Prepared:
     problem: Problem
     input_mean: float
     input_std: float
+    bank_shifts: int  # resolved: shifted copies of every bank image, 1..n pixels
+
+
+def resolve_bank_shifts(requested: int, n_train: int, image_size: tuple[int, int]) -> int:
+    """``-1`` (auto): 1-pixel shifted copies for training sets of at most ``AUTO_SHIFTS_MAX_TRAIN``
+    images of 16 pixels or more, none otherwise. On MNIST-5k they lift test accuracy by 0.1-0.9
+    points (six runs, mean about 0.5) for a bank five times larger; on 60,000 images the bank would
+    reach 300,000 rows for a smaller gain, and on 8x8 images one pixel is no longer a small shift."""
+    if requested >= 0:
+        return requested
+    return 1 if n_train <= AUTO_SHIFTS_MAX_TRAIN and min(image_size) >= 16 else 0
 
 
 def load_inputs(dataset_spec: str, preset_name: str, image_size: int, threads: int
@@ -58,7 +69,9 @@ def prepare(config: RunConfig) -> Prepared:
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
         soft_weight=config.soft_weight, soft_score=config.soft_score,
         temperature=config.temperature, leave_one_out=config.scoring == "loo")
-    return Prepared(config, dataset, spec, preset, problem, mean, std)
+    return Prepared(config, dataset, spec, preset, problem, mean, std,
+                    resolve_bank_shifts(config.bank_shifts, len(dataset.y_train),
+                                        dataset.image_size))
 
 
 def search_settings(config: RunConfig) -> SearchSettings:
@@ -84,7 +97,7 @@ def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | No
     """The engine of a search state, its bank the given images (default: all training images)."""
     config, dataset = prepared.config, prepared.dataset
     images, labels = shifted_copies(dataset.x_train if images is None else images,
-                                    dataset.y_train if labels is None else labels, config.bank_shifts)
+                                    dataset.y_train if labels is None else labels, prepared.bank_shifts)
     return Engine.build(prepared.spec, state.torch_weights(), images, labels, prepared.input_mean,
                         prepared.input_std, config.postprocessing, config.n_neighbors, config.metric,
                         dataset.class_names, info)
@@ -146,6 +159,7 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "parameters": engine.parameters,
         "n_features": prepared.spec.n_features(dataset.image_size),
         "bank_size": int(engine.bank.shape[0]),
+        "bank_shifts": prepared.bank_shifts,
         "engine_bytes": engine.engine_bytes,
         "evaluations": state.evaluations,
         "search_seconds": round(state.search_seconds, 3),

@@ -36,3 +36,12 @@ def test_bad_toml(tmp_path):
     path.write_text("methd = 'cma'\n")
     with pytest.raises(InputError, match="unknown config key"):
         config_from_toml(path)
+
+
+def test_auto_bank_shifts():
+    from slicenet.pipeline import resolve_bank_shifts
+
+    assert resolve_bank_shifts(-1, 4_000, (28, 28)) == 1  # MNIST-5k: a small bank gains from shifted copies
+    assert resolve_bank_shifts(-1, 60_000, (28, 28)) == 0  # Fashion-MNIST: the bank is large already
+    assert resolve_bank_shifts(-1, 1_437, (8, 8)) == 0  # digits: one pixel is not a small shift on 8x8
+    assert resolve_bank_shifts(2, 60_000, (28, 28)) == 2  # an explicit request always wins
