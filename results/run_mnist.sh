@@ -8,9 +8,11 @@ for seed in 0 1 2; do
 done
 slicenet optimise --method pso --out runs/mnist-pso-s0 --quiet
 slicenet optimise --method ga --out runs/mnist-ga-s0 --quiet
-slicenet optimise --method cma --bank-shifts 1 --out runs/mnist-cma-shifts-s0 --quiet
-slicenet optimise --method cma --scoring holdout --generations 200 800 --out runs/mnist-cma-holdout-s0 --quiet
-slicenet optimise --method cma --granularity filter --out runs/mnist-cma-filter-s0 --quiet
+slicenet optimise --method cma --bank-shifts 0 --out runs/mnist-cma-noshift-s0 --quiet
+# Run just before bank shifts became auto (their configs record bank_shifts = 0): holdout scoring with
+# twice the generations, and the filter-by-filter search.
+# slicenet optimise --method cma --scoring holdout --generations 200 800 --out runs/mnist-cma-holdout-s0 --quiet
+# slicenet optimise --method cma --granularity filter --out runs/mnist-cma-filter-s0 --quiet
 # Unchanged since slicenet 0.2 (their trunks and training did not change): backprop baselines.
 # slicenet baseline --hidden 128 64 32 16 8 --epochs 5 --out runs/mnist-dense --quiet
 # slicenet baseline --head knn --epochs 5 --out runs/mnist-backprop-knn --quiet
