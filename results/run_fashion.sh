@@ -2,6 +2,7 @@
 # Full-size runs on Fashion-MNIST (60,000 / 10,000; Debian's dataset-fashion-mnist), in the order run,
 # one at a time on an otherwise idle machine.
 set -euo pipefail
+# Its wall time (426 s) is pessimistic: an exploratory PSO run shared the 2 cores with it.
 slicenet optimise --method cma --dataset fashion-mnist --out runs/fashion-cma-s0 --quiet
 slicenet optimise --method pso --dataset fashion-mnist --out runs/fashion-pso-s0 --quiet
 slicenet condense runs/fashion-cma-s0 --budget-kb 74 --out runs/fashion-cma-s0-74kb

@@ -10,7 +10,8 @@ slicenet optimise --method pso --out runs/mnist-pso-s0 --quiet
 slicenet optimise --method ga --out runs/mnist-ga-s0 --quiet
 slicenet optimise --method cma --bank-shifts 0 --out runs/mnist-cma-noshift-s0 --quiet
 # Run just before bank shifts became auto (their configs record bank_shifts = 0): holdout scoring with
-# twice the generations, and the filter-by-filter search.
+# twice the generations, and the filter-by-filter search (its 277 s are pessimistic: the test suite
+# shared the machine with it).
 # slicenet optimise --method cma --scoring holdout --generations 200 800 --out runs/mnist-cma-holdout-s0 --quiet
 # slicenet optimise --method cma --granularity filter --out runs/mnist-cma-filter-s0 --quiet
 # Unchanged since slicenet 0.2 (their trunks and training did not change): backprop baselines.

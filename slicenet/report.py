@@ -41,6 +41,14 @@ COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "para
            "seed", "cpu", "cores", "command"]
 
 
+def bank_shifts(metrics: dict, config: dict) -> int:
+    """Shifted copies per bank image: resolved in metrics.json since 0.3 (the config may say -1, auto);
+    none in a condensed bank, which is built from the plain training images."""
+    if metrics.get("compact"):
+        return 0
+    return max(0, int(metrics.get("bank_shifts", config.get("bank_shifts", 0))))
+
+
 def network_name(metrics: dict, config: dict) -> str:
     """The row label, matching the reference's names where the network is the same kind."""
     if "hidden" in metrics:  # a baseline run
@@ -53,9 +61,8 @@ def network_name(metrics: dict, config: dict) -> str:
     name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
-    shifts = metrics.get("bank_shifts", config.get("bank_shifts", 0))  # resolved (auto) since 0.3
-    if shifts:
-        name += f", bank + {shifts}-px shifts"
+    if bank_shifts(metrics, config):
+        name += f", bank + {bank_shifts(metrics, config)}-px shifts"
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"
     return name
@@ -73,7 +80,7 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                    network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics,
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
-                   frontier=metrics.get("frontier"))
+                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
         if row["compact"]:
             c = row["compact"]
             row["network"] += (f", compact: {c['method']} {c['prototypes']}/class, dims {c['dims'] or 'all'}, "
@@ -110,19 +117,22 @@ def groups(rows: list[dict]) -> list[dict]:
             "command": first["command"], "best_run": max(members, key=lambda m: m["test_accuracy"])["path"],
             "derived": False,
         })
-    # The random-init trunk of a (preset, seed) is the same whatever the search did next: one row each.
+    # The random-init trunk of a (preset, seed) is the same whatever the search did next: one row each
+    # per bank (plain or with shifted copies), condensed runs left out (they copy their source's).
     random_init: dict[tuple, dict] = {}
     for row in rows:
-        if not row["kind"] and row["preset"] != "pixels" and row["evaluations"]:
-            random_init.setdefault((row["dataset"], row["preset"], row["seed"]), row)
+        if not row["kind"] and row["preset"] != "pixels" and row["evaluations"] and not row["compact"]:
+            random_init.setdefault((row["dataset"], row["preset"], row["shifts"], row["seed"]), row)
     by_preset: dict[tuple, list[dict]] = {}
-    for (dataset, preset, _), row in random_init.items():
-        by_preset.setdefault((dataset, preset), []).append(row)
+    for (dataset, preset, shifts, _), row in random_init.items():
+        by_preset.setdefault((dataset, preset, shifts), []).append(row)
     for members in by_preset.values():
         accuracy = [m["random_init_test_accuracy"] for m in members]
         first = members[0]
+        network = "k-NN (k=9) on a random-init trunk" + (f", bank + {first['shifts']}-px shifts" if first["shifts"]
+                                                         else "")
         summary.append({
-            "network": "k-NN (k=9) on a random-init trunk", "dataset": first["dataset"], "preset": first["preset"],
+            "network": network, "dataset": first["dataset"], "preset": first["preset"],
             "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "wall_median": 0.0, "wall_max": 0.0, "evaluations": 0, "best_run": first["path"], "derived": True,
