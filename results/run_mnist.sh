@@ -22,3 +22,6 @@ slicenet optimise --method cma --bank-shifts 0 --out runs/mnist-cma-noshift-s0 -
 # slicenet optimise --preset pixels --postprocessing none --out runs/mnist-pixels --quiet
 # slicenet baseline --preset radu --hidden 128 64 32 16 8 --epochs 5 --out runs/mnist-radu-dense --quiet
 # slicenet baseline --preset radu --head knn --epochs 5 --out runs/mnist-radu-backprop-knn --quiet
+# Second seeds for the pso and ga gains (run last, after the compact engines).
+slicenet optimise --method pso --seed 1 --out runs/mnist-pso-s1 --quiet
+slicenet optimise --method ga --seed 1 --out runs/mnist-ga-s1 --quiet
