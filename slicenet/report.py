@@ -142,9 +142,9 @@ def groups(rows: list[dict]) -> list[dict]:
 
 
 def _reference_cells(group: dict) -> str:
-    # The paper's figures are MNIST's; a shifted bank is still the same network (the bank's copies
-    # are counted in the engine bytes column).
-    ref = REFERENCE.get(re.sub(r", bank \+ \d+-px shifts", "", group["network"]))
+    # The paper's figures are MNIST's; a shifted bank or another fitness scoring is still the same
+    # network (the bank's copies are counted in the engine bytes column).
+    ref = REFERENCE.get(re.sub(r", (bank \+ \d+-px shifts|\w+ scoring)", "", group["network"]))
     if ref is None or not str(group["dataset"]).startswith("mnist"):
         return "| | | | | |"
     return f"| {ref['params']} | {ref['engine']} | {ref['acc_4k_5']} | {ref['acc_60k_5']} | {ref['acc_4k_20']} |"

@@ -75,12 +75,21 @@ def load_checkpoint(path: Path) -> tuple[SearchState, float]:
         raise InputError(f"{file} is damaged ({type(exc).__name__}); start the run again") from None
 
 
+LEGACY_DEFAULTS = {"scoring": "holdout", "bank_shifts": 0}  # before these keys were written (slicenet 0.1)
+
+
 def load_config(path: Path) -> RunConfig | BaselineConfig:
     if not (path / CONFIG).is_file():
         raise InputError(f"{path} is not a slicenet run directory (no {CONFIG}); expected a "
                          "directory written by 'slicenet optimise' or 'slicenet baseline'")
-    kind = load_toml(path / CONFIG).get("slicenet", {}).get("kind", "optimise")
-    return config_from_toml(path / CONFIG, BaselineConfig if kind == "baseline" else RunConfig)
+    data = load_toml(path / CONFIG)
+    kind = data.get("slicenet", {}).get("kind", "optimise")
+    if kind == "baseline":
+        return config_from_toml(path / CONFIG, BaselineConfig)
+    # A key missing from an older run's config meant what it meant then, not today's default (a
+    # 0.1 run scored holdout, with a plain bank): resume and report must see what the run did.
+    legacy = {key: value for key, value in LEGACY_DEFAULTS.items() if key not in data}
+    return config_from_toml(path / CONFIG, RunConfig, **legacy)
 
 
 def history_csv(history: list[dict]) -> str:

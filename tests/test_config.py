@@ -45,3 +45,12 @@ def test_auto_bank_shifts():
     assert resolve_bank_shifts(-1, 60_000, (28, 28)) == 0  # Fashion-MNIST: the bank is large already
     assert resolve_bank_shifts(-1, 1_437, (8, 8)) == 0  # digits: one pixel is not a small shift on 8x8
     assert resolve_bank_shifts(2, 60_000, (28, 28)) == 2  # an explicit request always wins
+
+
+def test_old_run_config_keeps_its_meaning(tmp_path):
+    from slicenet.runs import load_config
+
+    # slicenet 0.1 wrote no scoring or bank_shifts keys: they meant holdout scoring and a plain bank.
+    (tmp_path / "config.toml").write_text('dataset = "mnist"\nmethod = "cma"\n\n[slicenet]\nkind = "optimise"\n')
+    config = load_config(tmp_path)
+    assert config.scoring == "holdout" and config.bank_shifts == 0 and config.method == "cma"
