@@ -129,3 +129,15 @@ def test_report_names_a_malformed_metrics_file(run_dir, tmp_path):
     (broken / "metrics.json").write_text('{"test_accuracy": 0.5}')
     result = cli("report", str(broken), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "lacks engine_bytes" in result.stderr
+
+
+def test_report_row_names_follow_the_resolved_bank():
+    from slicenet.report import bank_shifts, network_name
+
+    run = {"method": "cma", "preset": "default", "bank_shifts": 1}
+    config = {"n_neighbors": 9, "granularity": "layer", "scoring": "loo", "bank_shifts": -1}
+    assert network_name(run, config) == "k-NN (k=9), CMA, bank + 1-px shifts"
+    # A condensed bank is built from the plain training images, whatever its source run had.
+    assert bank_shifts({**run, "compact": {"method": "kmeans"}}, config) == 0
+    plain = network_name({**run, "bank_shifts": 0}, {**config, "scoring": "holdout"})
+    assert plain == "k-NN (k=9), CMA, holdout scoring"
