@@ -49,6 +49,11 @@ def bank_shifts(metrics: dict, config: dict) -> int:
     return max(0, int(metrics.get("bank_shifts", config.get("bank_shifts", 0))))
 
 
+def shifts_label(shifts: int) -> str:
+    """The row-name suffix of a bank with shifted copies ("" for a plain bank)."""
+    return f", bank + {shifts}-px shifts" if shifts else ""
+
+
 def network_name(metrics: dict, config: dict) -> str:
     """The row label, matching the reference's names where the network is the same kind."""
     if "hidden" in metrics:  # a baseline run
@@ -61,8 +66,7 @@ def network_name(metrics: dict, config: dict) -> str:
     name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
-    if bank_shifts(metrics, config):
-        name += f", bank + {bank_shifts(metrics, config)}-px shifts"
+    name += shifts_label(bank_shifts(metrics, config))
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"
     return name
@@ -129,10 +133,9 @@ def groups(rows: list[dict]) -> list[dict]:
     for members in by_preset.values():
         accuracy = [m["random_init_test_accuracy"] for m in members]
         first = members[0]
-        network = "k-NN (k=9) on a random-init trunk" + (f", bank + {first['shifts']}-px shifts" if first["shifts"]
-                                                         else "")
         summary.append({
-            "network": network, "dataset": first["dataset"], "preset": first["preset"],
+            "network": "k-NN (k=9) on a random-init trunk" + shifts_label(first["shifts"]),
+            "dataset": first["dataset"], "preset": first["preset"],
             "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "wall_median": 0.0, "wall_max": 0.0, "evaluations": 0, "best_run": first["path"], "derived": True,
