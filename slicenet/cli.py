@@ -105,12 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     size = condense.add_mutually_exclusive_group(required=True)
     size.add_argument("--prototypes", type=int, help="prototypes per class")
     size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
-    condense.add_argument("--method", default="kmeans", help="kmeans (default), cnn or optimised")
+    condense.add_argument("--method", default="kmeans", help="kmeans (default), cnn, optimised or lvq")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
     condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
     condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
     condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
+    condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
     condense.add_argument("--seed", type=int, default=0)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
     condense.set_defaults(func=cmd_condense)
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=0, help="runtime threads (0 = runtime default)")
     bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
     bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
+    bench.add_argument("--rounds", type=int, default=5,
+                       help="consecutive blocks of the run whose p50 ratios must agree for a difference to count")
     bench.add_argument("--batch", type=int, default=None,
                        help="images per inference: checked against the bundles (export them with --batch N)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
@@ -311,6 +314,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"unknown precision {args.precision!r}: expected fp32, fp16 or int8")
     if args.metric not in ("", *condense.COMPACT_METRICS):
         raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
+    if args.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     if args.prototypes is not None and args.prototypes < 1:
         raise InputError(f"--prototypes must be at least 1, got {args.prototypes}")
     if args.budget_kb is not None and args.budget_kb <= 0:

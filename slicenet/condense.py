@@ -6,7 +6,13 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
 - **Prototype reduction**, per class, never dropping a class: ``kmeans`` (class-wise k-means
   centroids), ``cnn`` (Hart's condensed nearest neighbour after Wilson's editing: a subset of real
   training images), ``optimised`` (k-means centroids then moved without gradients by the same
-  ask/tell optimisers as the trunk, to maximise validation k-NN quality).
+  ask/tell optimisers as the trunk, to maximise validation k-NN quality), ``lvq`` (k-means
+  centroids then refined by Kohonen's LVQ2.1 rule: for a training image that falls near the border
+  between its nearest right and nearest wrong prototype, the right one steps towards it and the wrong
+  one away. A label-driven competitive rule, no loss gradient. It places the prototypes where the
+  classes meet, which k-means, fitting each class on its own, does not: on Fashion-MNIST, 200 per
+  class in 32 dimensions go from 84.4 % (k-means, 5-NN) to 86.4 % (1-NN), next to 86.8 % for the
+  60,000-image bank).
 - **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
   its export (one MatMul).
 - **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
@@ -35,18 +41,22 @@ from .fitness import stratified_split
 from .knn import count_votes, knn_vote, pairwise_distances
 from .trunk import features
 
-METHODS = ("kmeans", "cnn", "optimised")
+METHODS = ("kmeans", "cnn", "optimised", "lvq")
+LVQ_WINDOW = 0.3  # Kohonen's relative window w: update when min(d_r/d_w, d_w/d_r) > (1 - w) / (1 + w)
+LVQ_RATE = 0.02  # LVQ2.1 step size at the first pass, decaying linearly to 0 (points lie on the unit sphere)
+LVQ_BATCH = 128  # images per vectorised LVQ step
 
 
 @dataclass(frozen=True)
 class CompactSettings:
-    method: str = "kmeans"  # kmeans | cnn | optimised
+    method: str = "kmeans"  # kmeans | cnn | optimised | lvq
     prototypes: int = 10  # per class (a class with fewer images keeps them all)
     dims: int = 0  # PCA dimensions of the features; 0 = keep them all
     precision: str = "fp32"  # storage of bank and weights: fp32 | fp16 | int8
     n_neighbors: int = 0  # k; 0 = chosen by validation among 1, 3, 5, 9
     generations: int = 100  # method optimised: generations of the optimiser
     optimiser: str = "cma"  # method optimised: which registered optimiser
+    epochs: int = 4  # method lvq: passes over the training images
     metric: str = ""  # cosine | euclidean; "" = chosen by validation (cosine on a tie)
 
 
@@ -134,11 +144,58 @@ def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings
         bank.append(centres)
         bank_labels.append(np.full(len(centres), label))
     prototypes, prototype_labels = np.concatenate(bank), np.concatenate(bank_labels)
+    if settings.method == "lvq":
+        prototypes = lvq21(prototypes, prototype_labels, points, labels, settings.epochs, seed)
     if settings.method == "optimised":
         assert queries is not None and query_labels is not None
         prototypes = _optimise_prototypes(prototypes, prototype_labels, queries, query_labels, n_classes,
                                           settings, seed, n_neighbors)
     return prototypes, prototype_labels
+
+
+def lvq21(prototypes: np.ndarray, prototype_labels: np.ndarray, points: np.ndarray, labels: np.ndarray,
+          epochs: int, seed: int, rate: float = LVQ_RATE, window: float = LVQ_WINDOW,
+          batch: int = LVQ_BATCH) -> np.ndarray:
+    """Prototypes refined by Kohonen's LVQ2.1 rule, ``epochs`` shuffled passes over the points.
+
+    For a point x whose nearest same-class prototype r and nearest other-class prototype w lie at
+    distances d_r, d_w with min(d_r / d_w, d_w / d_r) > (1 - window) / (1 + window) (x falls in the
+    window around their border), r += a (x - r) and w -= a (x - w); the step a decays linearly from
+    ``rate`` to 0. The points of a batch of ``batch`` images are matched to the same prototypes, then
+    each prototype takes the mean of its steps (batch LVQ). Labels never change, so no class loses a
+    prototype.
+    """
+    w = torch.from_numpy(np.ascontiguousarray(prototypes, dtype=np.float32)).clone()
+    x_all = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    w_labels = torch.from_numpy(np.asarray(prototype_labels, dtype=np.int64))
+    threshold = (1 - window) / (1 + window)
+    generator = torch.Generator().manual_seed(seed)
+    steps = epochs * ((len(x_all) + batch - 1) // batch)
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(x_all), generator=generator)
+        for start in range(0, len(x_all), batch):
+            rows = order[start : start + batch]
+            x, y = x_all[rows], y_all[rows]
+            a = rate * (1 - step / steps)
+            step += 1
+            distances = torch.cdist(x, w)
+            same = w_labels.unsqueeze(0) == y.unsqueeze(1)
+            d_right, right = distances.masked_fill(~same, float("inf")).min(1)
+            d_wrong, wrong = distances.masked_fill(same, float("inf")).min(1)
+            ratio = torch.minimum(d_right / d_wrong.clamp_min(1e-12), d_wrong / d_right.clamp_min(1e-12))
+            inside = (ratio > threshold) & torch.isfinite(d_right) & torch.isfinite(d_wrong)
+            if not inside.any():
+                continue
+            x, right, wrong = x[inside], right[inside], wrong[inside]
+            # A prototype matched by several points of the batch takes their mean step, not their
+            # sum: the step size then stays a, however few prototypes share the batch.
+            moves = torch.zeros_like(w).index_add_(0, right, x - w[right]).index_add_(0, wrong, w[wrong] - x)
+            counts = torch.zeros(len(w)).index_add_(0, right, torch.ones(len(right)))
+            counts.index_add_(0, wrong, torch.ones(len(wrong)))
+            w += a * moves / counts.clamp_min(1).unsqueeze(1)
+    return w.numpy()
 
 
 def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
@@ -218,8 +275,8 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
                   method: str = "kmeans", on_trial: Callable[[dict], None] | None = None,
-                  validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS
-                  ) -> tuple[Engine, dict, list[dict]]:
+                  validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS,
+                  epochs: int = CompactSettings.epochs) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k
     x metric.
 
@@ -228,13 +285,19 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
     raw_fit = raw_features(engine, images[fit])
     n_features = raw_fit.shape[1]
+    class_sizes = np.bincount(labels[fit], minlength=engine.n_classes)
     trials: list[dict[str, Any]] = []
-    for prototypes in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200):
+    for prototypes in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500):
         for dims in (0, 128, 64, 32, 16, 8):
             if dims >= n_features:
                 continue
+            # The bank alone, at one byte a number, is a lower bound of the engine's size: skip
+            # settings that cannot fit before paying for their prototypes.
+            if int(np.minimum(class_sizes, prototypes).sum()) * (dims or n_features) > budget_bytes:
+                continue
             base = build_compact(engine, images[fit], labels[fit],
-                                 CompactSettings(method, prototypes, dims, "fp32", 1), seed, raw_fit, 1)
+                                 CompactSettings(method, prototypes, dims, "fp32", 1, epochs=epochs), seed,
+                                 raw_fit, 1)
             for precision in ("fp32", "fp16", "int8"):
                 stored = base.with_storage(precision, precision)
                 size = stored.engine_bytes  # neither k nor the metric changes the bytes
@@ -257,7 +320,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"],
                                       -COMPACT_METRICS.index(t["metric"])))
     settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
-                               metric=best["metric"])
+                               metric=best["metric"], epochs=epochs)
     final = build_compact(engine, images, labels, settings, seed, n_neighbors=best["n_neighbors"])
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
         raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from slicenet.cli import main
-from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, reduce_bank
+from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, lvq21, reduce_bank
 from slicenet.engine import Engine, quantise_round_trip
 from slicenet.errors import InputError
 
@@ -22,7 +22,7 @@ def engine_and_data(run):
     return Engine.load(run / "engine.safetensors"), load_dataset("digits")
 
 
-@pytest.mark.parametrize("method", ["kmeans", "cnn", "optimised"])
+@pytest.mark.parametrize("method", ["kmeans", "cnn", "optimised", "lvq"])
 @pytest.mark.parametrize("prototypes", [1, 4])
 def test_each_method_keeps_the_requested_count_per_class(engine_and_data, method, prototypes):
     engine, data = engine_and_data
@@ -30,6 +30,37 @@ def test_each_method_keeps_the_requested_count_per_class(engine_and_data, method
     compact = build_compact(engine, data.x_train, data.y_train, settings, seed=0)
     counts = np.bincount(compact.bank_labels.numpy(), minlength=10)
     assert counts.tolist() == [prototypes] * 10  # never drops a class
+
+
+def test_lvq21_follows_kohonens_rule():
+    # One point between a right prototype (distance 1) and a wrong one (distance 1.2): inside the
+    # window (1/1.2 > 0.7/1.3), so the right one steps towards it by rate * (x - r) and the wrong
+    # one away by rate * (x - w); a third prototype, not the nearest of either kind, stays put.
+    prototypes = np.array([[0.0, 0.0], [2.2, 0.0], [0.0, 5.0]], dtype=np.float32)
+    x = np.array([[1.0, 0.0]], dtype=np.float32)
+    moved = lvq21(prototypes, np.array([0, 1, 0]), x, np.array([0]), epochs=1, seed=0, rate=0.1)
+    np.testing.assert_allclose(moved, [[0.1, 0.0], [2.2 + 0.1 * 1.2, 0.0], [0.0, 5.0]], rtol=1e-6)
+    # Far from the border (ratio 1/4 < 0.7/1.3) nothing moves.
+    far = lvq21(np.array([[0.0, 0.0], [5.0, 0.0]], dtype=np.float32), np.array([0, 1]), x, np.array([0]), 1, 0)
+    np.testing.assert_array_equal(far, [[0.0, 0.0], [5.0, 0.0]])
+
+
+def test_lvq_places_prototypes_where_the_classes_meet():
+    # Two overlapping Gaussian classes, 2 prototypes each: LVQ2.1 from the k-means start classifies
+    # the training points at least as well, and better here, than the k-means centroids.
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal([0, 0], [1.0, 3.0], (400, 2)),
+                             rng.normal([1.5, 0], [1.0, 0.3], (400, 2))]).astype(np.float32)
+    labels = np.repeat([0, 1], 400)
+
+    def accuracy(bank, bank_labels):
+        nearest = ((points[:, None] - bank[None]) ** 2).sum(-1).argmin(1)
+        return (bank_labels[nearest] == labels).mean()
+
+    kmeans = reduce_bank(points, labels, 2, CompactSettings("kmeans", 2), seed=0)
+    lvq = reduce_bank(points, labels, 2, CompactSettings("lvq", 2, epochs=10), seed=0)
+    assert np.bincount(lvq[1]).tolist() == [2, 2]
+    assert accuracy(*lvq) > accuracy(*kmeans)
 
 
 def test_a_small_class_keeps_all_it_has():
