@@ -137,6 +137,16 @@ def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[st
     return latencies
 
 
+def round_ratios(latencies: list[float], first: list[float], rounds: int) -> list[float]:
+    """p50 ratios to the first bundle in ``rounds`` consecutive blocks of an interleaved run.
+
+    One run's overall ratio can come from a stretch of drift; a ratio below 1 in every block is a
+    difference that holds over the whole run, not a lucky stretch."""
+    blocks = np.array_split(np.asarray(latencies), rounds)
+    first_blocks = np.array_split(np.asarray(first), rounds)
+    return [float(np.median(a) / np.median(b)) for a, b in zip(blocks, first_blocks, strict=True) if len(a)]
+
+
 def summarise(session: Session, latencies: list[float], threads: int, batch: int = 1) -> dict:
     values = np.asarray(latencies)
     return {

@@ -327,7 +327,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         compact, chosen, trials = condense.budget_search(engine, dataset.x_train, dataset.y_train,
                                                          int(args.budget_kb * 1000), args.seed, args.method,
                                                          metrics=(args.metric,) if args.metric else
-                                                         condense.COMPACT_METRICS)
+                                                         condense.COMPACT_METRICS, epochs=args.epochs)
         front = condense.frontier(trials)
         print(f"accuracy / size frontier ({len(trials)} engines within {args.budget_kb:g} KB, validation accuracy):")
         for point in front:
@@ -339,7 +339,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
     else:
         out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
         settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
-                                            args.n_neighbors, args.generations, metric=args.metric)
+                                            args.n_neighbors, args.generations, metric=args.metric,
+                                            epochs=args.epochs)
         compact, val_accuracy, chosen_settings = condense.choose_and_build(engine, dataset.x_train, dataset.y_train,
                                                                            settings, args.seed)
         extra = {"validation_accuracy": val_accuracy, "compact": dataclasses.asdict(chosen_settings)}
@@ -415,6 +416,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError(f"unknown runtime {args.runtime!r}: expected one of {', '.join(bench.RUNTIMES)}")
     if args.count < 1 or args.warmup < 0:
         raise InputError("--count must be at least 1 and --warmup at least 0")
+    if not 1 <= args.rounds <= args.count:
+        raise InputError(f"--rounds must be between 1 and --count ({args.count}), got {args.rounds}")
     profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
     profiles = bench.load_profiles(profiles_path)
     sessions = [bench.open_bundle(bundle, args.runtime, args.threads, args.batch) for bundle in args.bundles]
@@ -439,18 +442,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         row["machine"] = machine_info()
         results.append(row)
     first = results[0]["p50_ms"]
-    for row in results:
+    for session, row in zip(sessions, results, strict=True):
         row["p50_ratio_to_first"] = row["p50_ms"] / first
+        row["p50_ratio_rounds"] = bench.round_ratios(latencies[session.name], latencies[sessions[0].name],
+                                                     args.rounds)
         safe = re.sub(r"[^A-Za-z0-9]+", "-", row["name"]).strip("-")
         write_json(args.results / f"{safe}-{row['runtime']}-{stamp}.json", row)
     if args.json:
         write_json(args.json, results)
     print(f"{'bundle':40s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'fps':>9s} "
-          f"{'ratio':>6s} {'first ms':>8s}")
+          f"{'ratio':>6s} {'rounds':>11s} {'first ms':>8s}")
     for row in results:
+        spread = f"{min(row['p50_ratio_rounds']):.2f}-{max(row['p50_ratio_rounds']):.2f}"
         print(f"{row['name'][:40]:40s} {row['p50_ms']:8.4f} {row['p90_ms']:8.4f} {row['p99_ms']:8.4f} "
               f"{row['mean_ms']:8.4f} {row['throughput_fps']:9.0f} {row['p50_ratio_to_first']:6.2f} "
-              f"{row['first_inference_ms']:8.3f}")
+              f"{spread:>11s} {row['first_inference_ms']:8.3f}")
     print(f"{args.runtime} {results[0]['runtime_version']}, {args.count} interleaved inferences per bundle; "
           f"JSON in {args.results}")
     return 0

@@ -181,6 +181,22 @@ def load_bench(folder: Path) -> list[dict]:
     return results
 
 
+def latency_verdict(row: dict) -> str:
+    """Faster or slower only where every block (round) of the interleaved run agrees; runs timed
+    before rounds were recorded fall back to a band around 1."""
+    rounds = row.get("p50_ratio_rounds") or []
+    if len(rounds) >= 3:
+        spread = f"per-round ratios {min(rounds):.2f}-{max(rounds):.2f}"
+        if max(rounds) < 1:
+            return f"faster (in all {len(rounds)} rounds: {spread})"
+        if min(rounds) > 1:
+            return f"slower (in all {len(rounds)} rounds: {spread})"
+        return f"level (the rounds disagree: {spread})"
+    ratio = row["p50_ratio_to_first"]
+    return (f"level (within {LEVEL_BAND:.0%}: not a measurable difference)" if abs(ratio - 1) < LEVEL_BAND
+            else "slower" if ratio > 1 else "faster")
+
+
 def latency_tables(bench: list[dict]) -> list[str]:
     host = [b for b in bench if b.get("kind") != "measured"]
     boards = [b for b in bench if b.get("kind") == "measured"]
@@ -206,9 +222,7 @@ def latency_tables(bench: list[dict]) -> list[str]:
         first = min(members, key=lambda b: abs(b["p50_ratio_to_first"] - 1.0))
         for b in members:
             if b is not first:
-                ratio = b["p50_ratio_to_first"]
-                verdict = (f"level (within {LEVEL_BAND:.0%}: not a measurable difference)"
-                           if abs(ratio - 1) < LEVEL_BAND else "slower" if ratio > 1 else "faster")
+                verdict = latency_verdict(b)
                 findings.append(f"- `{b['name']}` ({b['runtime']}): p50 {b['p50_ms']:.4f} ms, "
                                 f"{b['p50_ratio_to_first']:.2f}x the p50 of `{first['name']}` "
                                 f"({first['p50_ms']:.4f} ms) in the same interleaved run: **{verdict}**.")

@@ -49,6 +49,22 @@ def test_interleaving_alternates():
     assert all(len(v) == 4 for v in latencies.values())
 
 
+def test_round_ratios_compare_consecutive_blocks():
+    first = [1.0] * 6 + [2.0] * 6
+    other = [0.9] * 6 + [2.2] * 6  # faster in the first half, slower in the second
+    assert bench.round_ratios(other, first, 2) == pytest.approx([0.9, 1.1])
+    assert bench.round_ratios(other, first, 1) == pytest.approx([1.55 / 1.5])  # medians of the whole run
+
+
+def test_a_difference_counts_only_where_every_round_agrees():
+    from slicenet.report import latency_verdict
+
+    assert latency_verdict({"p50_ratio_to_first": 0.97, "p50_ratio_rounds": [0.96, 0.97, 0.98]}).startswith("faster")
+    assert latency_verdict({"p50_ratio_to_first": 1.2, "p50_ratio_rounds": [1.1, 1.2, 1.3]}).startswith("slower")
+    assert latency_verdict({"p50_ratio_to_first": 0.9, "p50_ratio_rounds": [0.8, 0.9, 1.01]}).startswith("level")
+    assert latency_verdict({"p50_ratio_to_first": 0.98}).startswith("level")  # older runs: the 3 % band
+
+
 def test_flop_count_of_a_small_graph_matches_a_hand_count():
     weight = np.ones((2, 1, 3, 3), dtype=np.float32)
     dense = np.ones((18, 4), dtype=np.float32)
