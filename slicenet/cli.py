@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = condense.add_mutually_exclusive_group(required=True)
     size.add_argument("--prototypes", type=int, help="prototypes per class")
     size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
-    condense.add_argument("--method", default="kmeans", help="kmeans (default), cnn, optimised or lvq")
+    condense.add_argument("--method", default="lvq", help="lvq (default), kmeans, cnn or optimised")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
     condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
@@ -224,7 +224,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
 
         full_bank = accuracy(engine, prepared.dataset.x_test, prepared.dataset.y_test)
         engine, _, _ = choose_and_build(engine, prepared.dataset.x_train, prepared.dataset.y_train,
-                                        CompactSettings("kmeans", config.prototypes, 0, "fp32", config.n_neighbors),
+                                        CompactSettings("lvq", config.prototypes, 0, "fp32"),
                                         config.seed)
     metrics = pipeline.final_metrics(prepared, state, engine)
     if full_bank is not None:

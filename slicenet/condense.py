@@ -49,7 +49,7 @@ LVQ_BATCH = 128  # images per vectorised LVQ step
 
 @dataclass(frozen=True)
 class CompactSettings:
-    method: str = "kmeans"  # kmeans | cnn | optimised | lvq
+    method: str = "lvq"  # lvq | kmeans | cnn | optimised
     prototypes: int = 10  # per class (a class with fewer images keeps them all)
     dims: int = 0  # PCA dimensions of the features; 0 = keep them all
     precision: str = "fp32"  # storage of bank and weights: fp32 | fp16 | int8
@@ -274,7 +274,7 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
 
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
-                  method: str = "kmeans", on_trial: Callable[[dict], None] | None = None,
+                  method: str = "lvq", on_trial: Callable[[dict], None] | None = None,
                   validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS,
                   epochs: int = CompactSettings.epochs) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k

@@ -63,6 +63,16 @@ def test_lvq_places_prototypes_where_the_classes_meet():
     assert accuracy(*lvq) > accuracy(*kmeans)
 
 
+def test_optimise_with_prototypes_writes_a_condensed_run(tmp_path):
+    out = tmp_path / "p3"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
+                 "--prototypes", "3", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    engine = Engine.load(out / "engine.safetensors")
+    assert np.bincount(engine.bank_labels.numpy()).tolist() == [3] * 10
+    assert metrics["bank_size"] == 30 and 0 < metrics["test_accuracy"] <= 1 and "full_bank_test_accuracy" in metrics
+
+
 def test_a_small_class_keeps_all_it_has():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(23, 4)).astype(np.float32)
