@@ -85,10 +85,11 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
                    frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
-        if row["compact"]:
+        if row["compact"]:  # the compact engine's own k, not the search's
             c = row["compact"]
+            row["network"] = re.sub(r"^k-NN \(k=\d+\)", f"k-NN (k={c['n_neighbors']})", row["network"])
             row["network"] += (f", compact: {c['method']} {c['prototypes']}/class, dims {c['dims'] or 'all'}, "
-                               f"{c['precision']}, k={c['n_neighbors']}")
+                               f"{c['precision']}")
             row["network"] += f", {c['metric']}" if c.get("metric") else ""
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))

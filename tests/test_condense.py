@@ -148,3 +148,12 @@ def test_budget_cli_and_bad_flags(run, tmp_path, capsys):
     assert "unknown reduction method" in capsys.readouterr().err
     assert main(["condense", str(run), "--prototypes", "2", "--metric", "hamming"]) == 2
     assert "expected cosine or euclidean" in capsys.readouterr().err
+
+
+def test_the_report_names_a_condensed_engine_by_its_own_k(run, tmp_path):
+    out = tmp_path / "p2"
+    assert main(["condense", str(run), "--prototypes", "2", "--n-neighbors", "1", "--out", str(out)]) == 0
+    assert main(["report", str(run), str(out), "--out", str(tmp_path / "results")]) == 0
+    text = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "| k-NN (k=1), CMA, compact: lvq 2/class, dims all, fp32" in text  # not the search's k=9
+    assert "| k-NN (k=9), CMA | digits |" in text
