@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
     condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
     condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
+    condense.add_argument("--bank-shifts", type=int, default=-1,
+                          help="fit the prototypes to images plus copies shifted 1..n px (-1 = as the source run's bank)")
     condense.add_argument("--seed", type=int, default=0)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
     condense.set_defaults(func=cmd_condense)
@@ -225,7 +227,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         full_bank = accuracy(engine, prepared.dataset.x_test, prepared.dataset.y_test)
         engine, _, _ = choose_and_build(engine, prepared.dataset.x_train, prepared.dataset.y_train,
                                         CompactSettings("lvq", config.prototypes, 0, "fp32"),
-                                        config.seed)
+                                        config.seed, shifts=prepared.bank_shifts)
     metrics = pipeline.final_metrics(prepared, state, engine)
     if full_bank is not None:
         metrics["full_bank_test_accuracy"] = full_bank
@@ -316,6 +318,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.bank_shifts < -1:
+        raise InputError(f"--bank-shifts must be -1 (as the source run), 0 or positive, got {args.bank_shifts}")
+    shifts = int(source.get("bank_shifts", 0)) if args.bank_shifts == -1 else args.bank_shifts
     if args.prototypes is not None and args.prototypes < 1:
         raise InputError(f"--prototypes must be at least 1, got {args.prototypes}")
     if args.budget_kb is not None and args.budget_kb <= 0:
@@ -327,7 +332,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
         compact, chosen, trials = condense.budget_search(engine, dataset.x_train, dataset.y_train,
                                                          int(args.budget_kb * 1000), args.seed, args.method,
                                                          metrics=(args.metric,) if args.metric else
-                                                         condense.COMPACT_METRICS, epochs=args.epochs)
+                                                         condense.COMPACT_METRICS, epochs=args.epochs,
+                                                         shifts=shifts)
         front = condense.frontier(trials)
         print(f"accuracy / size frontier ({len(trials)} engines within {args.budget_kb:g} KB, validation accuracy):")
         for point in front:
@@ -335,15 +341,16 @@ def cmd_condense(args: argparse.Namespace) -> int:
                   f"{point['prototypes']} per class, dims {point['dims'] or 'all'}, {point['precision']}, "
                   f"k={point['n_neighbors']}, {point['metric']}")
         extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
-                 chosen["validation_accuracy"], "compact": chosen}
+                 chosen["validation_accuracy"], "compact": {**chosen, "bank_shifts": shifts}}
     else:
         out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
         settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
                                             args.n_neighbors, args.generations, metric=args.metric,
                                             epochs=args.epochs)
         compact, val_accuracy, chosen_settings = condense.choose_and_build(engine, dataset.x_train, dataset.y_train,
-                                                                           settings, args.seed)
-        extra = {"validation_accuracy": val_accuracy, "compact": dataclasses.asdict(chosen_settings)}
+                                                                           settings, args.seed, shifts=shifts)
+        extra = {"validation_accuracy": val_accuracy,
+                 "compact": {**dataclasses.asdict(chosen_settings), "bank_shifts": shifts}}
     if (out / runs.METRICS).exists():
         raise InputError(f"{out} already holds a finished run; choose another --out")
     compact.info = {**engine.info, "condensed_from": str(run)}

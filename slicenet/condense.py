@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import shifted_copies
 from .engine import Engine, normalise_images
 from .errors import InputError
 from .fitness import stratified_split
@@ -254,38 +255,44 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
-                     validation_fraction: float = 0.25) -> tuple[Engine, float, CompactSettings]:
+                     validation_fraction: float = 0.25, shifts: int = 0) -> tuple[Engine, float, CompactSettings]:
     """Pick k and the metric by validation (where not given), then build on all the images.
 
-    Returns (engine, validation accuracy, the settings used, k and metric filled in)."""
+    Returns (engine, validation accuracy, the settings used, k and metric filled in). With ``shifts``
+    the prototypes are fitted to the images and their shifted copies (the bank of a source run built
+    with ``--bank-shifts``); the validation images are never shifted copies of fitted ones."""
     fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
-    raw_fit = raw_features(engine, images[fit])
+    fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
+    raw_fit = raw_features(engine, fit_images)
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     scored = []
     for k in candidates:  # built per k: the optimised method tunes its prototypes for that k
-        trial = build_compact(engine, images[fit], labels[fit], settings, seed, raw_fit, k)
+        trial = build_compact(engine, fit_images, fit_labels, settings, seed, raw_fit, k)
         for preference, metric in enumerate(metrics):
             scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
                            -k, -preference, k, metric))
     val_accuracy, _, _, k, metric = max(scored)
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric)
-    return build_compact(engine, images, labels, chosen, seed, n_neighbors=k), val_accuracy, chosen
+    return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed, n_neighbors=k), \
+        val_accuracy, chosen
 
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
                   method: str = "lvq", on_trial: Callable[[dict], None] | None = None,
                   validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS,
-                  epochs: int = CompactSettings.epochs) -> tuple[Engine, dict, list[dict]]:
+                  epochs: int = CompactSettings.epochs, shifts: int = 0) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` over a grid of prototypes x dims x precision x k
     x metric.
 
     Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy.
+    ``shifts`` as for ``choose_and_build``.
     """
     fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
-    raw_fit = raw_features(engine, images[fit])
+    fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
+    raw_fit = raw_features(engine, fit_images)
     n_features = raw_fit.shape[1]
-    class_sizes = np.bincount(labels[fit], minlength=engine.n_classes)
+    class_sizes = np.bincount(fit_labels, minlength=engine.n_classes)
     trials: list[dict[str, Any]] = []
     for prototypes in (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500):
         for dims in (0, 128, 64, 32, 16, 8):
@@ -295,7 +302,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
             # settings that cannot fit before paying for their prototypes.
             if int(np.minimum(class_sizes, prototypes).sum()) * (dims or n_features) > budget_bytes:
                 continue
-            base = build_compact(engine, images[fit], labels[fit],
+            base = build_compact(engine, fit_images, fit_labels,
                                  CompactSettings(method, prototypes, dims, "fp32", 1, epochs=epochs), seed,
                                  raw_fit, 1)
             for precision in ("fp32", "fp16", "int8"):
@@ -321,7 +328,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                                       -COMPACT_METRICS.index(t["metric"])))
     settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
                                metric=best["metric"], epochs=epochs)
-    final = build_compact(engine, images, labels, settings, seed, n_neighbors=best["n_neighbors"])
+    final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed,
+                          n_neighbors=best["n_neighbors"])
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
         raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")
     return final, best, trials

@@ -43,9 +43,9 @@ COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "para
 
 def bank_shifts(metrics: dict, config: dict) -> int:
     """Shifted copies per bank image: resolved in metrics.json since 0.3 (the config may say -1, auto);
-    none in a condensed bank, which is built from the plain training images."""
+    for a condensed bank, the shifted copies its prototypes were fitted to (none before 0.4)."""
     if metrics.get("compact"):
-        return 0
+        return int(metrics["compact"].get("bank_shifts", 0))
     return max(0, int(metrics.get("bank_shifts", config.get("bank_shifts", 0))))
 
 

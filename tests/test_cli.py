@@ -139,5 +139,6 @@ def test_report_row_names_follow_the_resolved_bank():
     assert network_name(run, config) == "k-NN (k=9), CMA, bank + 1-px shifts"
     # A condensed bank is built from the plain training images, whatever its source run had.
     assert bank_shifts({**run, "compact": {"method": "kmeans"}}, config) == 0
+    assert bank_shifts({**run, "compact": {"method": "lvq", "bank_shifts": 1}}, config) == 1  # fitted to shifts
     plain = network_name({**run, "bank_shifts": 0}, {**config, "scoring": "holdout"})
     assert plain == "k-NN (k=9), CMA, holdout scoring"

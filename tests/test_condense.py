@@ -157,3 +157,17 @@ def test_the_report_names_a_condensed_engine_by_its_own_k(run, tmp_path):
     text = (tmp_path / "results" / "REPORT.md").read_text()
     assert "| k-NN (k=1), CMA, compact: lvq 2/class, dims all, fp32" in text  # not the search's k=9
     assert "| k-NN (k=9), CMA | digits |" in text
+
+
+def test_prototypes_can_fit_a_shifted_bank(engine_and_data, run, tmp_path):
+    from slicenet.condense import choose_and_build
+
+    engine, data = engine_and_data
+    # More prototypes than images: the bank is every fitted point, the images and 4 shifted copies each.
+    compact, _, _ = choose_and_build(engine, data.x_train, data.y_train, CompactSettings("kmeans", 10_000), 0,
+                                     shifts=1)
+    assert len(compact.bank) == 5 * len(data.x_train)
+    out = tmp_path / "shifted"
+    assert main(["condense", str(run), "--prototypes", "3", "--bank-shifts", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["compact"]["bank_shifts"] == 1 and metrics["bank_size"] == 30
