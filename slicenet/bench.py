@@ -101,7 +101,9 @@ def open_bundle(bundle: Path, runtime: str, threads: int, batch: int | None = No
         model = bundle / manifest["model"]
         import openvino as ov
 
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        from .export import OPENVINO_EXACT_CPU
+
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", **OPENVINO_EXACT_CPU}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         started = time.perf_counter()

@@ -46,6 +46,10 @@ MYRIAD_IR_OPS = {"Parameter", "Result", "Const", "Convert", "Multiply", "Add", "
                  "MaxPool", "ReLU", "Tanh", "Reshape", "ReduceSum", "Sqrt", "Maximum", "Divide", "MatMul",
                  "Negative", "TopK", "Gather", "SoftMax"}  # IR layer type names
 EPSILON = 1e-12  # guards the L2 normalisation against an all-zero feature vector
+# OpenVINO CPU settings that compute what the graph says: on CPUs with AMX it defaults to bf16, and
+# since 2024 it quantises the activations of a MatMul whose weights are int8 (an int8 bank) to int8
+# on the fly; either changes k-NN predictions (a neighbour 0.001 nearer than the next one swapped).
+OPENVINO_EXACT_CPU = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
 
 @dataclass(frozen=True)
@@ -345,8 +349,7 @@ def run_openvino(path: Path, images: np.ndarray, batch: int = 1) -> tuple[np.nda
         import openvino as ov
     except ImportError:
         raise InputError("openvino is not installed: pip install 'slicenet[export]'") from None
-    # f32: on CPUs with AMX OpenVINO defaults to bf16, which changes k-NN predictions.
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_EXACT_CPU)
     request = compiled.create_infer_request()
     classes: list[int] = []
     votes: list[np.ndarray] = []
