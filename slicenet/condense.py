@@ -22,7 +22,8 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
   the query's own length, so the query's normalisation drops out: see ``export.build_onnx``).
 
 ``budget_search`` tries the grid of these settings and returns the most accurate engine within a
-byte budget, together with the accuracy / size frontier it found.
+byte budget, together with the accuracy / size frontier it found. Where the source run's bank holds
+shifted copies of the training images (``--bank-shifts``), the prototypes are fitted to them too.
 """
 
 from __future__ import annotations
