@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
     condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
     condense.add_argument("--bank-shifts", type=int, default=-1,
-                          help="fit the prototypes to images plus copies shifted 1..n px (-1 = as the source run's bank)")
+                          help="fit prototypes to the images plus copies shifted 1..n px (-1 = as the source bank)")
     condense.add_argument("--seed", type=int, default=0)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
     condense.set_defaults(func=cmd_condense)
