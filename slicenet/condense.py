@@ -268,8 +268,12 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     scored = []
-    for k in candidates:  # built per k: the optimised method tunes its prototypes for that k
-        trial = build_compact(engine, fit_images, fit_labels, settings, seed, raw_fit, k)
+    built: dict[int, Engine] = {}
+    for k in candidates:  # built per k where the prototypes depend on k (the optimised method tunes them for it)
+        key = k if settings.method == "optimised" else 0
+        if key not in built:
+            built[key] = build_compact(engine, fit_images, fit_labels, settings, seed, raw_fit, k)
+        trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
         for preference, metric in enumerate(metrics):
             scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
                            -k, -preference, k, metric))
