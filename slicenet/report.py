@@ -378,7 +378,8 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         for r in fronts:
             points = r["frontier"]
             ax.step([p["engine_bytes"] for p in points], [100 * p["validation_accuracy"] for p in points],
-                    where="post", marker="o", label=f"budget search ({r['dataset']}, validation)")
+                    where="post", marker="o",
+                    label=f"{Path(r['run']).name}: {r['compact']['method']} budget search (validation)")
         for g in summary:
             ax.scatter(g["engine_bytes"], 100 * g["test_median"], marker="s", s=14)
             ax.annotate(g["network"][:40], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5)
