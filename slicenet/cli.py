@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
     bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
     bench.add_argument("--rounds", type=int, default=5,
-                       help="consecutive blocks of the run whose p50 ratios must agree for a difference to count")
+                       help="consecutive blocks of the run; a difference counts where every block shows it")
     bench.add_argument("--batch", type=int, default=None,
                        help="images per inference: checked against the bundles (export them with --batch N)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
