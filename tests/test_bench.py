@@ -49,6 +49,11 @@ def test_interleaving_alternates():
     assert all(len(v) == 4 for v in latencies.values())
 
 
+def test_rounds_must_fit_the_count(capsys):
+    assert main(["bench", "export/none", "--count", "3", "--rounds", "5"]) == 2
+    assert "--rounds must be between 1 and --count (3)" in capsys.readouterr().err
+
+
 def test_round_ratios_compare_consecutive_blocks():
     first = [1.0] * 6 + [2.0] * 6
     other = [0.9] * 6 + [2.2] * 6  # faster in the first half, slower in the second

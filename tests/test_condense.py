@@ -148,6 +148,10 @@ def test_budget_cli_and_bad_flags(run, tmp_path, capsys):
     assert "unknown reduction method" in capsys.readouterr().err
     assert main(["condense", str(run), "--prototypes", "2", "--metric", "hamming"]) == 2
     assert "expected cosine or euclidean" in capsys.readouterr().err
+    assert main(["condense", str(run), "--prototypes", "2", "--epochs", "0"]) == 2
+    assert "--epochs must be at least 1" in capsys.readouterr().err
+    assert main(["condense", str(run), "--prototypes", "2", "--bank-shifts", "-2"]) == 2
+    assert "--bank-shifts must be -1" in capsys.readouterr().err
 
 
 def test_the_report_names_a_condensed_engine_by_its_own_k(run, tmp_path):
