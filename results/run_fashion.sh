@@ -8,6 +8,8 @@ slicenet optimise --method pso --dataset fashion-mnist --out runs/fashion-pso-s0
 # The wider lenet trunk with today's defaults: 1,200 generations (13 min), then 2,300 (the 30-minute budget).
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --out runs/fashion-cma-lenet-s0 --quiet
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 300 2000 --out runs/fashion-cma-lenet-long-s0 --quiet
+# The wide trunk (8 -> 32 filters, 512 features), about 20 minutes.
+slicenet optimise --method cma --dataset fashion-mnist --preset wide --generations 150 900 --out runs/fashion-cma-wide-s0 --quiet
 # Unchanged since slicenet 0.2 (same trunk, backprop): the baselines, run side by side with one thread each.
 # slicenet baseline --dataset fashion-mnist --hidden 128 64 32 16 8 --epochs 5 --threads 1 --out runs/fashion-dense --quiet
 # slicenet baseline --dataset fashion-mnist --head knn --epochs 5 --threads 1 --out runs/fashion-backprop-knn --quiet
