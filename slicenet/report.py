@@ -63,12 +63,18 @@ def network_name(metrics: dict, config: dict) -> str:
         return f"dense {metrics['hidden']}{epochs}"
     if metrics.get("preset") == "pixels":
         return f"k-NN (k={config.get('n_neighbors', 9)}) on raw pixels"
-    name = f"k-NN (k={config.get('n_neighbors', 9)}), {metrics['method'].upper()}"
+    compact = metrics.get("compact")
+    k = compact["n_neighbors"] if compact else config.get("n_neighbors", 9)  # a condensed engine's own k
+    name = f"k-NN (k={k}), {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
     name += shifts_label(bank_shifts(metrics, config))
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"
+    if compact:
+        name += (f", compact: {compact['method']} {compact['prototypes']}/class, dims {compact['dims'] or 'all'}, "
+                 f"{compact['precision']}")
+        name += f", {compact['metric']}" if compact.get("metric") else ""
     return name
 
 
@@ -85,12 +91,6 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
                    frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
-        if row["compact"]:  # the compact engine's own k, not the search's
-            c = row["compact"]
-            row["network"] = re.sub(r"^k-NN \(k=\d+\)", f"k-NN (k={c['n_neighbors']})", row["network"])
-            row["network"] += (f", compact: {c['method']} {c['prototypes']}/class, dims {c['dims'] or 'all'}, "
-                               f"{c['precision']}")
-            row["network"] += f", {c['metric']}" if c.get("metric") else ""
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
