@@ -255,6 +255,16 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean())
 
 
+def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, validation_fraction: float, seed: int,
+               shifts: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+    """(fit images, their labels, their raw features, validation indices): the fit part of a stratified
+    split, with ``shifts`` pixels of shifted copies; the validation images stay plain, so none is
+    scored against its own shifted twin."""
+    fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
+    fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
+    return fit_images, fit_labels, raw_features(engine, fit_images), val
+
+
 def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
                      validation_fraction: float = 0.25, shifts: int = 0) -> tuple[Engine, float, CompactSettings]:
     """Pick k and the metric by validation (where not given), then build on all the images.
@@ -262,9 +272,7 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     Returns (engine, validation accuracy, the settings used, k and metric filled in). With ``shifts``
     the prototypes are fitted to the images and their shifted copies (the bank of a source run built
     with ``--bank-shifts``); the validation images are never shifted copies of fitted ones."""
-    fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
-    fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
-    raw_fit = raw_features(engine, fit_images)
+    fit_images, fit_labels, raw_fit, val = _fit_split(engine, images, labels, validation_fraction, seed, shifts)
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     scored = []
@@ -293,9 +301,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy.
     ``shifts`` as for ``choose_and_build``.
     """
-    fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
-    fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
-    raw_fit = raw_features(engine, fit_images)
+    fit_images, fit_labels, raw_fit, val = _fit_split(engine, images, labels, validation_fraction, seed, shifts)
     n_features = raw_fit.shape[1]
     class_sizes = np.bincount(fit_labels, minlength=engine.n_classes)
     trials: list[dict[str, Any]] = []
