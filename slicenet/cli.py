@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     size = condense.add_mutually_exclusive_group(required=True)
     size.add_argument("--prototypes", type=int, help="prototypes per class")
     size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
+    condense.add_argument("--budget-macs", type=int,
+                          help="with --budget-kb: at most this many multiply-adds per image (trunk and head)")
     condense.add_argument("--method", default="lvq", help="lvq (default), kmeans, cnn or optimised")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
     condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
     condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
+    condense.add_argument("--window", type=float, default=0.0,
+                          help="method lvq: LVQ2.1 window, between 0 and 1 (default 0: chosen by validation "
+                               "among 0.1, 0.2, 0.3)")
     condense.add_argument("--bank-shifts", type=int, default=-1,
                           help="fit prototypes to the images plus copies shifted 1..n px (-1 = as the source bank)")
     condense.add_argument("--seed", type=int, default=0)
@@ -288,7 +293,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             "random_init_test_accuracy": pipeline.evaluate(untrained, dataset.x_test, dataset.y_test)["accuracy"],
             **summary,
             "parameters": engine.parameters, "engine_bytes": engine.engine_bytes,
-            "evaluations": summary["gradient_steps"] * config.batch_size,
+            "multiply_adds": engine.multiply_adds, "evaluations": summary["gradient_steps"] * config.batch_size,
             "wall_seconds": round(time.perf_counter() - started, 3), "n_train": int(len(dataset.y_train)),
             "n_test": int(len(dataset.y_test)), "seed": config.seed, "augment": config.augment,
             "command": command, "slicenet_version": __version__, "machine": pipeline.machine_info(),
@@ -318,6 +323,12 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0.0 <= args.window < 1.0:
+        raise InputError(f"--window must be at least 0 (0 = chosen by validation) and below 1, got {args.window:g}")
+    if args.budget_macs is not None and args.budget_kb is None:
+        raise InputError("--budget-macs limits the search of --budget-kb: give --budget-kb too")
+    if args.budget_macs is not None and args.budget_macs < 1:
+        raise InputError(f"--budget-macs must be a positive number of multiply-adds, got {args.budget_macs}")
     if args.bank_shifts < -1:
         raise InputError(f"--bank-shifts must be -1 (as the source run), 0 or positive, got {args.bank_shifts}")
     shifts = int(source.get("bank_shifts", 0)) if args.bank_shifts == -1 else args.bank_shifts
@@ -333,20 +344,25 @@ def cmd_condense(args: argparse.Namespace) -> int:
                                                          int(args.budget_kb * 1000), args.seed, args.method,
                                                          metrics=(args.metric,) if args.metric else
                                                          condense.COMPACT_METRICS, epochs=args.epochs,
-                                                         shifts=shifts)
+                                                         shifts=shifts, budget_macs=args.budget_macs)
         front = condense.frontier(trials)
-        print(f"accuracy / size frontier ({len(trials)} engines within {args.budget_kb:g} KB, validation accuracy):")
+        within = f"{args.budget_kb:g} KB" + (f" and {args.budget_macs:,} MACs" if args.budget_macs else "")
+        print(f"accuracy / size frontier ({len(trials)} engines within {within}, validation accuracy):")
         for point in front:
-            print(f"  {point['engine_bytes']:>9,} B  {100 * point['validation_accuracy']:6.2f} %  "
-                  f"{point['prototypes']} per class, dims {point['dims'] or 'all'}, {point['precision']}, "
-                  f"k={point['n_neighbors']}, {point['metric']}")
+            window = f", window {point['window']:g}" if point["window"] else ""
+            print(f"  {point['engine_bytes']:>9,} B  {point['multiply_adds']:>9,} MACs  "
+                  f"{100 * point['validation_accuracy']:6.2f} %  {point['prototypes']} per class, "
+                  f"dims {point['dims'] or 'all'}, {point['precision']}, k={point['n_neighbors']}, "
+                  f"{point['metric']}{window}")
         extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
                  chosen["validation_accuracy"], "compact": {**chosen, "bank_shifts": shifts}}
+        if args.budget_macs is not None:
+            extra["budget_macs"] = args.budget_macs
     else:
         out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
         settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
                                             args.n_neighbors, args.generations, metric=args.metric,
-                                            epochs=args.epochs)
+                                            epochs=args.epochs, window=args.window)
         compact, val_accuracy, chosen_settings = condense.choose_and_build(engine, dataset.x_train, dataset.y_train,
                                                                            settings, args.seed, shifts=shifts)
         extra = {"validation_accuracy": val_accuracy,
@@ -361,6 +377,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         "test_accuracy": condense.accuracy(compact, dataset.x_test, dataset.y_test),
         "full_bank_test_accuracy": source["test_accuracy"], "full_bank_engine_bytes": source["engine_bytes"],
         "parameters": compact.parameters, "engine_bytes": compact.engine_bytes, "bank_size": int(len(compact.bank)),
+        "multiply_adds": compact.multiply_adds,
         "wall_seconds": round(time.perf_counter() - started, 3), "condensed_from": str(run),
         "command": shlex.join(["slicenet", *args.argv]), "slicenet_version": __version__,
         "machine": machine_info(),
@@ -437,7 +454,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             metrics = runs.load_metrics(session.bundle)
             row.update(test_accuracy=metrics["test_accuracy"], engine_bytes=metrics["engine_bytes"],
-                       cost=None, estimates=[])
+                       multiply_adds=runs.load_engine(session.bundle).multiply_adds, cost=None, estimates=[])
         else:
             manifest = json.loads((session.bundle / "manifest.json").read_text())
             cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))
@@ -445,6 +462,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["estimates"] = bench.estimates(cost, profiles)
             row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
             row["engine_bytes"] = manifest["engine_bytes"]
+            row["multiply_adds"] = manifest.get("multiply_adds")  # absent from bundles exported before it was recorded
         row["command"] = shlex.join(["slicenet", *args.argv])
         row["machine"] = machine_info()
         results.append(row)

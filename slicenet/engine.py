@@ -103,6 +103,18 @@ class Engine:
     def parameters(self) -> int:
         return self.spec.parameters + sum(w.numel() + b.numel() for w, b in self.dense)
 
+    @property
+    def multiply_adds(self) -> int:
+        """Multiply-adds per image: the convolutions, then the dense layers or the projection and the
+        distances to every prototype (one product per prototype and dimension). The cost of an
+        engine's arithmetic, as MCU and edge tools count it; element-wise steps are left out."""
+        total = self.spec.multiply_adds(self.image_size)
+        if self.head == "dense":
+            return total + sum(w.numel() for w, _ in self.dense)
+        if self.projection is not None:
+            total += self.projection.numel()
+        return total + self.bank.numel()
+
     def check_images(self, images: np.ndarray) -> None:
         if images.ndim != 3 or tuple(images.shape[1:]) != self.image_size:
             raise InputError(f"expected images of shape [N, {self.image_size[0]}, {self.image_size[1]}], "

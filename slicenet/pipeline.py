@@ -161,6 +161,7 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "bank_size": int(engine.bank.shape[0]),
         "bank_shifts": prepared.bank_shifts,
         "engine_bytes": engine.engine_bytes,
+        "multiply_adds": engine.multiply_adds,
         "evaluations": state.evaluations,
         "search_seconds": round(state.search_seconds, 3),
         "n_train": int(len(dataset.y_train)),

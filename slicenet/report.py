@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .runs import HISTORY, load_config, load_metrics
+from .runs import ENGINE, HISTORY, load_config, load_engine, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
 # the convolution (and dense) weights only, not a k-NN head's prototype bank.
@@ -37,8 +37,8 @@ REFERENCE_ENGINE_BYTES = {"dense 128": 4.5e6, "dense 64": 0.5e6, "dense 32": 273
 LEVEL_BAND = 0.03  # p50 ratios this close to 1 are reported as level: runs of the same bundles move this much
 
 COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "parameters", "engine_bytes",
-           "test_accuracy", "random_init_test_accuracy", "validation_accuracy", "evaluations", "wall_seconds",
-           "seed", "cpu", "cores", "command"]
+           "multiply_adds", "test_accuracy", "random_init_test_accuracy", "validation_accuracy", "evaluations",
+           "wall_seconds", "seed", "cpu", "cores", "command"]
 
 
 def bank_shifts(metrics: dict, config: dict) -> int:
@@ -86,6 +86,8 @@ def collect(run_dirs: list[Path]) -> list[dict]:
         config = load_config(run_dir).to_dict()
         machine = metrics.get("machine", {})
         row = {key: metrics.get(key, "") for key in COLUMNS}
+        if row["multiply_adds"] == "" and (run_dir / ENGINE).is_file():  # older runs did not record it
+            row["multiply_adds"] = load_engine(run_dir).multiply_adds
         row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
                    network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics,
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
@@ -95,6 +97,11 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
     return rows
+
+
+def _count(value: int | str) -> str:
+    """A count with thousands separators; blank where the run did not record it."""
+    return f"{value:,}" if value != "" else ""
 
 
 def _pct(value: float) -> str:
@@ -113,7 +120,8 @@ def groups(rows: list[dict]) -> list[dict]:
         accuracy = [m["test_accuracy"] for m in members]
         summary.append({
             "network": first["network"], "dataset": first["dataset"], "preset": first["preset"],
-            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
+            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"],
+            "multiply_adds": first["multiply_adds"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "random_init_median": statistics.median(m["random_init_test_accuracy"] for m in members),
             "wall_median": statistics.median(m["wall_seconds"] for m in members),
@@ -137,7 +145,8 @@ def groups(rows: list[dict]) -> list[dict]:
         summary.append({
             "network": "k-NN (k=9) on a random-init trunk" + shifts_label(first["shifts"]),
             "dataset": first["dataset"], "preset": first["preset"],
-            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"], "runs": len(members),
+            "parameters": first["parameters"], "engine_bytes": first["engine_bytes"],
+            "multiply_adds": first["multiply_adds"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "wall_median": 0.0, "wall_max": 0.0, "evaluations": 0, "best_run": first["path"], "derived": True,
             "command": "measured by the runs above before their search (metrics.json random_init_test_accuracy)",
@@ -160,10 +169,11 @@ def compact_table(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "## Compact engines (condensed banks)", "",
              "Loss is the compact engine's test accuracy minus its source run's (full bank), in points.", "",
-             "| engine | dataset | engine bytes | full-bank bytes | test acc | full-bank test acc | loss (points) "
-             "| command |", "|---|---|---|---|---|---|---|---|"]
+             "| engine | dataset | engine bytes | full-bank bytes | multiply-adds | test acc | full-bank test acc "
+             "| loss (points) | command |", "|---|---|---|---|---|---|---|---|---|"]
     for r in compact:
         lines.append(f"| {r['network']} | {r['dataset']} | {r['engine_bytes']:,} | {r['full_bank_engine_bytes']:,} | "
+                     f"{_count(r['multiply_adds'])} | "
                      f"{_pct(r['test_accuracy'])} | {_pct(r['full_bank_test_accuracy'])} | "
                      f"{100 * (r['test_accuracy'] - r['full_bank_test_accuracy']):+.2f} | `{r['command']}` |")
     return lines
@@ -207,15 +217,16 @@ def latency_tables(bench: list[dict]) -> list[str]:
         return []
     lines = ["", "## Latency", "", "### Host, measured (`slicenet bench`, interleaved, batch 1)", "",
              "| bundle | runtime | threads | p50 ms | p90 ms | p99 ms | mean ms | fps | p50 / first bundle | "
-             "first inference ms | test acc | engine bytes | machine | command |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "first inference ms | test acc | engine bytes | multiply-adds | machine | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in host:
         acc = _pct(b["test_accuracy"]) if b.get("test_accuracy") is not None else ""
         machine = b.get("machine", {})
         lines.append(f"| {b['name']} | {b['runtime']} {b['runtime_version']} | {b['threads'] or 'default'} | "
                      f"{b['p50_ms']:.4f} | {b['p90_ms']:.4f} | {b['p99_ms']:.4f} | {b['mean_ms']:.4f} | "
                      f"{b['throughput_fps']:.0f} | {b['p50_ratio_to_first']:.2f} | {b['first_inference_ms']:.3f} | "
-                     f"{acc} | {b.get('engine_bytes', 0):,} | {machine.get('cpu', '')}, {machine.get('cores', '')} "
+                     f"{acc} | {b.get('engine_bytes', 0):,} | {_count(b.get('multiply_adds') or '')} | "
+                     f"{machine.get('cpu', '')}, {machine.get('cores', '')} "
                      f"cores | `{b.get('command', '')}` |")
     runs_by_command: dict[str, list[dict]] = {}
     for b in host:
@@ -263,16 +274,19 @@ def render_markdown(rows: list[dict], command: str, plots: list[str], bench: lis
         "**Engine bytes** are ours: every byte inference needs (the engine file: trunk, post-processing,",
         "prototype bank and labels, or the dense head). The reference's engine sizes, in their own columns,",
         "count the network weights only, not a k-NN head's bank. Reference accuracies are the paper's",
-        "published MNIST figures (4,000/1,000 and 60,000/10,000 splits), not measured here.", "",
+        "published MNIST figures (4,000/1,000 and 60,000/10,000 splits), not measured here.",
+        "**Multiply-adds** are per image: the convolutions, then the dense layers, or the projection and one",
+        "product per prototype and feature of the bank (a full bank of 60,000 images costs 60,000 x its width).", "",
         "## Measured networks beside the reference", "",
-        "| network | dataset | preset | params | engine bytes | runs | test acc | wall s (median / max) "
-        "| ref params | ref engine (weights only) | ref acc 4k/1k 5 ep | ref acc 60k/10k 5 ep | ref acc 4k/1k 20 ep "
-        "| command (first seed) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| network | dataset | preset | params | engine bytes | multiply-adds | runs | test acc "
+        "| wall s (median / max) | ref params | ref engine (weights only) | ref acc 4k/1k 5 ep "
+        "| ref acc 60k/10k 5 ep | ref acc 4k/1k 20 ep | command (first seed) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups(rows):
         lines.append(
             f"| {g['network']} | {g['dataset']} | {g['preset']} | {g['parameters']:,} | {g['engine_bytes']:,} | "
-            f"{g['runs']} | {_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
+            f"{_count(g['multiply_adds'])} | {g['runs']} | "
+            f"{_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
             f"{g['wall_median']:.0f} / {g['wall_max']:.0f} " + _reference_cells(g) + f" `{g['command']}` |")
     lines += compact_table(rows)
     lines += latency_tables(bench or [])

@@ -69,6 +69,17 @@ class TrunkSpec:
             shapes.append((layer.out_channels, height, width))
         return shapes
 
+    def multiply_adds(self, image_size: tuple[int, int]) -> int:
+        """Multiply-adds of the convolutions for one image (pooling and activations not counted)."""
+        height, width = image_size
+        total = 0
+        for index, layer in enumerate(self.layers):
+            height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            total += layer.out_channels * height * width * self.in_channels_of(index) * layer.kernel**2
+            height, width = height // layer.pool, width // layer.pool
+        return total
+
     def n_features(self, image_size: tuple[int, int]) -> int:
         shapes = self.shapes(image_size)
         channels, height, width = shapes[-1] if shapes else (self.in_channels, *image_size)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from slicenet.cli import main
 from slicenet.data import load_dataset
+from slicenet.engine import Engine
 
 FAST = ["--dataset", "digits", "--generations", "2", "--population-size", "6", "--quiet"]
 
@@ -116,6 +117,10 @@ def test_report_from_runs(run_dir, tmp_path, capsys):
     assert "slicenet optimise --dataset digits" in text and "| k-NN (k=9), CMA | digits | tiny |" in text
     assert (out / "accuracy_vs_engine_size.png").stat().st_size > 1000
     assert (out / "runs.csv").read_text().startswith("run,network,method,dataset")
+    # Every engine's multiply-adds per image, recorded by the run and listed beside its bytes.
+    macs = json.loads((run_dir / "metrics.json").read_text())["multiply_adds"]
+    assert macs == Engine.load(run_dir / "engine.safetensors").multiply_adds
+    assert f"| {macs:,} | 1 |" in text
 
 
 def test_report_names_a_malformed_metrics_file(run_dir, tmp_path):

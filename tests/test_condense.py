@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -175,3 +176,76 @@ def test_prototypes_can_fit_a_shifted_bank(engine_and_data, run, tmp_path):
     assert main(["condense", str(run), "--prototypes", "3", "--bank-shifts", "1", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["compact"]["bank_shifts"] == 1 and metrics["bank_size"] == 30
+
+
+def test_the_lvq_window_decides_which_borders_move():
+    # d_r = 1, d_w = 1.5: min ratio 0.67 lies inside a 0.3 window (above 0.7 / 1.3 = 0.54) and outside
+    # a 0.1 window (below 0.9 / 1.1 = 0.82).
+    prototypes = np.array([[0.0, 0.0], [2.5, 0.0]], dtype=np.float32)
+    x, y = np.array([[1.0, 0.0]], dtype=np.float32), np.array([0])
+    wide = lvq21(prototypes, np.array([0, 1]), x, y, epochs=1, seed=0, rate=0.1, window=0.3)
+    narrow = lvq21(prototypes, np.array([0, 1]), x, y, epochs=1, seed=0, rate=0.1, window=0.1)
+    np.testing.assert_allclose(wide, [[0.1, 0.0], [2.65, 0.0]], rtol=1e-6)
+    np.testing.assert_array_equal(narrow, prototypes)
+
+
+def test_the_lvq_window_is_chosen_by_validation_unless_given(engine_and_data):
+    from slicenet.condense import LVQ_WINDOWS, choose_and_build
+
+    engine, data = engine_and_data
+    _, _, chosen = choose_and_build(engine, data.x_train, data.y_train, CompactSettings("lvq", 2, n_neighbors=1), 0)
+    assert chosen.window in LVQ_WINDOWS
+    _, _, given = choose_and_build(engine, data.x_train, data.y_train,
+                                   CompactSettings("lvq", 2, n_neighbors=1, window=0.25), 0)
+    assert given.window == 0.25
+
+
+def test_budget_search_keeps_within_a_multiply_add_budget(engine_and_data):
+    engine, data = engine_and_data
+    trunk = engine.spec.multiply_adds(engine.image_size)
+    # Room for a projection to 8 dimensions and 2 prototypes per class there, or fewer.
+    budget = trunk + engine.spec.n_features(engine.image_size) * 8 + 10 * 2 * 8
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 50_000, seed=0, budget_macs=budget)
+    assert compact.multiply_adds <= budget and all(t["multiply_adds"] <= budget for t in trials)
+    assert {t["window"] for t in trials} == {0.1, 0.2, 0.3}
+    with pytest.raises(InputError, match="multiply-adds"):
+        budget_search(engine, data.x_train, data.y_train, 50_000, seed=0, budget_macs=trunk)
+
+
+def test_multiply_adds_count_the_convolutions_and_the_head():
+    from slicenet.trunk import LayerSpec, TrunkSpec, init_weights
+
+    # conv 1->4 5x5 on 28x28: 24 x 24 x 4 x 25 = 57,600; pool; conv 4->8 5x5 on 12x12: 8 x 8 x 8 x 100
+    # = 51,200; pool to 8 x 4 x 4 = 128 features.
+    spec = TrunkSpec((LayerSpec(4, 5, pool=2), LayerSpec(8, 5, pool=2)))
+    assert spec.multiply_adds((28, 28)) == 108_800
+    weights = init_weights(spec, 0)
+    dense = Engine.build_dense(spec, weights, [(torch.zeros(128, 128), torch.zeros(128)),
+                                              (torch.zeros(10, 128), torch.zeros(10))], 0.0, 1.0,
+                               tuple("0123456789"), (28, 28))
+    assert dense.multiply_adds == 108_800 + 128 * 128 + 128 * 10
+    images = np.zeros((30, 28, 28), dtype=np.uint8)
+    knn = Engine.build(spec, weights, images, np.arange(30) % 10, 0.0, 1.0, "centre_l2", 1, "cosine",
+                       tuple("0123456789"))
+    assert knn.multiply_adds == 108_800 + 30 * 128  # one product per prototype and feature
+    projected = dataclasses.replace(knn, projection=torch.zeros(128, 16), bank=torch.zeros(30, 16))
+    assert projected.multiply_adds == 108_800 + 128 * 16 + 30 * 16
+
+
+def test_condense_refuses_bad_window_and_mac_budget(run, capsys):
+    assert main(["condense", str(run), "--prototypes", "2", "--window", "1.5"]) == 2
+    assert "--window must be" in capsys.readouterr().err
+    assert main(["condense", str(run), "--prototypes", "2", "--budget-macs", "1000"]) == 2
+    assert "give --budget-kb too" in capsys.readouterr().err
+    assert main(["condense", str(run), "--budget-kb", "20", "--budget-macs", "0"]) == 2
+    assert "--budget-macs must be a positive" in capsys.readouterr().err
+
+
+def test_lvq_keeps_prototypes_on_the_sphere_of_normalised_features(engine_and_data):
+    engine, data = engine_and_data
+    compact = build_compact(engine, data.x_train, data.y_train, CompactSettings("lvq", 3, 0, "fp32", 1), seed=0)
+    np.testing.assert_allclose(compact.bank.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    # On the sphere euclidean and cosine distances rank the prototypes alike.
+    euclidean, _, _ = dataclasses.replace(compact, metric="euclidean").predict(data.x_test)
+    cosine, _, _ = dataclasses.replace(compact, metric="cosine").predict(data.x_test)
+    assert (euclidean == cosine).mean() > 0.99

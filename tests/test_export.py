@@ -39,6 +39,7 @@ def test_every_target_exports_and_verifies(request, which, target, tmp_path):
         import hashlib
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
     assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [1, 1, 8, 8]
+    assert manifest["multiply_adds"] == json.loads((run / "metrics.json").read_text())["multiply_adds"]
     assert (bundle / "README.md").is_file() and (bundle / "run_engine.py").is_file()
 
 
