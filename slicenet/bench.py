@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,28 @@ def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[st
     return latencies
 
 
+def run_rounds(open_sessions: Callable[[], list[Session]], count: int, warmup: int,
+               rounds: int) -> tuple[list[Session], dict[str, list[float]]]:
+    """``count`` interleaved inferences per bundle in ``rounds`` rounds, each with every bundle opened
+    afresh (new runtime sessions, new buffers) and the order rotated by one.
+
+    Where a session's memory lands, and which bundle runs after which, moves a bundle's latency by a
+    few per cent for the whole life of the session; with fresh sessions each round, the rounds
+    sample that instead of repeating one draw. Returns the first round's sessions (session
+    creation and first inference are theirs) and every latency, round after round."""
+    latencies: dict[str, list[float]] = {}
+    first: list[Session] = []
+    for index, size in enumerate(len(block) for block in np.array_split(np.arange(count), rounds)):
+        sessions = open_sessions()
+        first = first or sessions
+        shift = index % len(sessions)
+        for name, values in run_interleaved(sessions[shift:] + sessions[:shift], size, warmup).items():
+            latencies.setdefault(name, []).extend(values)
+    return first, {s.name: latencies[s.name] for s in first}
+
+
 def round_ratios(latencies: list[float], first: list[float], rounds: int) -> list[float]:
-    """p50 ratios to the first bundle in ``rounds`` consecutive blocks of an interleaved run.
+    """p50 ratios to the first bundle in each of the ``rounds`` rounds (consecutive blocks) of a run.
 
     One run's overall ratio can come from a stretch of drift; a ratio below 1 in every block is a
     difference that holds over the whole run, not a lucky stretch."""

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--count", type=int, default=1000, help="timed inferences per bundle")
     bench.add_argument("--warmup", type=int, default=100, help="untimed inferences per bundle first")
     bench.add_argument("--rounds", type=int, default=5,
-                       help="consecutive blocks of the run; a difference counts where every block shows it")
+                       help="rounds, each with freshly opened sessions and the order rotated; a difference "
+                            "counts where every round shows it")
     bench.add_argument("--batch", type=int, default=None,
                        help="images per inference: checked against the bundles (export them with --batch N)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
@@ -444,8 +445,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError(f"--rounds must be between 1 and --count ({args.count}), got {args.rounds}")
     profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
     profiles = bench.load_profiles(profiles_path)
-    sessions = [bench.open_bundle(bundle, args.runtime, args.threads, args.batch) for bundle in args.bundles]
-    latencies = bench.run_interleaved(sessions, args.count, args.warmup)
+    sessions, latencies = bench.run_rounds(
+        lambda: [bench.open_bundle(bundle, args.runtime, args.threads, args.batch) for bundle in args.bundles],
+        args.count, args.warmup, args.rounds)
     results = []
     for session in sessions:
         row = bench.summarise(session, latencies[session.name], args.threads, len(session.sample))

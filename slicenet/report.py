@@ -193,9 +193,9 @@ def load_bench(folder: Path) -> list[dict]:
 
 
 def latency_verdict(row: dict) -> str:
-    """Faster or slower only where every block (round) of the interleaved run is more than
-    ``LEVEL_BAND`` away from 1 on the same side: repeated runs of the same bundles here moved by about
-    3 % as a whole, so a steady 2 % is not a difference. Runs timed before rounds were recorded fall
+    """Faster or slower only where every round of the interleaved run (each with fresh sessions) is
+    more than ``LEVEL_BAND`` away from 1 on the same side: repeated runs of the same bundles here moved
+    by about 3 % as a whole, so a steady 2 % is not a difference. Runs timed before rounds were recorded fall
     back to the band around their overall ratio."""
     rounds = row.get("p50_ratio_rounds") or []
     if len(rounds) >= 3:

@@ -49,6 +49,22 @@ def test_interleaving_alternates():
     assert all(len(v) == 4 for v in latencies.values())
 
 
+def test_each_round_opens_fresh_sessions_in_a_rotated_order():
+    calls, opened = [], []
+
+    def open_sessions():
+        opened.append(len(opened))
+        return [bench.Session(name, None, "x", "0", lambda image, name=name: calls.append(name), np.zeros(1),
+                              0, 0.0, 0.0) for name in ("A", "B", "C")]
+
+    first, latencies = bench.run_rounds(open_sessions, count=7, warmup=0, rounds=3)
+    assert len(opened) == 3 and [s.name for s in first] == ["A", "B", "C"]
+    # Rounds of 3, 2 and 2 inferences each, after one first inference per bundle; round 2 starts
+    # with B, round 3 with C.
+    assert calls == ["A", "B", "C"] * 4 + ["B", "C", "A"] * 3 + ["C", "A", "B"] * 3
+    assert list(latencies) == ["A", "B", "C"] and all(len(v) == 7 for v in latencies.values())
+
+
 def test_rounds_must_fit_the_count(capsys):
     assert main(["bench", "export/none", "--count", "3", "--rounds", "5"]) == 2
     assert "--rounds must be between 1 and --count (3)" in capsys.readouterr().err
