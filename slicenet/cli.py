@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
     condense.add_argument("--budget-macs", type=int,
                           help="with --budget-kb: at most this many multiply-adds per image (trunk and head)")
+    condense.add_argument("--splits", type=int, default=1,
+                          help="with --budget-kb: rank settings by their mean validation accuracy over this many "
+                               "random fit / validation splits (default 1; more for small datasets)")
     condense.add_argument("--method", default="lvq", help="lvq (default), kmeans, cnn or optimised")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
@@ -328,6 +331,10 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"--window must be at least 0 (0 = chosen by validation) and below 1, got {args.window:g}")
     if args.budget_macs is not None and args.budget_kb is None:
         raise InputError("--budget-macs limits the search of --budget-kb: give --budget-kb too")
+    if args.splits != 1 and args.budget_kb is None:
+        raise InputError("--splits ranks the settings of --budget-kb: give --budget-kb too")
+    if args.splits < 1:
+        raise InputError(f"--splits must be at least 1, got {args.splits}")
     if args.budget_macs is not None and args.budget_macs < 1:
         raise InputError(f"--budget-macs must be a positive number of multiply-adds, got {args.budget_macs}")
     if args.bank_shifts < -1:
@@ -345,10 +352,12 @@ def cmd_condense(args: argparse.Namespace) -> int:
                                                          int(args.budget_kb * 1000), args.seed, args.method,
                                                          metrics=(args.metric,) if args.metric else
                                                          condense.COMPACT_METRICS, epochs=args.epochs,
-                                                         shifts=shifts, budget_macs=args.budget_macs)
+                                                         shifts=shifts, budget_macs=args.budget_macs,
+                                                         splits=args.splits)
         front = condense.frontier(trials)
         within = f"{args.budget_kb:g} KB" + (f" and {args.budget_macs:,} MACs" if args.budget_macs else "")
-        print(f"accuracy / size frontier ({len(trials)} engines within {within}, validation accuracy):")
+        splits = f", mean of {args.splits} splits" if args.splits > 1 else ""
+        print(f"accuracy / size frontier ({len(trials)} engines within {within}, validation accuracy{splits}):")
         for point in front:
             window = f", window {point['window']:g}" if point["window"] else ""
             print(f"  {point['engine_bytes']:>9,} B  {point['multiply_adds']:>9,} MACs  "
@@ -359,6 +368,8 @@ def cmd_condense(args: argparse.Namespace) -> int:
                  chosen["validation_accuracy"], "compact": {**chosen, "bank_shifts": shifts}}
         if args.budget_macs is not None:
             extra["budget_macs"] = args.budget_macs
+        if args.splits > 1:
+            extra["validation_splits"] = args.splits
     else:
         out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
         settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,

@@ -249,3 +249,18 @@ def test_lvq_keeps_prototypes_on_the_sphere_of_normalised_features(engine_and_da
     euclidean, _, _ = dataclasses.replace(compact, metric="euclidean").predict(data.x_test)
     cosine, _, _ = dataclasses.replace(compact, metric="cosine").predict(data.x_test)
     assert (euclidean == cosine).mean() > 0.99
+
+
+def test_budget_search_can_rank_by_the_mean_of_several_splits(engine_and_data, run, capsys):
+    engine, data = engine_and_data
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 6_000, seed=0, method="kmeans",
+                                            splits=2)
+    assert compact.engine_bytes <= 6_000 and trials
+    for trial in trials:
+        assert len(trial["validation_splits"]) == 2
+        assert trial["validation_accuracy"] == pytest.approx(np.mean(trial["validation_splits"]))
+    assert chosen["validation_accuracy"] == max(t["validation_accuracy"] for t in trials)
+    assert main(["condense", str(run), "--prototypes", "2", "--splits", "3"]) == 2
+    assert "give --budget-kb too" in capsys.readouterr().err
+    assert main(["condense", str(run), "--budget-kb", "6", "--splits", "0"]) == 2
+    assert "--splits must be at least 1" in capsys.readouterr().err
