@@ -6,7 +6,7 @@ set -euo pipefail
 # The most accurate engines within 74 KB (LVQ, the default), and k-means for comparison.
 slicenet condense runs/mnist-cma-s0 --budget-kb 74 --out runs/mnist-cma-s0-74kb
 # The same search ranking each setting by its mean over 3 random validation splits: MNIST-5k's split
-# holds 1,000 images, so one split ranks the 3,672 settings within its noise.
+# holds 1,000 images, so one split ranks the 3,672 settings within its noise (it picks the same engine).
 slicenet condense runs/mnist-cma-s0 --budget-kb 74 --splits 3 --out runs/mnist-cma-s0-74kb-3splits
 slicenet condense runs/mnist-cma-s0 --budget-kb 74 --method kmeans --out runs/mnist-cma-s0-74kb-kmeans
 slicenet condense runs/fashion-cma-s0 --budget-kb 74 --out runs/fashion-cma-s0-74kb

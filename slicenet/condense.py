@@ -324,7 +324,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy:
     with ``splits`` > 1, its mean over that many random fit / validation splits. A small validation
     split ranks thousands of settings within its noise (MNIST-5k's 1,000 images: one image is 0.1
-    point), and the best-scoring one is then the luckiest; the mean of several splits is steadier.
+    point), so the best score is partly luck; the mean of several splits is steadier. (On MNIST-5k
+    within 74 KB, 3 splits pick the same engine as one.)
     ``shifts`` as for ``choose_and_build``.
     """
     data = [_fit_split(engine, images, labels, validation_fraction, seed + split, shifts) for split in range(splits)]
