@@ -467,7 +467,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             metrics = runs.load_metrics(session.bundle)
             row.update(test_accuracy=metrics["test_accuracy"], engine_bytes=metrics["engine_bytes"],
-                       multiply_adds=runs.load_engine(session.bundle).multiply_adds, cost=None, estimates=[])
+                       multiply_adds=metrics.get("multiply_adds"), cost=None, estimates=[])
         else:
             manifest = json.loads((session.bundle / "manifest.json").read_text())
             cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))

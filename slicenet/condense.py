@@ -355,7 +355,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                     for precision in ("fp32", "fp16", "int8"):
                         stored = base.with_storage(precision, precision)
                         costs[precision] = (stored.engine_bytes, stored.multiply_adds)  # whatever k and metric
-                        if stored.engine_bytes > budget_bytes:
+                        if costs[precision][0] > budget_bytes:  # engine_bytes serialises the engine: once
                             continue
                         for k in (1, 3, 5, 9):
                             if k > len(base.bank):

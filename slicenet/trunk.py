@@ -54,13 +54,21 @@ class TrunkSpec:
     def parameters(self) -> int:
         return sum(self.layer_parameters(i) for i in range(len(self.layers)))
 
-    def shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
-        """(channels, height, width) after each layer; raises InputError if the image is too small."""
+    def _conv_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(height, width) of each layer's convolution output, before its pooling."""
         height, width = image_size
-        shapes = []
-        for index, layer in enumerate(self.layers):
+        sizes = []
+        for layer in self.layers:
             height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
             width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            sizes.append((height, width))
+            height, width = height // layer.pool, width // layer.pool
+        return sizes
+
+    def shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """(channels, height, width) after each layer; raises InputError if the image is too small."""
+        shapes = []
+        for index, (layer, (height, width)) in enumerate(zip(self.layers, self._conv_sizes(image_size), strict=True)):
             height, width = height // layer.pool, width // layer.pool
             if height < 1 or width < 1:
                 raise InputError(f"the trunk does not fit {image_size[0]}x{image_size[1]} images: layer "
@@ -71,14 +79,9 @@ class TrunkSpec:
 
     def multiply_adds(self, image_size: tuple[int, int]) -> int:
         """Multiply-adds of the convolutions for one image (pooling and activations not counted)."""
-        height, width = image_size
-        total = 0
-        for index, layer in enumerate(self.layers):
-            height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
-            width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
-            total += layer.out_channels * height * width * self.in_channels_of(index) * layer.kernel**2
-            height, width = height // layer.pool, width // layer.pool
-        return total
+        return sum(layer.out_channels * height * width * self.in_channels_of(index) * layer.kernel**2
+                   for index, (layer, (height, width)) in enumerate(zip(self.layers, self._conv_sizes(image_size),
+                                                                        strict=True)))
 
     def n_features(self, image_size: tuple[int, int]) -> int:
         shapes = self.shapes(image_size)
