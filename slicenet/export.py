@@ -1,9 +1,10 @@
 """Export an engine as one graph (image -> class, votes) for ONNX Runtime, OpenVINO, the NCS2 and the
 Jetson Nano, check the graph against the target's rules, and verify it before declaring success.
 
-The graph: uint8 image [1, 1, H, W] -> Cast -> scale/shift (normalisation) -> (Conv -> MaxPool ->
-Relu/Tanh) per layer -> Reshape -> post-processing (Sub mean, L2 normalise) -> squared distances to
-the bank as ``||q||^2 - 2 q.B^T + ||B||^2`` (bank norms precomputed) -> TopK of the *negated* distance
+The graph: uint8 image [1, 1, H, W] -> Cast -> (Conv -> Relu/Tanh -> MaxPool) per layer, with the
+normalisation folded into the first Conv (or a Mul and an Add before it when that layer pads) ->
+Reshape -> post-processing (Sub mean, L2 normalise) -> squared distances to the bank as
+``||q||^2 - 2 q.B^T + ||B||^2`` (bank norms precomputed) -> TopK of the *negated* distance
 (largest=1: TensorRT 8.2 ignores largest=0) -> Gather rows of a one-hot label matrix -> ReduceSum
 (the votes) -> ArgMax (the class). No OneHot, static shapes, constant K. A dense-head engine ends
 with MatMul/Add/Relu layers, Softmax (reported as the votes) and ArgMax instead.
@@ -81,6 +82,28 @@ def near_ties(engine: Engine, images: np.ndarray) -> int:
 
 # -- the ONNX graph ---------------------------------------------------------------------------------
 
+def input_scale_shift(engine: Engine) -> tuple[float, float]:
+    """The normalisation as ``pixel * scale + shift`` on uint8 pixels: (p / 255 - mean) / std."""
+    return 1.0 / (255.0 * engine.input_std), -engine.input_mean / engine.input_std
+
+
+def trunk_weights(engine: Engine) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+    """The convolutions' (kernel, bias) as float32 arrays, and whether the input normalisation is
+    folded into the first of them.
+
+    conv(s x + t, W) + b = conv(x, s W) + (b + t sum(W)) wherever the kernel covers no padding, so a
+    first layer without padding takes the raw pixels: two graph operations fewer (~1 us, ~5 % of a
+    default engine at batch 1 on ONNX Runtime). With padding, the zeros padded around the normalised
+    image are not zeros of the raw one, so the normalisation stays a Mul and an Add."""
+    weights = [(w.numpy().astype(np.float64), b.numpy().astype(np.float64)) for w, b in engine.weights]
+    folded = bool(weights) and engine.spec.layers[0].padding == 0
+    if folded:
+        scale, shift = input_scale_shift(engine)
+        kernel, bias = weights[0]
+        weights[0] = (kernel * scale, bias + shift * kernel.sum(axis=(1, 2, 3)))
+    return [(w.astype(np.float32), b.astype(np.float32)) for w, b in weights], folded
+
+
 def build_onnx(engine: Engine, opset: int, batch: int = 1):
     """The whole engine as one ONNX model of the given opset (13 or newer), static batch ``batch``."""
     import onnx
@@ -100,12 +123,13 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
         return output
 
     x = node("Cast", ["image"], "image_f32", to=TensorProto.FLOAT)
-    scale = np.float32(1.0 / (255.0 * engine.input_std))
-    x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
-    x = node("Add", [x, const("input_shift", np.array(-engine.input_mean / engine.input_std, dtype=np.float32))],
-             "normalised")
-    for index, ((weight, bias), layer) in enumerate(zip(engine.weights, engine.spec.layers, strict=True)):
-        x = node("Conv", [x, const(f"conv{index}.weight", weight.numpy()), const(f"conv{index}.bias", bias.numpy())],
+    weights, folded = trunk_weights(engine)
+    if not folded:
+        scale, shift = input_scale_shift(engine)
+        x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
+        x = node("Add", [x, const("input_shift", np.array(shift, dtype=np.float32))], "normalised")
+    for index, ((weight, bias), layer) in enumerate(zip(weights, engine.spec.layers, strict=True)):
+        x = node("Conv", [x, const(f"conv{index}.weight", weight), const(f"conv{index}.bias", bias)],
                  f"conv{index}", kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
                  pads=[layer.padding] * 4)
         # The activation before the pooling: both are monotone, so max(act(x)) = act(max(x)) exactly,
@@ -253,11 +277,13 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
     height, width = engine.image_size
     image = ops.parameter([batch, 1, height, width], np.uint8, name="image")
     x = ops.convert(image, "f32")
-    x = ops.multiply(x, np.float32(1.0 / (255.0 * engine.input_std)))
-    x = ops.add(x, np.float32(-engine.input_mean / engine.input_std))
-    for (weight, bias), layer in zip(engine.weights, engine.spec.layers, strict=True):
-        x = ops.convolution(x, weight.numpy(), [layer.stride] * 2, [layer.padding] * 2, [layer.padding] * 2, [1, 1])
-        x = ops.add(x, bias.numpy().reshape(1, -1, 1, 1))
+    weights, folded = trunk_weights(engine)  # as in build_onnx
+    if not folded:
+        scale, shift = input_scale_shift(engine)
+        x = ops.add(ops.multiply(x, np.float32(scale)), np.float32(shift))
+    for (weight, bias), layer in zip(weights, engine.spec.layers, strict=True):
+        x = ops.convolution(x, weight, [layer.stride] * 2, [layer.padding] * 2, [layer.padding] * 2, [1, 1])
+        x = ops.add(x, bias.reshape(1, -1, 1, 1))
         x = ops.relu(x) if layer.activation == "relu" else ops.tanh(x)  # before the pooling, as in build_onnx
         if layer.pool > 1:
             x = ops.max_pool(x, [layer.pool] * 2, [0, 0], [0, 0], [layer.pool] * 2)

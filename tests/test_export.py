@@ -198,3 +198,38 @@ def test_openvino_runs_are_exact_f32():
 
     supported = set(ov.Core().get_property("CPU", "SUPPORTED_PROPERTIES"))
     assert set(OPENVINO_EXACT_CPU) <= supported
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_normalisation_folds_into_an_unpadded_first_conv(padding, tmp_path):
+    """Without padding the first Conv takes the raw pixels (no Mul/Add in the graph) and computes what
+    normalising first computes; with padding the normalisation stays, since padded zeros differ."""
+    import openvino as ov
+    import torch
+
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
+    from slicenet.trunk import LayerSpec, TrunkSpec, init_weights
+
+    data = load_dataset("digits")
+    spec = TrunkSpec((LayerSpec(4, 3, padding=padding, pool=2),))
+    generator = torch.Generator().manual_seed(0)
+    n_features = spec.n_features(data.image_size)
+    dense = [(torch.randn(10, n_features, generator=generator) * 0.3, torch.randn(10, generator=generator))]
+    engine = Engine.build_dense(spec, init_weights(spec, 0), dense, 0.3, 0.4, data.class_names, data.image_size)
+    images = data.x_test[:50]
+    _, expected, _ = engine.predict(images)
+
+    model = build_onnx(engine, 17)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.index("Conv") == (3 if padding else 1)  # Cast (Mul, Add) Conv
+    onnx.save(model, tmp_path / "engine.onnx")
+    _, votes = run_onnxruntime(tmp_path / "engine.onnx", images)
+    assert abs(votes - expected).max() < 1e-5
+
+    ir = build_ncs2_ir(engine)
+    assert ("Multiply" in {op.get_type_name() for op in ir.get_ops()}) == bool(padding)
+    ov.save_model(ir, tmp_path / "engine.xml", compress_to_fp16=False)
+    _, votes = run_openvino(tmp_path / "engine.xml", images)
+    assert abs(votes - expected).max() < 1e-5
