@@ -123,13 +123,13 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
         return output
 
     x = node("Cast", ["image"], "image_f32", to=TensorProto.FLOAT)
-    weights, folded = trunk_weights(engine)
-    if not folded:
+    convolutions, input_folded = trunk_weights(engine)
+    if not input_folded:
         scale, shift = input_scale_shift(engine)
         x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
         x = node("Add", [x, const("input_shift", np.array(shift, dtype=np.float32))], "normalised")
-    for index, ((weight, bias), layer) in enumerate(zip(weights, engine.spec.layers, strict=True)):
-        x = node("Conv", [x, const(f"conv{index}.weight", weight), const(f"conv{index}.bias", bias)],
+    for index, ((kernel, kernel_bias), layer) in enumerate(zip(convolutions, engine.spec.layers, strict=True)):
+        x = node("Conv", [x, const(f"conv{index}.weight", kernel), const(f"conv{index}.bias", kernel_bias)],
                  f"conv{index}", kernel_shape=[layer.kernel] * 2, strides=[layer.stride] * 2,
                  pads=[layer.padding] * 4)
         # The activation before the pooling: both are monotone, so max(act(x)) = act(max(x)) exactly,
@@ -277,13 +277,13 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
     height, width = engine.image_size
     image = ops.parameter([batch, 1, height, width], np.uint8, name="image")
     x = ops.convert(image, "f32")
-    weights, folded = trunk_weights(engine)  # as in build_onnx
-    if not folded:
+    convolutions, input_folded = trunk_weights(engine)  # as in build_onnx
+    if not input_folded:
         scale, shift = input_scale_shift(engine)
         x = ops.add(ops.multiply(x, np.float32(scale)), np.float32(shift))
-    for (weight, bias), layer in zip(weights, engine.spec.layers, strict=True):
-        x = ops.convolution(x, weight, [layer.stride] * 2, [layer.padding] * 2, [layer.padding] * 2, [1, 1])
-        x = ops.add(x, bias.reshape(1, -1, 1, 1))
+    for (kernel, kernel_bias), layer in zip(convolutions, engine.spec.layers, strict=True):
+        x = ops.convolution(x, kernel, [layer.stride] * 2, [layer.padding] * 2, [layer.padding] * 2, [1, 1])
+        x = ops.add(x, kernel_bias.reshape(1, -1, 1, 1))
         x = ops.relu(x) if layer.activation == "relu" else ops.tanh(x)  # before the pooling, as in build_onnx
         if layer.pool > 1:
             x = ops.max_pool(x, [layer.pool] * 2, [0, 0], [0, 0], [layer.pool] * 2)
