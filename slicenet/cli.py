@@ -110,12 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--splits", type=int, default=1,
                           help="with --budget-kb: rank settings by their mean validation accuracy over this many "
                                "random fit / validation splits (default 1; more for small datasets)")
-    condense.add_argument("--method", default="lvq", help="lvq (default), kmeans, cnn or optimised")
+    condense.add_argument("--method", default="lvq",
+                          help="lvq (default), kmeans, cnn, optimised or joint (LVQ, then the trunk's last layer "
+                               "tuned to the bank: minutes per setting, so give --n-neighbors and --window)")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
     condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
     condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
-    condense.add_argument("--generations", type=int, default=100, help="method optimised: generations")
+    condense.add_argument("--generations", type=int, default=100,
+                          help="methods optimised and joint: generations of the optimiser (joint: per round)")
     condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
     condense.add_argument("--window", type=float, default=0.0,
                           help="method lvq: LVQ2.1 window, between 0 and 1 (default 0: chosen by validation "

@@ -13,6 +13,9 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
   classes meet, which k-means, fitting each class on its own, does not: on Fashion-MNIST, the best
   engines within 74 KB go from 84.5 % (k-means, 200 per class in 32 dimensions, 5-NN) to 86.7 % (LVQ,
   50 per class in all 128, 1-NN), next to 86.8 % for the 60,000-image bank).
+  ``joint`` fits the bank and the trunk's last layer to each other: LVQ prototypes, then rounds of
+  moving the last layer's kernels with the trunk's optimiser (the bank held) and refitting the bank
+  by LVQ (``tune_jointly``); kept only where validation accuracy says it beats the LVQ engine.
 - **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
   its export (one MatMul).
 - **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
@@ -45,7 +48,7 @@ from .fitness import stratified_split
 from .knn import count_votes, knn_vote, pairwise_distances
 from .trunk import features
 
-METHODS = ("kmeans", "cnn", "optimised", "lvq")
+METHODS = ("kmeans", "cnn", "optimised", "lvq", "joint")
 LVQ_WINDOW = 0.3  # Kohonen's relative window w: update when min(d_r/d_w, d_w/d_r) > (1 - w) / (1 + w)
 # Windows tried when none is given, chosen by validation. A narrower window moves prototypes only for
 # images right at a border. On Fashion-MNIST, where the classes overlap, 50 prototypes per class in
@@ -53,17 +56,21 @@ LVQ_WINDOW = 0.3  # Kohonen's relative window w: update when min(d_r/d_w, d_w/d_
 LVQ_WINDOWS = (0.1, 0.2, 0.3)
 LVQ_RATE = 0.02  # LVQ2.1 step size at the first pass, decaying linearly to 0 (points lie on the unit sphere)
 LVQ_BATCH = 128  # images per vectorised LVQ step
+JOINT_ROUNDS = 2  # method joint: rounds of (tune the last layer to the bank, refit the bank by LVQ)
+JOINT_SEARCH_IMAGES = 4000  # method joint: training images that score each candidate last layer
+JOINT_SIGMA = 0.1  # method joint: the optimiser's initial step, relative to the layer's weight spread
+JOINT_TEMPERATURE = 0.05  # method joint: softmax temperature of the smooth score (unit-length features)
 
 
 @dataclass(frozen=True)
 class CompactSettings:
-    method: str = "lvq"  # lvq | kmeans | cnn | optimised
+    method: str = "lvq"  # lvq | kmeans | cnn | optimised | joint
     prototypes: int = 10  # per class (a class with fewer images keeps them all)
     dims: int = 0  # PCA dimensions of the features; 0 = keep them all
     precision: str = "fp32"  # storage of bank and weights: fp32 | fp16 | int8
     n_neighbors: int = 0  # k; 0 = chosen by validation among 1, 3, 5, 9
-    generations: int = 100  # method optimised: generations of the optimiser
-    optimiser: str = "cma"  # method optimised: which registered optimiser
+    generations: int = 100  # methods optimised and joint: generations of the optimiser (per round for joint)
+    optimiser: str = "cma"  # methods optimised and joint: which registered optimiser
     epochs: int = 4  # method lvq: passes over the training images
     metric: str = ""  # cosine | euclidean; "" = chosen by validation (cosine on a tie)
     window: float = 0.0  # method lvq: LVQ2.1 window; 0 = chosen by validation among LVQ_WINDOWS
@@ -153,7 +160,7 @@ def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings
         bank.append(centres)
         bank_labels.append(np.full(len(centres), label))
     prototypes, prototype_labels = np.concatenate(bank), np.concatenate(bank_labels)
-    if settings.method == "lvq":
+    if settings.method in ("lvq", "joint"):  # joint: LVQ prototypes, then the last layer (build_compact)
         on_sphere = bool(np.allclose(np.linalg.norm(points, axis=1), 1.0, atol=1e-3))
         prototypes = lvq21(prototypes, prototype_labels, points, labels, settings.epochs, seed,
                            window=settings.window or LVQ_WINDOW, sphere=on_sphere)
@@ -266,7 +273,71 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
     compact.bank_labels = torch.from_numpy(bank_labels.astype(np.int64))
     compact.n_neighbors = min(k, len(bank))
     compact.metric = settings.metric or engine.metric
+    if settings.method == "joint":
+        compact = tune_jointly(compact, images, labels, settings, seed)
     return compact.with_storage(settings.precision, settings.precision)
+
+
+def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings,
+                 seed: int) -> Engine:
+    """The bank and the trunk's last layer fitted to each other, without gradients.
+
+    The trunk was tuned for a bank of every training image; a bank of a few prototypes per class
+    wants features that fall near *its* prototypes. Each of ``JOINT_ROUNDS`` rounds (block coordinate
+    ascent): the registered optimiser (``settings.optimiser``) moves the last layer's kernels and
+    biases, the bank held, to maximise k-NN accuracy plus a smooth score of ``JOINT_SEARCH_IMAGES``
+    training images against the bank (the whole population in one grouped convolution, as the trunk
+    search does); then LVQ2.1 refits the prototypes to the new features, starting from the old ones.
+    The feature mean and projection are held, so every round's engine is a complete engine. A round
+    is kept only if it raises the k-NN accuracy on all the training images it was given.
+    """
+    from .optimisers import make_optimiser
+    from .trunk import flatten_layer, forward, population_features, unflatten_layer
+
+    if not engine.spec.layers:
+        raise InputError("method joint tunes the trunk's last convolution: this trunk has none (preset pixels)")
+    index = len(engine.spec.layers) - 1
+    layer_input = forward(normalise_images(images, engine.input_mean, engine.input_std), engine.spec,
+                          engine.weights, 0, index)
+    rng = np.random.default_rng(seed)
+    search = torch.from_numpy(rng.choice(len(images), min(len(images), JOINT_SEARCH_IMAGES), replace=False))
+    y_search = torch.from_numpy(labels)[search]
+    k, on_sphere = engine.n_neighbors, bool(torch.allclose(engine.bank.norm(dim=1), torch.ones(1), atol=1e-3))
+
+    def quality(candidate: Engine, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accuracy + smooth score per row of ``raw`` [..., N, D] against the candidate's bank."""
+        votes, distances, idx = knn_vote(candidate.postprocess(raw), candidate.bank, candidate.bank_labels,
+                                         candidate.n_classes, k, candidate.metric)
+        correct = (votes.argmax(-1) == y).double().mean(-1)
+        weights = torch.softmax(-distances.double() / JOINT_TEMPERATURE, -1)
+        return correct + (weights * (candidate.bank_labels[idx] == y.unsqueeze(-1))).sum(-1).mean(-1)
+
+    def all_accuracy(candidate: Engine) -> float:
+        predicted, _, _ = candidate.predict(images)
+        return float((predicted == labels).mean())
+
+    best, best_accuracy = engine, all_accuracy(engine)
+    for round_index in range(JOINT_ROUNDS):
+        start = flatten_layer(*best.weights[index])
+        sigma = JOINT_SIGMA * float(np.std(start))
+        optimiser = make_optimiser(settings.optimiser, start, sigma, 0, seed + round_index, settings.generations)
+        while not optimiser.stop():
+            population = optimiser.ask()
+            raw = population_features(layer_input[search], best.spec, best.weights, index,
+                                      torch.as_tensor(population, dtype=torch.float32))
+            optimiser.tell(population, -quality(best, raw, y_search).numpy())
+        weights = list(best.weights)
+        weights[index] = unflatten_layer(optimiser.recommendation(), best.spec, index)
+        candidate = dataclasses.replace(best, weights=weights)
+        points = candidate.embed(images).numpy()
+        candidate.bank = torch.from_numpy(lvq21(candidate.bank.numpy(), candidate.bank_labels.numpy(), points,
+                                                labels, settings.epochs, seed + round_index,
+                                                window=settings.window or LVQ_WINDOW, sphere=on_sphere))
+        candidate_accuracy = all_accuracy(candidate)
+        if candidate_accuracy <= best_accuracy:
+            break
+        best, best_accuracy = candidate, candidate_accuracy
+    return best
 
 
 def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
@@ -294,21 +365,25 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     fit_images, fit_labels, raw_fit, val = _fit_split(engine, images, labels, validation_fraction, seed, shifts)
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
-    windows = [settings.window] if settings.window or settings.method != "lvq" else list(LVQ_WINDOWS)
+    windows = [settings.window] if settings.window or settings.method not in ("lvq", "joint") else list(LVQ_WINDOWS)
+    # joint is kept only where validation says the tuned last layer beats the LVQ engine it starts from.
+    methods = ["lvq", "joint"] if settings.method == "joint" else [settings.method]
     scored = []
-    built: dict[tuple[int, float], Engine] = {}
-    for window in windows:
-        for k in candidates:  # built per k where the prototypes depend on k (the optimised method tunes them for it)
-            key = (k if settings.method == "optimised" else 0, window)
-            if key not in built:
-                built[key] = build_compact(engine, fit_images, fit_labels, dataclasses.replace(settings, window=window),
-                                           seed, raw_fit, k)
-            trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
-            for preference, metric in enumerate(metrics):
-                scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
-                               -k, -preference, window, k, metric))
-    val_accuracy, _, _, window, k, metric = max(scored)
-    chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window)
+    built: dict[tuple[int, float, str], Engine] = {}
+    for method in methods:
+        for window in windows:
+            for k in candidates:  # built per k where the prototypes depend on k (optimised and joint tune them for it)
+                key = (k if method in ("optimised", "joint") else 0, window, method)
+                if key not in built:
+                    built[key] = build_compact(engine, fit_images, fit_labels,
+                                               dataclasses.replace(settings, window=window, method=method), seed,
+                                               raw_fit, k)
+                trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
+                for preference, metric in enumerate(metrics):
+                    scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
+                                   -k, -preference, -methods.index(method), window, k, metric, method))
+    val_accuracy, _, _, _, window, k, metric, method = max(scored)
+    chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window, method=method)
     return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed, n_neighbors=k), \
         val_accuracy, chosen
 
@@ -319,7 +394,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                   epochs: int = CompactSettings.epochs, shifts: int = 0,
                   budget_macs: int | None = None, splits: int = 1) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` (and, if given, ``budget_macs`` multiply-adds
-    per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq).
+    per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq; joint
+    searches the grid with lvq, then tunes the trunk's last layer for the pick if validation agrees).
 
     Returns (engine built on all images, its trial, every trial). Accuracy is validation accuracy:
     with ``splits`` > 1, its mean over that many random fit / validation splits. A small validation
@@ -332,7 +408,10 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     n_features = data[0][2].shape[1]
     trunk_macs = engine.spec.multiply_adds(engine.image_size)
     class_sizes = np.bincount(data[0][1], minlength=engine.n_classes)
-    windows = LVQ_WINDOWS if method == "lvq" else (0.0,)
+    # joint tunes the trunk's last layer for one bank: the grid is searched with LVQ, then the pick is
+    # tuned and kept tuned only if that raises its validation accuracy (same splits).
+    grid_method = "lvq" if method == "joint" else method
+    windows = LVQ_WINDOWS if grid_method == "lvq" else (0.0,)
     trials: list[dict[str, Any]] = []
     for prototypes in (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 300, 500):
         for dims in (0, 128, 64, 32, 16, 8):
@@ -350,7 +429,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                 costs: dict[str, tuple[int, int]] = {}
                 for fit_images, fit_labels, raw_fit, val in data:
                     base = build_compact(engine, fit_images, fit_labels,
-                                         CompactSettings(method, prototypes, dims, "fp32", 1, epochs=epochs,
+                                         CompactSettings(grid_method, prototypes, dims, "fp32", 1, epochs=epochs,
                                                          window=window), seed, raw_fit, 1)
                     for precision in ("fp32", "fp16", "int8"):
                         stored = base.with_storage(precision, precision)
@@ -368,7 +447,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                     if len(values) < splits:  # over budget on some split
                         continue
                     trial: dict[str, Any] = {
-                        "method": method, "prototypes": prototypes, "dims": dims, "precision": precision,
+                        "method": grid_method, "prototypes": prototypes, "dims": dims, "precision": precision,
                         "n_neighbors": k, "metric": metric, "window": window,
                         "engine_bytes": costs[precision][0], "multiply_adds": costs[precision][1],
                         "validation_accuracy": float(np.mean(values))}
@@ -384,8 +463,16 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                          "multiply-adds); raise --budget-kb or --budget-macs")
     best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"], -t["multiply_adds"],
                                       -COMPACT_METRICS.index(t["metric"])))
-    settings = CompactSettings(method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
+    settings = CompactSettings(grid_method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
                                metric=best["metric"], epochs=epochs, window=best["window"])
+    if method == "joint":
+        tuned = dataclasses.replace(settings, method="joint")
+        values = [accuracy(build_compact(engine, fit_images, fit_labels, tuned, seed, raw_fit, best["n_neighbors"]),
+                           images[val], labels[val]) for fit_images, fit_labels, raw_fit, val in data]
+        if float(np.mean(values)) > best["validation_accuracy"]:
+            best = {**best, "method": "joint", "validation_accuracy": float(np.mean(values)),
+                    "lvq_validation_accuracy": best["validation_accuracy"]}
+            settings = tuned
     final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed,
                           n_neighbors=best["n_neighbors"])
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway

@@ -23,7 +23,7 @@ def engine_and_data(run):
     return Engine.load(run / "engine.safetensors"), load_dataset("digits")
 
 
-@pytest.mark.parametrize("method", ["kmeans", "cnn", "optimised", "lvq"])
+@pytest.mark.parametrize("method", ["kmeans", "cnn", "optimised", "lvq", "joint"])
 @pytest.mark.parametrize("prototypes", [1, 4])
 def test_each_method_keeps_the_requested_count_per_class(engine_and_data, method, prototypes):
     engine, data = engine_and_data
@@ -264,3 +264,41 @@ def test_budget_search_can_rank_by_the_mean_of_several_splits(engine_and_data, r
     assert "give --budget-kb too" in capsys.readouterr().err
     assert main(["condense", str(run), "--budget-kb", "6", "--splits", "0"]) == 2
     assert "--splits must be at least 1" in capsys.readouterr().err
+
+
+def test_joint_tunes_the_last_layer_only_where_it_pays(engine_and_data):
+    """joint moves only the trunk's last layer, keeps the bank's shape and labels, never scores its
+    training images worse than the LVQ engine it starts from, and survives choose_and_build's
+    validation only when it beats LVQ there."""
+    from slicenet.condense import choose_and_build, tune_jointly
+
+    engine, data = engine_and_data
+    images, labels = data.x_train, data.y_train
+    start = build_compact(engine, images, labels, CompactSettings("lvq", 3, 0, "fp32", 1, window=0.3), seed=0)
+    tuned = tune_jointly(start, images, labels, CompactSettings("joint", 3, 0, "fp32", 1, generations=5, window=0.3),
+                         seed=0)
+    for (w0, b0), (w1, b1) in zip(start.weights[:-1], tuned.weights[:-1], strict=True):
+        assert torch.equal(w0, w1) and torch.equal(b0, b1)  # earlier layers untouched
+    assert tuned.bank.shape == start.bank.shape and torch.equal(tuned.bank_labels, start.bank_labels)
+
+    def train_accuracy(e):
+        return (e.predict(images)[0] == labels).mean()
+
+    assert train_accuracy(tuned) >= train_accuracy(start)
+    settings = CompactSettings("joint", 3, 0, "fp32", 1, generations=5, window=0.3)
+    compact, val_accuracy, chosen = choose_and_build(engine, images, labels, settings, 0)
+    assert chosen.method in ("lvq", "joint")
+    lvq_only = choose_and_build(engine, images, labels, dataclasses.replace(settings, method="lvq"), 0)[1]
+    assert val_accuracy >= lvq_only and (chosen.method == "lvq") == (val_accuracy == lvq_only)
+
+
+def test_joint_needs_a_convolution():
+    from slicenet.condense import tune_jointly
+    from slicenet.data import load_dataset
+    from slicenet.trunk import TrunkSpec
+
+    data = load_dataset("digits")
+    pixels = Engine.build(TrunkSpec(()), [], data.x_train[:50], data.y_train[:50], 0.3, 0.4, "centre_l2", 1,
+                          "euclidean", data.class_names)
+    with pytest.raises(InputError, match="last convolution"):
+        tune_jointly(pixels, data.x_train[:50], data.y_train[:50], CompactSettings("joint", 1), seed=0)
