@@ -328,6 +328,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"unknown precision {args.precision!r}: expected fp32, fp16 or int8")
     if args.metric not in ("", *condense.COMPACT_METRICS):
         raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
+    if args.method == "joint" and not engine.spec.layers:
+        raise InputError(f"--method joint tunes the trunk's last convolution, and {args.run} has none (preset "
+                         "pixels): choose another --method")
     if args.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {args.epochs}")
     if not 0.0 <= args.window < 1.0:
@@ -356,7 +359,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
                                                          metrics=(args.metric,) if args.metric else
                                                          condense.COMPACT_METRICS, epochs=args.epochs,
                                                          shifts=shifts, budget_macs=args.budget_macs,
-                                                         splits=args.splits)
+                                                         splits=args.splits, generations=args.generations)
         front = condense.frontier(trials)
         within = f"{args.budget_kb:g} KB" + (f" and {args.budget_macs:,} MACs" if args.budget_macs else "")
         splits = f", mean of {args.splits} splits" if args.splits > 1 else ""
@@ -367,6 +370,12 @@ def cmd_condense(args: argparse.Namespace) -> int:
                   f"{100 * point['validation_accuracy']:6.2f} %  {point['prototypes']} per class, "
                   f"dims {point['dims'] or 'all'}, {point['precision']}, k={point['n_neighbors']}, "
                   f"{point['metric']}{window}")
+        if args.method == "joint":
+            print("method joint: the pick's last layer tuned to its bank, validation accuracy "
+                  f"{100 * chosen['lvq_validation_accuracy']:.2f} -> {100 * chosen['validation_accuracy']:.2f} %"
+                  if chosen["method"] == "joint" else
+                  "method joint: tuning the pick's last layer did not raise its validation accuracy; "
+                  "kept the LVQ engine")
         extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
                  chosen["validation_accuracy"], "compact": {**chosen, "bank_shifts": shifts}}
         if args.budget_macs is not None:

@@ -392,7 +392,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                   method: str = "lvq", on_trial: Callable[[dict], None] | None = None,
                   validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS,
                   epochs: int = CompactSettings.epochs, shifts: int = 0,
-                  budget_macs: int | None = None, splits: int = 1) -> tuple[Engine, dict, list[dict]]:
+                  budget_macs: int | None = None, splits: int = 1,
+                  generations: int = CompactSettings.generations) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` (and, if given, ``budget_macs`` multiply-adds
     per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq; joint
     searches the grid with lvq, then tunes the trunk's last layer for the pick if validation agrees).
@@ -402,7 +403,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     split ranks thousands of settings within its noise (MNIST-5k's 1,000 images: one image is 0.1
     point), so the best score is partly luck; the mean of several splits is steadier. (On MNIST-5k
     within 74 KB, 3 splits pick the same engine as one.)
-    ``shifts`` as for ``choose_and_build``.
+    ``shifts`` as for ``choose_and_build``; ``generations`` per round of joint's layer search.
     """
     data = [_fit_split(engine, images, labels, validation_fraction, seed + split, shifts) for split in range(splits)]
     n_features = data[0][2].shape[1]
@@ -466,7 +467,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     settings = CompactSettings(grid_method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
                                metric=best["metric"], epochs=epochs, window=best["window"])
     if method == "joint":
-        tuned = dataclasses.replace(settings, method="joint")
+        tuned = dataclasses.replace(settings, method="joint", generations=generations)
         values = [accuracy(build_compact(engine, fit_images, fit_labels, tuned, seed, raw_fit, best["n_neighbors"]),
                            images[val], labels[val]) for fit_images, fit_labels, raw_fit, val in data]
         if float(np.mean(values)) > best["validation_accuracy"]:

@@ -302,3 +302,24 @@ def test_joint_needs_a_convolution():
                           "euclidean", data.class_names)
     with pytest.raises(InputError, match="last convolution"):
         tune_jointly(pixels, data.x_train[:50], data.y_train[:50], CompactSettings("joint", 1), seed=0)
+
+
+def test_condense_joint_refuses_a_trunk_without_convolutions(tmp_path, capsys):
+    pixels = tmp_path / "pixels"
+    assert main(["optimise", "--dataset", "digits", "--preset", "pixels", "--postprocessing", "none", "--quiet",
+                 "--out", str(pixels)]) == 0
+    assert main(["condense", str(pixels), "--prototypes", "2", "--method", "joint"]) == 2
+    assert "--method joint tunes the trunk's last convolution" in capsys.readouterr().err
+    assert not (tmp_path / "pixels-p2").exists()
+
+
+def test_budget_search_with_joint_tunes_only_its_pick(engine_and_data):
+    engine, data = engine_and_data
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 20_000, seed=0, method="joint",
+                                            generations=3)
+    assert all(t["method"] == "lvq" for t in trials)  # the grid is searched with LVQ
+    assert compact.engine_bytes <= 20_000
+    if chosen["method"] == "joint":
+        assert chosen["validation_accuracy"] > chosen["lvq_validation_accuracy"]
+    else:
+        assert chosen["method"] == "lvq" and chosen in trials
