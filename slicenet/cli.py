@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --budget-kb: rank settings by their mean validation accuracy over this many "
                                "random fit / validation splits (default 1; more for small datasets)")
     condense.add_argument("--method", default="lvq",
-                          help="lvq (default), kmeans, cnn, optimised or joint (LVQ, then the trunk's last layer "
-                               "tuned to the bank: minutes per setting, so give --n-neighbors and --window)")
+                          help="lvq (default), kmeans, cnn, optimised or joint (the LVQ engine validation picks, "
+                               "then the trunk's last layer tuned to its bank, kept if validation agrees)")
     condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
     condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
     condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")

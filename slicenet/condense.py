@@ -15,7 +15,8 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
   50 per class in all 128, 1-NN), next to 86.8 % for the 60,000-image bank).
   ``joint`` fits the bank and the trunk's last layer to each other: LVQ prototypes, then rounds of
   moving the last layer's kernels with the trunk's optimiser (the bank held) and refitting the bank
-  by LVQ (``tune_jointly``); kept only where validation accuracy says it beats the LVQ engine.
+  by LVQ (``tune_jointly``), for the LVQ engine that validation picked; kept only where validation
+  accuracy says the tuned engine beats it.
 - **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
   its export (one MatMul).
 - **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
@@ -365,25 +366,31 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     fit_images, fit_labels, raw_fit, val = _fit_split(engine, images, labels, validation_fraction, seed, shifts)
     candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
-    windows = [settings.window] if settings.window or settings.method not in ("lvq", "joint") else list(LVQ_WINDOWS)
-    # joint is kept only where validation says the tuned last layer beats the LVQ engine it starts from.
-    methods = ["lvq", "joint"] if settings.method == "joint" else [settings.method]
+    # joint: k, metric and window are chosen for the LVQ engine it starts from; then that one engine's
+    # last layer is tuned, and kept tuned only where validation accuracy beats the LVQ engine.
+    method = "lvq" if settings.method == "joint" else settings.method
+    windows = [settings.window] if settings.window or method != "lvq" else list(LVQ_WINDOWS)
     scored = []
-    built: dict[tuple[int, float, str], Engine] = {}
-    for method in methods:
-        for window in windows:
-            for k in candidates:  # built per k where the prototypes depend on k (optimised and joint tune them for it)
-                key = (k if method in ("optimised", "joint") else 0, window, method)
-                if key not in built:
-                    built[key] = build_compact(engine, fit_images, fit_labels,
-                                               dataclasses.replace(settings, window=window, method=method), seed,
-                                               raw_fit, k)
-                trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
-                for preference, metric in enumerate(metrics):
-                    scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
-                                   -k, -preference, -methods.index(method), window, k, metric, method))
-    val_accuracy, _, _, _, window, k, metric, method = max(scored)
+    built: dict[tuple[int, float], Engine] = {}
+    for window in windows:
+        for k in candidates:  # built per k where the prototypes depend on k (the optimised method tunes them for it)
+            key = (k if method == "optimised" else 0, window)
+            if key not in built:
+                built[key] = build_compact(engine, fit_images, fit_labels,
+                                           dataclasses.replace(settings, window=window, method=method), seed,
+                                           raw_fit, k)
+            trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
+            for preference, metric in enumerate(metrics):
+                scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
+                               -k, -preference, window, k, metric))
+    val_accuracy, _, _, window, k, metric = max(scored)
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window, method=method)
+    if settings.method == "joint":
+        tuned = dataclasses.replace(chosen, method="joint")
+        tuned_accuracy = accuracy(build_compact(engine, fit_images, fit_labels, tuned, seed, raw_fit, k), images[val],
+                                  labels[val])
+        if tuned_accuracy > val_accuracy:
+            chosen, val_accuracy = tuned, tuned_accuracy
     return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed, n_neighbors=k), \
         val_accuracy, chosen
 
