@@ -60,7 +60,7 @@ LVQ_BATCH = 128  # images per vectorised LVQ step
 JOINT_ROUNDS = 2  # method joint: rounds of (tune the last layer to the bank, refit the bank by LVQ)
 JOINT_SEARCH_IMAGES = 4000  # method joint: training images that score each candidate last layer
 JOINT_SIGMA = 0.1  # method joint: the optimiser's initial step, relative to the layer's weight spread
-JOINT_TEMPERATURE = 0.05  # method joint: softmax temperature of the smooth score (unit-length features)
+SMOOTH_TEMPERATURE = 0.05  # methods optimised and joint: softmax temperature of the smooth score
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,16 @@ def lvq21(prototypes: np.ndarray, prototype_labels: np.ndarray, points: np.ndarr
     return w.numpy()
 
 
+def knn_quality(votes: torch.Tensor, distances: torch.Tensor, neighbour_labels: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """k-NN accuracy plus a smooth score (the softmax over the k neighbours' distances that falls on
+    the query's class), averaged over the queries [..., Q]: what the optimised and joint methods
+    maximise. The smooth part tells apart candidates of equal accuracy."""
+    correct = (votes.argmax(-1) == labels).double().mean(-1)
+    weights = torch.softmax(-distances.double() / SMOOTH_TEMPERATURE, -1)
+    return correct + (weights * (neighbour_labels == labels.unsqueeze(-1))).sum(-1).mean(-1)
+
+
 def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
                          n_classes: int, settings: CompactSettings, seed: int, n_neighbors: int) -> np.ndarray:
     """Move the prototypes without gradients to maximise k-NN accuracy (+ the smooth score)."""
@@ -243,10 +253,7 @@ def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndar
     def score(population: np.ndarray) -> np.ndarray:
         banks = torch.as_tensor(population, dtype=torch.float32).reshape(len(population), *start.shape)
         votes, distances, idx = knn_vote(q.expand(len(population), *q.shape), banks, y_bank, n_classes, k)
-        accuracy = (votes.argmax(-1) == y_q).double().mean(-1)
-        weights = torch.softmax(-distances.double() / 0.05, -1)
-        soft = (weights * (y_bank[idx] == y_q.unsqueeze(-1))).sum(-1).mean(-1)
-        return -(accuracy + soft).numpy()
+        return -knn_quality(votes, distances, y_bank[idx], y_q).numpy()
 
     start_score = score(start.reshape(1, -1))[0]
     while not optimiser.stop():
@@ -305,19 +312,7 @@ def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, setting
     y_search = torch.from_numpy(labels)[search]
     k, on_sphere = engine.n_neighbors, bool(torch.allclose(engine.bank.norm(dim=1), torch.ones(1), atol=1e-3))
 
-    def quality(candidate: Engine, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Accuracy + smooth score per row of ``raw`` [..., N, D] against the candidate's bank."""
-        votes, distances, idx = knn_vote(candidate.postprocess(raw), candidate.bank, candidate.bank_labels,
-                                         candidate.n_classes, k, candidate.metric)
-        correct = (votes.argmax(-1) == y).double().mean(-1)
-        weights = torch.softmax(-distances.double() / JOINT_TEMPERATURE, -1)
-        return correct + (weights * (candidate.bank_labels[idx] == y.unsqueeze(-1))).sum(-1).mean(-1)
-
-    def all_accuracy(candidate: Engine) -> float:
-        predicted, _, _ = candidate.predict(images)
-        return float((predicted == labels).mean())
-
-    best, best_accuracy = engine, all_accuracy(engine)
+    best, best_accuracy = engine, accuracy(engine, images, labels)
     for round_index in range(JOINT_ROUNDS):
         start = flatten_layer(*best.weights[index])
         sigma = JOINT_SIGMA * float(np.std(start))
@@ -326,7 +321,9 @@ def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, setting
             population = optimiser.ask()
             raw = population_features(layer_input[search], best.spec, best.weights, index,
                                       torch.as_tensor(population, dtype=torch.float32))
-            optimiser.tell(population, -quality(best, raw, y_search).numpy())
+            votes, distances, idx = knn_vote(best.postprocess(raw), best.bank, best.bank_labels, best.n_classes, k,
+                                             best.metric)
+            optimiser.tell(population, -knn_quality(votes, distances, best.bank_labels[idx], y_search).numpy())
         weights = list(best.weights)
         weights[index] = unflatten_layer(optimiser.recommendation(), best.spec, index)
         candidate = dataclasses.replace(best, weights=weights)
@@ -334,7 +331,7 @@ def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, setting
         candidate.bank = torch.from_numpy(lvq21(candidate.bank.numpy(), candidate.bank_labels.numpy(), points,
                                                 labels, settings.epochs, seed + round_index,
                                                 window=settings.window or LVQ_WINDOW, sphere=on_sphere))
-        candidate_accuracy = all_accuracy(candidate)
+        candidate_accuracy = accuracy(candidate, images, labels)
         if candidate_accuracy <= best_accuracy:
             break
         best, best_accuracy = candidate, candidate_accuracy
@@ -354,6 +351,15 @@ def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, validatio
     fit, val = stratified_split(labels, validation_fraction, np.random.default_rng(seed))
     fit_images, fit_labels = shifted_copies(images[fit], labels[fit], shifts)
     return fit_images, fit_labels, raw_features(engine, fit_images), val
+
+
+def _validation_accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray,
+                         splits: list[tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]],
+                         settings: CompactSettings, seed: int) -> float:
+    """Mean validation accuracy of the engine ``settings`` build, over ``_fit_split`` splits."""
+    return float(np.mean([accuracy(build_compact(engine, fit_images, fit_labels, settings, seed, raw_fit,
+                                                 settings.n_neighbors), images[val], labels[val])
+                          for fit_images, fit_labels, raw_fit, val in splits]))
 
 
 def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
@@ -387,8 +393,8 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window, method=method)
     if settings.method == "joint":
         tuned = dataclasses.replace(chosen, method="joint")
-        tuned_accuracy = accuracy(build_compact(engine, fit_images, fit_labels, tuned, seed, raw_fit, k), images[val],
-                                  labels[val])
+        tuned_accuracy = _validation_accuracy(engine, images, labels, [(fit_images, fit_labels, raw_fit, val)], tuned,
+                                              seed)
         if tuned_accuracy > val_accuracy:
             chosen, val_accuracy = tuned, tuned_accuracy
     return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed, n_neighbors=k), \
@@ -475,10 +481,9 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                                metric=best["metric"], epochs=epochs, window=best["window"])
     if method == "joint":
         tuned = dataclasses.replace(settings, method="joint", generations=generations)
-        values = [accuracy(build_compact(engine, fit_images, fit_labels, tuned, seed, raw_fit, best["n_neighbors"]),
-                           images[val], labels[val]) for fit_images, fit_labels, raw_fit, val in data]
-        if float(np.mean(values)) > best["validation_accuracy"]:
-            best = {**best, "method": "joint", "validation_accuracy": float(np.mean(values)),
+        tuned_accuracy = _validation_accuracy(engine, images, labels, data, tuned, seed)
+        if tuned_accuracy > best["validation_accuracy"]:
+            best = {**best, "method": "joint", "validation_accuracy": tuned_accuracy,
                     "lvq_validation_accuracy": best["validation_accuracy"]}
             settings = tuned
     final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed,
