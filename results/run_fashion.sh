@@ -10,6 +10,12 @@ slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generati
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 300 2000 --out runs/fashion-cma-lenet-long-s0 --quiet
 # The wide trunk (8 -> 32 filters, 512 features), about 20 minutes.
 slicenet optimise --method cma --dataset fashion-mnist --preset wide --generations 150 900 --out runs/fashion-cma-wide-s0 --quiet
+# Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
+# trunk with the k-NN head), and the reference's own network (radu, 1.2 M parameters) for 5 epochs.
+slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 5 --out runs/fashion-lenet-dense --quiet
+slicenet baseline --dataset fashion-mnist --preset lenet --head knn --epochs 5 --out runs/fashion-lenet-backprop-knn --quiet
+slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 20 --out runs/fashion-lenet-dense-20ep --quiet
+slicenet baseline --dataset fashion-mnist --preset radu --hidden 128 --epochs 5 --out runs/fashion-radu-dense --quiet
 # Unchanged since slicenet 0.2 (same trunk, backprop): the baselines, run side by side with one thread each.
 # slicenet baseline --dataset fashion-mnist --hidden 128 64 32 16 8 --epochs 5 --threads 1 --out runs/fashion-dense --quiet
 # slicenet baseline --dataset fashion-mnist --head knn --epochs 5 --threads 1 --out runs/fashion-backprop-knn --quiet
