@@ -68,6 +68,8 @@ def network_name(metrics: dict, config: dict) -> str:
     name = f"k-NN (k={k}), {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
+    if config.get("sweeps", 1) > 1:
+        name += f", {config['sweeps']} sweeps"
     name += shifts_label(bank_shifts(metrics, config))
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"

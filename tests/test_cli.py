@@ -147,3 +147,5 @@ def test_report_row_names_follow_the_resolved_bank():
     assert bank_shifts({**run, "compact": {"method": "lvq", "bank_shifts": 1}}, config) == 1  # fitted to shifts
     plain = network_name({**run, "bank_shifts": 0}, {**config, "scoring": "holdout"})
     assert plain == "k-NN (k=9), CMA, holdout scoring"
+    swept = network_name({**run, "bank_shifts": 0}, {**config, "sweeps": 2, "granularity": "filter"})
+    assert swept == "k-NN (k=9), CMA, per filter, 2 sweeps"
