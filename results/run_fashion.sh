@@ -8,6 +8,8 @@ slicenet optimise --method pso --dataset fashion-mnist --out runs/fashion-pso-s0
 # The wider lenet trunk with today's defaults: 1,200 generations (13 min), then 2,300 (the 30-minute budget).
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --out runs/fashion-cma-lenet-s0 --quiet
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 300 2000 --out runs/fashion-cma-lenet-long-s0 --quiet
+# Two sweeps of the lenet search (layer 1 re-tuned for the tuned layer 2, then layer 2 again), 26 minutes.
+slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --sweeps 2 --out runs/fashion-cma-lenet-sweeps2-s0 --quiet
 # The wide trunk (8 -> 32 filters, 512 features), about 20 minutes.
 slicenet optimise --method cma --dataset fashion-mnist --preset wide --generations 150 900 --out runs/fashion-cma-wide-s0 --quiet
 # Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
