@@ -319,6 +319,36 @@ def reference_points(ax) -> None:
                marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
 
 
+ENGINE_KINDS = {  # legend entry -> marker of the accuracy / size plot
+    "k-NN, gradient-free search": "o",
+    "k-NN, compact bank": "s",
+    "backprop trunk + k-NN": "^",
+    "backprop, dense head": "D",
+    "k-NN on raw pixels": "v",
+}
+
+
+def engine_kind(network: str) -> str:
+    """The ``ENGINE_KINDS`` entry of a row label (as ``network_name`` writes it)."""
+    if network.startswith("dense"):
+        return "backprop, dense head"
+    if network.startswith("backprop trunk"):
+        return "backprop trunk + k-NN"
+    if "raw pixels" in network:
+        return "k-NN on raw pixels"
+    return "k-NN, compact bank" if "compact:" in network else "k-NN, gradient-free search"
+
+
+def size_frontier(points: list[dict]) -> list[dict]:
+    """The points that no smaller (or equal-sized) point matches or beats in test accuracy."""
+    frontier, best = [], -1.0
+    for g in sorted(points, key=lambda g: (g["engine_bytes"], -g["test_median"])):
+        if g["test_median"] > best:
+            frontier.append(g)
+            best = g["test_median"]
+    return frontier
+
+
 def finish_axes(ax, xlabel: str, ylabel: str, log_x: bool = False, legend: bool = True) -> None:
     if log_x:
         ax.set_xscale("log")
@@ -348,14 +378,24 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         written.append(name)
 
     summary = [g for g in groups(rows) if not g["derived"]]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for dataset in sorted({g["dataset"] for g in summary}):
+    datasets = sorted({g["dataset"] for g in summary})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
         mine = [g for g in summary if g["dataset"] == dataset]
-        ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], label=f"ours, {dataset}")
-        for g in mine:
-            ax.annotate(g["network"].replace(" (k=9)", ""), (g["engine_bytes"], 100 * g["test_median"]), fontsize=6)
-    reference_points(ax)
-    finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
+        for kind, marker in ENGINE_KINDS.items():
+            points = [g for g in mine if engine_kind(g["network"]) == kind]
+            if points:
+                ax.scatter([g["engine_bytes"] for g in points], [100 * g["test_median"] for g in points],
+                           marker=marker, label=kind)
+        # Only the engines that no smaller engine matches in accuracy are named; the tables list all.
+        for g in size_frontier(mine):
+            ax.annotate(f"{g['network'].replace(' (k=9)', '')} [{g['preset']}]",
+                        (g["engine_bytes"], 100 * g["test_median"]), fontsize=6,
+                        xytext=(4, -3), textcoords="offset points")
+        if dataset == "mnist":
+            reference_points(ax)
+        ax.set_title(dataset, fontsize=9)
+        finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
     save(fig, "accuracy_vs_engine_size.png")
 
     searches = [r for r in rows if not r["kind"] and r["evaluations"] and (r["path"] / HISTORY).is_file()]
@@ -392,18 +432,27 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
 
     fronts = [r for r in rows if r.get("frontier")]
     if fronts:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in fronts:
-            points = r["frontier"]
-            ax.step([p["engine_bytes"] for p in points], [100 * p["validation_accuracy"] for p in points],
-                    where="post", marker="o",
-                    label=f"{Path(r['run']).name}: {r['compact']['method']} budget search (validation)")
-        for g in summary:
-            ax.scatter(g["engine_bytes"], 100 * g["test_median"], marker="s", s=14)
-            ax.annotate(g["network"][:40], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5)
-        reference_points(ax)
-        ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
-        finish_axes(ax, "engine bytes", "accuracy (%): squares = test, steps = validation", log_x=True)
+        front_sets = sorted({r["dataset"] for r in fronts})
+        fig, axes = plt.subplots(1, len(front_sets), figsize=(6.5 * len(front_sets), 5), squeeze=False)
+        for ax, dataset in zip(axes[0], front_sets, strict=True):
+            for r in (r for r in fronts if r["dataset"] == dataset):
+                points = r["frontier"]
+                ax.step([p["engine_bytes"] for p in points], [100 * p["validation_accuracy"] for p in points],
+                        where="post", marker="o", markersize=3,
+                        label=f"{Path(r['run']).name}: {r['compact']['method']} budget search (validation)")
+            mine = [g for g in summary if g["dataset"] == dataset]
+            ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], marker="s", s=14,
+                       color="black", label="every engine (test)")
+            for g in size_frontier(mine):
+                ax.annotate(g["network"][:48], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5,
+                            xytext=(4, -3), textcoords="offset points")
+            if dataset == "mnist":
+                reference_points(ax)
+            ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
+            ax.set_title(dataset, fontsize=9)
+            finish_axes(ax, "engine bytes", "accuracy (%): squares = test, steps = validation", log_x=True,
+                        legend=False)
+            ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))
         save(fig, "size_frontier.png")
 
     knn = [g for g in summary if g["network"].startswith("k-NN") and "pixels" not in g["network"]]

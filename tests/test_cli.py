@@ -149,3 +149,17 @@ def test_report_row_names_follow_the_resolved_bank():
     assert plain == "k-NN (k=9), CMA, holdout scoring"
     swept = network_name({**run, "bank_shifts": 0}, {**config, "sweeps": 2, "granularity": "filter"})
     assert swept == "k-NN (k=9), CMA, per filter, 2 sweeps"
+
+
+def test_the_size_plot_names_only_engines_no_smaller_one_matches():
+    from slicenet.report import engine_kind, size_frontier
+
+    points = [{"engine_bytes": b, "test_median": a, "name": n} for b, a, n in
+              [(10, 0.80, "small"), (10, 0.70, "small, worse"), (20, 0.75, "larger, worse"),
+               (30, 0.80, "larger, level"), (40, 0.90, "largest, best")]]
+    assert [p["name"] for p in size_frontier(points)] == ["small", "largest, best"]
+    assert engine_kind("dense 128, 20 epochs max") == "backprop, dense head"
+    assert engine_kind("backprop trunk + k-NN (k=9)") == "backprop trunk + k-NN"
+    assert engine_kind("k-NN (k=9) on raw pixels") == "k-NN on raw pixels"
+    assert engine_kind("k-NN (k=1), CMA, compact: lvq 5/class, dims all, int8") == "k-NN, compact bank"
+    assert engine_kind("k-NN (k=9), CMA, 2 sweeps") == "k-NN, gradient-free search"
