@@ -339,19 +339,22 @@ def engine_kind(network: str) -> str:
     return "k-NN, compact bank" if "compact:" in network else "k-NN, gradient-free search"
 
 
-def size_frontier(points: list[dict]) -> list[dict]:
-    """The points that no smaller (or equal-sized) point matches or beats in test accuracy."""
-    frontier, best = [], -1.0
-    for g in sorted(points, key=lambda g: (g["engine_bytes"], -g["test_median"])):
-        if g["test_median"] > best:
+def pareto(points: list[dict], cost: str = "engine_bytes", value: str = "test_median") -> list[dict]:
+    """The points that no point of lower (or equal) ``cost`` matches or beats in ``value``."""
+    frontier, best = [], -float("inf")
+    for g in sorted(points, key=lambda g: (g[cost], -g[value])):
+        if g[value] > best:
             frontier.append(g)
-            best = g["test_median"]
+            best = g[value]
     return frontier
 
 
 def finish_axes(ax, xlabel: str, ylabel: str, log_x: bool = False, legend: bool = True) -> None:
     if log_x:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # over a short span the minor labels overprint
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if legend:
@@ -388,7 +391,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
                 ax.scatter([g["engine_bytes"] for g in points], [100 * g["test_median"] for g in points],
                            marker=marker, label=kind)
         # Only the engines that no smaller engine matches in accuracy are named; the tables list all.
-        for g in size_frontier(mine):
+        for g in pareto(mine):
             ax.annotate(f"{g['network'].replace(' (k=9)', '')} [{g['preset']}]",
                         (g["engine_bytes"], 100 * g["test_median"]), fontsize=6,
                         xytext=(4, -3), textcoords="offset points")
@@ -420,14 +423,32 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
 
     host = [b for b in bench or [] if b.get("kind") != "measured" and b.get("test_accuracy") is not None]
     if host:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        # One point per bundle and runtime: the median p50 of its interleaved runs (their ratios, in the
+        # tables, are the figures to compare; this plot only places the engines). The panel is the
+        # dataset of the run a bundle was exported from (bundle names start with export's name for it).
+        from .export import bundle_name
+
+        dataset_of = {bundle_name(Path(r["run"])): r["dataset"] for r in rows}
+        timed: dict[tuple[str, str], list[dict]] = {}
         for b in host:
-            ax.scatter(b["p50_ms"], 100 * b["test_accuracy"])
-            ax.annotate(f"{b['name']} ({b['runtime']})", (b["p50_ms"], 100 * b["test_accuracy"]), fontsize=6)
-        ax.set_xscale("log")
-        ax.set_xlabel("p50 latency, batch 1, host CPU (ms)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(alpha=0.3)
+            timed.setdefault((b["name"], b["runtime"]), []).append(b)
+        placed = [{"name": name, "runtime": runtime, "p50_ms": statistics.median(b["p50_ms"] for b in runs),
+                   "accuracy": 100 * runs[0]["test_accuracy"],
+                   "dataset": dataset_of.get(name.split("/")[0], "other")}
+                  for (name, runtime), runs in timed.items()]
+        panels = sorted({p["dataset"] for p in placed})
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+        for ax, dataset in zip(axes[0], panels, strict=True):
+            mine = [p for p in placed if p["dataset"] == dataset]
+            for runtime in sorted({p["runtime"] for p in mine}):
+                points = [p for p in mine if p["runtime"] == runtime]
+                ax.scatter([p["p50_ms"] for p in points], [p["accuracy"] for p in points], label=runtime)
+            for p in pareto(mine, cost="p50_ms", value="accuracy"):  # no faster engine is as accurate
+                ax.annotate(p["name"], (p["p50_ms"], p["accuracy"]), fontsize=6, xytext=(4, -3),
+                            textcoords="offset points")
+            ax.set_title(dataset, fontsize=9)
+            finish_axes(ax, "p50 latency, batch 1, host CPU (ms; median over runs)", "test accuracy (%)",
+                        log_x=True)
         save(fig, "accuracy_vs_latency.png")
 
     fronts = [r for r in rows if r.get("frontier")]
@@ -443,7 +464,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             mine = [g for g in summary if g["dataset"] == dataset]
             ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], marker="s", s=14,
                        color="black", label="every engine (test)")
-            for g in size_frontier(mine):
+            for g in pareto(mine):
                 ax.annotate(g["network"][:48], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5,
                             xytext=(4, -3), textcoords="offset points")
             if dataset == "mnist":
