@@ -401,24 +401,28 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
     save(fig, "accuracy_vs_engine_size.png")
 
-    searches = [r for r in rows if not r["kind"] and r["evaluations"] and (r["path"] / HISTORY).is_file()]
+    searches = [r for r in rows if not r["kind"] and not r["compact"] and r["evaluations"]
+                and (r["path"] / HISTORY).is_file()]
     if searches:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        seen = set()
-        for row in sorted(searches, key=lambda r: (r["method"], r["seed"])):
-            key = (row["method"], row["dataset"], row["preset"])
-            if key in seen:
-                continue
-            seen.add(key)
-            with open(row["path"] / HISTORY) as handle:
-                history = list(csv.DictReader(handle))
-            evaluations = np.array([float(h["evaluations"]) for h in history])
-            best_so_far = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
-            ax.plot(evaluations, best_so_far, label=f"{row['method']} ({row['dataset']}, {row['preset']})")
-        ax.set_xlabel("fitness evaluations")
-        ax.set_ylabel("best generation-mean fitness so far (lower is better)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        # Per dataset, one curve per (method, trunk): its most accurate run, named, since the runs of
+        # one trunk may differ in scoring or budget and only runs scored alike share a fitness scale.
+        picked: dict[tuple, dict] = {}
+        for row in searches:
+            key = (row["dataset"], row["method"], row["preset"])
+            if key not in picked or row["test_accuracy"] > picked[key]["test_accuracy"]:
+                picked[key] = row
+        search_sets = sorted({key[0] for key in picked})
+        fig, axes = plt.subplots(1, len(search_sets), figsize=(6.5 * len(search_sets), 4.5), squeeze=False)
+        for ax, dataset in zip(axes[0], search_sets, strict=True):
+            for key in sorted(k for k in picked if k[0] == dataset):
+                row = picked[key]
+                with open(row["path"] / HISTORY) as handle:
+                    history = list(csv.DictReader(handle))
+                evaluations = np.array([float(h["evaluations"]) for h in history])
+                best_so_far = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
+                ax.plot(evaluations, best_so_far, label=f"{row['method']}, {row['preset']}: {Path(row['run']).name}")
+            ax.set_title(dataset, fontsize=9)
+            finish_axes(ax, "fitness evaluations", "best generation-mean fitness so far (lower is better)")
         save(fig, "fitness_vs_evaluations.png")
 
     host = [b for b in bench or [] if b.get("kind") != "measured" and b.get("test_accuracy") is not None]
