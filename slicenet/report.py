@@ -380,10 +380,17 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         plt.close(fig)
         written.append(name)
 
+    def panels(names: list[str], height: float = 4.5):
+        """A figure with one titled subplot per dataset, side by side: (figure, [(axes, dataset)])."""
+        fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), height), squeeze=False)
+        for ax, name in zip(axes[0], names, strict=True):
+            ax.set_title(name, fontsize=9)
+        return fig, list(zip(axes[0], names, strict=True))
+
     summary = [g for g in groups(rows) if not g["derived"]]
     datasets = sorted({g["dataset"] for g in summary})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 5), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
+    fig, pairs = panels(datasets, height=5)
+    for ax, dataset in pairs:
         mine = [g for g in summary if g["dataset"] == dataset]
         for kind, marker in ENGINE_KINDS.items():
             points = [g for g in mine if engine_kind(g["network"]) == kind]
@@ -397,7 +404,6 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
                         xytext=(4, -3), textcoords="offset points")
         if dataset == "mnist":
             reference_points(ax)
-        ax.set_title(dataset, fontsize=9)
         finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
     save(fig, "accuracy_vs_engine_size.png")
 
@@ -411,9 +417,8 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             key = (row["dataset"], row["method"], row["preset"])
             if key not in picked or row["test_accuracy"] > picked[key]["test_accuracy"]:
                 picked[key] = row
-        search_sets = sorted({key[0] for key in picked})
-        fig, axes = plt.subplots(1, len(search_sets), figsize=(6.5 * len(search_sets), 4.5), squeeze=False)
-        for ax, dataset in zip(axes[0], search_sets, strict=True):
+        fig, pairs = panels(sorted({key[0] for key in picked}))
+        for ax, dataset in pairs:
             for key in sorted(k for k in picked if k[0] == dataset):
                 row = picked[key]
                 with open(row["path"] / HISTORY) as handle:
@@ -421,7 +426,6 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
                 evaluations = np.array([float(h["evaluations"]) for h in history])
                 best_so_far = np.minimum.accumulate(np.array([float(h["mean_fitness"]) for h in history]))
                 ax.plot(evaluations, best_so_far, label=f"{row['method']}, {row['preset']}: {Path(row['run']).name}")
-            ax.set_title(dataset, fontsize=9)
             finish_axes(ax, "fitness evaluations", "best generation-mean fitness so far (lower is better)")
         save(fig, "fitness_vs_evaluations.png")
 
@@ -440,9 +444,8 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
                    "accuracy": 100 * runs[0]["test_accuracy"],
                    "dataset": dataset_of.get(name.split("/")[0], "other")}
                   for (name, runtime), runs in timed.items()]
-        panels = sorted({p["dataset"] for p in placed})
-        fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-        for ax, dataset in zip(axes[0], panels, strict=True):
+        fig, pairs = panels(sorted({p["dataset"] for p in placed}))
+        for ax, dataset in pairs:
             mine = [p for p in placed if p["dataset"] == dataset]
             for runtime in sorted({p["runtime"] for p in mine}):
                 points = [p for p in mine if p["runtime"] == runtime]
@@ -450,16 +453,14 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             for p in pareto(mine, cost="p50_ms", value="accuracy"):  # no faster engine is as accurate
                 ax.annotate(p["name"], (p["p50_ms"], p["accuracy"]), fontsize=6, xytext=(4, -3),
                             textcoords="offset points")
-            ax.set_title(dataset, fontsize=9)
             finish_axes(ax, "p50 latency, batch 1, host CPU (ms; median over runs)", "test accuracy (%)",
                         log_x=True)
         save(fig, "accuracy_vs_latency.png")
 
     fronts = [r for r in rows if r.get("frontier")]
     if fronts:
-        front_sets = sorted({r["dataset"] for r in fronts})
-        fig, axes = plt.subplots(1, len(front_sets), figsize=(6.5 * len(front_sets), 5), squeeze=False)
-        for ax, dataset in zip(axes[0], front_sets, strict=True):
+        fig, pairs = panels(sorted({r["dataset"] for r in fronts}), height=5)
+        for ax, dataset in pairs:
             for r in (r for r in fronts if r["dataset"] == dataset):
                 points = r["frontier"]
                 ax.step([p["engine_bytes"] for p in points], [100 * p["validation_accuracy"] for p in points],
@@ -474,7 +475,6 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             if dataset == "mnist":
                 reference_points(ax)
             ax.axvline(74_000, color="red", linestyle=":", label="74 KB")
-            ax.set_title(dataset, fontsize=9)
             finish_axes(ax, "engine bytes", "accuracy (%): squares = test, steps = validation", log_x=True,
                         legend=False)
             ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))
