@@ -496,11 +496,12 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     return final, best, trials
 
 
-def frontier(trials: list[dict]) -> list[dict]:
-    """The accuracy / size Pareto frontier: each trial more accurate than every smaller one."""
-    best_so_far, points = -1.0, []
-    for trial in sorted(trials, key=lambda t: (t["engine_bytes"], -t["validation_accuracy"])):
-        if trial["validation_accuracy"] > best_so_far:
-            best_so_far = trial["validation_accuracy"]
+def frontier(trials: list[dict], cost: str = "engine_bytes", value: str = "validation_accuracy") -> list[dict]:
+    """The accuracy / size Pareto frontier: each trial more accurate than every smaller one (by default;
+    ``cost`` and ``value`` name other keys, e.g. the report's latency and test accuracy)."""
+    best_so_far, points = -float("inf"), []
+    for trial in sorted(trials, key=lambda t: (t[cost], -t[value])):
+        if trial[value] > best_so_far:
+            best_so_far = trial[value]
             points.append(trial)
     return points

@@ -339,16 +339,6 @@ def engine_kind(network: str) -> str:
     return "k-NN, compact bank" if "compact:" in network else "k-NN, gradient-free search"
 
 
-def pareto(points: list[dict], cost: str = "engine_bytes", value: str = "test_median") -> list[dict]:
-    """The points that no point of lower (or equal) ``cost`` matches or beats in ``value``."""
-    frontier, best = [], -float("inf")
-    for g in sorted(points, key=lambda g: (g[cost], -g[value])):
-        if g[value] > best:
-            frontier.append(g)
-            best = g[value]
-    return frontier
-
-
 def finish_axes(ax, xlabel: str, ylabel: str, log_x: bool = False, legend: bool = True) -> None:
     if log_x:
         from matplotlib.ticker import NullFormatter
@@ -371,6 +361,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
     import numpy as np
 
     from .atomic import write_with
+    from .condense import frontier
     from .engine import Engine
 
     written = []
@@ -398,7 +389,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
                 ax.scatter([g["engine_bytes"] for g in points], [100 * g["test_median"] for g in points],
                            marker=marker, label=kind)
         # Only the engines that no smaller engine matches in accuracy are named; the tables list all.
-        for g in pareto(mine):
+        for g in frontier(mine, value="test_median"):
             ax.annotate(f"{g['network'].replace(' (k=9)', '')} [{g['preset']}]",
                         (g["engine_bytes"], 100 * g["test_median"]), fontsize=6,
                         xytext=(4, -3), textcoords="offset points")
@@ -450,7 +441,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             for runtime in sorted({p["runtime"] for p in mine}):
                 points = [p for p in mine if p["runtime"] == runtime]
                 ax.scatter([p["p50_ms"] for p in points], [p["accuracy"] for p in points], label=runtime)
-            for p in pareto(mine, cost="p50_ms", value="accuracy"):  # no faster engine is as accurate
+            for p in frontier(mine, cost="p50_ms", value="accuracy"):  # no faster engine is as accurate
                 ax.annotate(p["name"], (p["p50_ms"], p["accuracy"]), fontsize=6, xytext=(4, -3),
                             textcoords="offset points")
             finish_axes(ax, "p50 latency, batch 1, host CPU (ms; median over runs)", "test accuracy (%)",
@@ -469,7 +460,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             mine = [g for g in summary if g["dataset"] == dataset]
             ax.scatter([g["engine_bytes"] for g in mine], [100 * g["test_median"] for g in mine], marker="s", s=14,
                        color="black", label="every engine (test)")
-            for g in pareto(mine):
+            for g in frontier(mine, value="test_median"):
                 ax.annotate(g["network"][:48], (g["engine_bytes"], 100 * g["test_median"]), fontsize=5,
                             xytext=(4, -3), textcoords="offset points")
             if dataset == "mnist":

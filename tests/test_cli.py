@@ -152,14 +152,15 @@ def test_report_row_names_follow_the_resolved_bank():
 
 
 def test_the_size_plot_names_only_engines_no_smaller_one_matches():
-    from slicenet.report import engine_kind, pareto
+    from slicenet.condense import frontier
+    from slicenet.report import engine_kind
 
     points = [{"engine_bytes": b, "test_median": a, "name": n} for b, a, n in
               [(10, 0.80, "small"), (10, 0.70, "small, worse"), (20, 0.75, "larger, worse"),
                (30, 0.80, "larger, level"), (40, 0.90, "largest, best")]]
-    assert [p["name"] for p in pareto(points)] == ["small", "largest, best"]
+    assert [p["name"] for p in frontier(points, value="test_median")] == ["small", "largest, best"]
     timed = [{"p50_ms": t, "accuracy": a} for t, a in [(0.02, 86.0), (0.03, 85.0), (1.4, 86.8)]]
-    assert pareto(timed, cost="p50_ms", value="accuracy") == [timed[0], timed[2]]
+    assert frontier(timed, cost="p50_ms", value="accuracy") == [timed[0], timed[2]]
     assert engine_kind("dense 128, 20 epochs max") == "backprop, dense head"
     assert engine_kind("backprop trunk + k-NN (k=9)") == "backprop trunk + k-NN"
     assert engine_kind("k-NN (k=9) on raw pixels") == "k-NN on raw pixels"
