@@ -168,13 +168,9 @@ def scored_rows(problem: Problem, split: tuple[torch.Tensor, torch.Tensor] | Non
 def _chunk_size(spec: TrunkSpec, x: torch.Tensor, index: int, size: int) -> int:
     """Images per chunk so that the population's largest activation stays within the budget."""
     channels, height, width = x.shape[1:]
-    largest = 1
-    for layer_index in range(index, len(spec.layers)):
-        layer = spec.layers[layer_index]
-        height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
-        width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
-        largest = max(largest, layer.out_channels * height * width)
-        height, width = height // layer.pool, width // layer.pool
+    rest = TrunkSpec(spec.layers[index:], channels)  # the layers from ``index`` on, fed x
+    largest = max([1] + [layer.out_channels * h * w
+                         for layer, (h, w) in zip(rest.layers, rest.conv_sizes((height, width)), strict=True)])
     return max(1, ACTIVATION_BUDGET // (2 * size * largest))
 
 

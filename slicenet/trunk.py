@@ -54,7 +54,7 @@ class TrunkSpec:
     def parameters(self) -> int:
         return sum(self.layer_parameters(i) for i in range(len(self.layers)))
 
-    def _conv_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+    def conv_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(height, width) of each layer's convolution output, before its pooling."""
         height, width = image_size
         sizes = []
@@ -68,7 +68,7 @@ class TrunkSpec:
     def shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
         """(channels, height, width) after each layer; raises InputError if the image is too small."""
         shapes = []
-        for index, (layer, (height, width)) in enumerate(zip(self.layers, self._conv_sizes(image_size), strict=True)):
+        for index, (layer, (height, width)) in enumerate(zip(self.layers, self.conv_sizes(image_size), strict=True)):
             height, width = height // layer.pool, width // layer.pool
             if height < 1 or width < 1:
                 raise InputError(f"the trunk does not fit {image_size[0]}x{image_size[1]} images: layer "
@@ -80,7 +80,7 @@ class TrunkSpec:
     def multiply_adds(self, image_size: tuple[int, int]) -> int:
         """Multiply-adds of the convolutions for one image (pooling and activations not counted)."""
         return sum(layer.out_channels * height * width * self.in_channels_of(index) * layer.kernel**2
-                   for index, (layer, (height, width)) in enumerate(zip(self.layers, self._conv_sizes(image_size),
+                   for index, (layer, (height, width)) in enumerate(zip(self.layers, self.conv_sizes(image_size),
                                                                         strict=True)))
 
     def n_features(self, image_size: tuple[int, int]) -> int:
