@@ -133,7 +133,8 @@ def to_engine(model: Network, dataset: Dataset, config: BaselineConfig, input_me
     weights = model.trunk_weights()
     if config.head == "knn":
         return Engine.build(model.spec, weights, dataset.x_train, dataset.y_train, input_mean, input_std,
-                            config.postprocessing, config.n_neighbors, config.metric, dataset.class_names, info)
+                            config.postprocessing, config.n_neighbors, config.metric, dataset.class_names, info,
+                            vote=config.vote)
     dense = [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in (model.hidden, model.output)]
     return Engine.build_dense(model.spec, weights, dense, input_mean, input_std, dataset.class_names,
                               dataset.image_size, info)

@@ -35,6 +35,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--population-size": ("population_size", int, "candidates per generation (0 = method default)"),
     "--sigma-scale": ("sigma_scale", float, "initial spread as a multiple of the He-init std"),
     "--n-neighbors": ("n_neighbors", int, "k of the k-NN head (default 9)"),
+    "--vote": ("vote", str, "k-NN head: majority (default) or local-mean (nearest mean of each class's k nearest)"),
     "--metric": ("metric", str, "k-NN distance: euclidean, sqeuclidean, cosine, manhattan"),
     "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
     "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),
@@ -64,6 +65,7 @@ BASELINE_FLAGS = {
     "--patience": ("patience", int, "early stopping patience in epochs (default 3)"),
     "--validation-fraction": ("validation_fraction", float, "training images held out for early stopping"),
     "--n-neighbors": ("n_neighbors", int, "head knn: k (default 9)"),
+    "--vote": ("vote", str, "head knn: majority (default) or local-mean"),
     "--seed": ("seed", int, "seed for init, split and batches"),
     "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
 }
@@ -267,6 +269,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
               else make_config(None, BaselineConfig, **overrides))
     dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, config.preset, config.image_size,
                                                             config.threads)
+    if config.head == "knn":
+        pipeline.check_vote(config.vote, config.n_neighbors, dataset)
     command = shlex.join(["slicenet", *args.argv])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = dataset.name.split(":")[0]
@@ -546,15 +550,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = runs.load_engine(args.run)
     images = np.stack([load_image(path, engine.image_size) for path in args.images])
     predicted, votes, _ = engine.predict(images)
-    rows = [{"image": str(path), "class": int(p), "label": engine.class_names[p],
-             "votes": {engine.class_names[c]: int(v) for c, v in enumerate(vote) if v}}
-            for path, p, vote in zip(args.images, predicted, votes, strict=True)]
+    if engine.head == "dense":  # softmax probabilities, likeliest first, the negligible left out
+        key, title = "probabilities", "probabilities"
+        details = [{engine.class_names[c]: round(float(vote[c]), 4) for c in np.argsort(-vote, kind="stable")
+                    if vote[c] >= 0.001} for vote in votes]
+    elif engine.vote == "local-mean":  # each class's local-mean distance, nearest first
+        key, title = "local_mean_distance", "local-mean distances"
+        details = [{engine.class_names[c]: round(float(-vote[c]), 4) for c in np.argsort(-vote, kind="stable")}
+                   for vote in votes]
+    else:
+        key, title = "votes", "votes"
+        details = [{engine.class_names[c]: int(v) for c, v in enumerate(vote) if v} for vote in votes]
+    rows = [{"image": str(path), "class": int(p), "label": engine.class_names[p], key: detail}
+            for path, p, detail in zip(args.images, predicted, details, strict=True)]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            shown = ", ".join(f"{label}: {count}" for label, count in row["votes"].items())
-            print(f"{row['image']}: {row['label']}  (votes {shown})")
+            shown = ", ".join(f"{label}: {value}" for label, value in row[key].items())
+            print(f"{row['image']}: {row['label']}  ({title} {shown})")
     return 0
 
 

@@ -273,7 +273,8 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
     projection = None
     if settings.dims and settings.dims < raw.shape[1]:
         projection = pca_projection(raw, mean, settings.dims)
-    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection)
+    # A compact bank is voted on by majority: its k and prototypes are tuned for that rule.
+    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection, vote="majority")
     points = compact.postprocess(raw).numpy()
     k = n_neighbors or settings.n_neighbors or engine.n_neighbors
     bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed, points, labels, k)

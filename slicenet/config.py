@@ -27,6 +27,7 @@ class RunConfig:
     population_size: int = 0  # candidates per generation; 0 = the method's default for the dimension
     sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
     n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
+    vote: str = "majority"  # k-NN head: majority of the k nearest | local-mean (of each class's k nearest)
     metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
     postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
     validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries (holdout)
@@ -65,6 +66,7 @@ class BaselineConfig:
     augment: bool = False  # random shifts (up to 2 px) and rotations (up to 10 degrees)
     validation_fraction: float = 0.1  # training images held out for early stopping
     n_neighbors: int = 9  # head = knn: k
+    vote: str = "majority"  # head = knn: majority | local-mean
     metric: str = "euclidean"  # head = knn: distance
     postprocessing: str = "centre_l2"  # head = knn: feature post-processing
     image_size: int = 28  # folder datasets only
@@ -108,7 +110,7 @@ def make_config(base: Any = None, cls: type = RunConfig, **overrides: Any) -> An
 
 
 def validate_baseline(config: BaselineConfig) -> None:
-    from .knn import METRICS, POSTPROCESSING
+    from .knn import METRICS, POSTPROCESSING, VOTES
 
     checks = [
         (config.head in ("dense", "knn"), f"head {config.head!r}: expected dense or knn"),
@@ -121,6 +123,9 @@ def validate_baseline(config: BaselineConfig) -> None:
         (0 < config.validation_fraction < 1,
          f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
         (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
+        (config.vote in VOTES, f"vote {config.vote!r}: expected one of {', '.join(VOTES)}"),
+        (config.vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
+         f"vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
         (config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
         (config.postprocessing in POSTPROCESSING,
          f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
@@ -132,7 +137,7 @@ def validate_baseline(config: BaselineConfig) -> None:
 
 
 def validate(config: RunConfig) -> None:
-    from .knn import METRICS, POSTPROCESSING
+    from .knn import METRICS, POSTPROCESSING, VOTES
     from .optimisers import REGISTRY
 
     checks = [
@@ -143,6 +148,9 @@ def validate(config: RunConfig) -> None:
          f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
         (config.sweeps >= 1, f"sweeps must be at least 1, got {config.sweeps}"),
         (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
+        (config.vote in VOTES, f"vote {config.vote!r}: expected one of {', '.join(VOTES)}"),
+        (config.vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
+         f"vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
         (config.population_size == 0 or config.population_size >= 2,
          f"population_size must be 0 (auto) or at least 2, got {config.population_size}"),
         (config.sigma_scale > 0, f"sigma_scale must be positive, got {config.sigma_scale}"),
@@ -157,6 +165,8 @@ def validate(config: RunConfig) -> None:
          f"search_images must be 0 (all) or at least 20, got {config.search_images}"),
         (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
         (config.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {config.prototypes}"),
+        (config.prototypes == 0 or config.vote == "majority",
+         "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
         (-1 <= config.bank_shifts <= 4,
          f"bank_shifts must be -1 (auto) or between 0 and 4 pixels, got {config.bank_shifts}"),
     ]

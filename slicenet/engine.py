@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from .errors import InputError
-from .knn import knn_vote, postprocess
+from .knn import VOTES, knn_vote, local_mean_vote, postprocess
 from .trunk import TrunkSpec, Weights, features
 
 FORMAT = "slicenet-engine/1"
@@ -72,18 +72,35 @@ class Engine:
     dense: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (W [out, in], b)
     projection: torch.Tensor | None = None  # [D, d]: centred features are projected before L2 normalising
     storage: dict[str, str] = field(default_factory=lambda: {"weights": "fp32", "bank": "fp32"})
+    vote: str = "majority"  # head = knn: majority of the k nearest, or local-mean (knn.local_mean_vote)
 
     @classmethod
     def build(cls, spec: TrunkSpec, weights: Weights, images: np.ndarray, labels: np.ndarray,
               input_mean: float, input_std: float, postprocessing: str, n_neighbors: int, metric: str,
-              class_names: tuple[str, ...], info: dict | None = None) -> Engine:
+              class_names: tuple[str, ...], info: dict | None = None, vote: str = "majority") -> Engine:
         """An engine whose bank is every image given (each image one prototype)."""
         raw = features(normalise_images(images, input_mean, input_std), spec, weights)
         mean = raw.mean(0)
-        return cls(spec, [(w.clone(), b.clone()) for w, b in weights], input_mean, input_std,
-                   postprocessing, mean, postprocess(raw, mean, postprocessing),
-                   torch.as_tensor(labels, dtype=torch.int64), n_neighbors, metric, tuple(class_names),
-                   (int(images.shape[1]), int(images.shape[2])), dict(info or {}))
+        engine = cls(spec, [(w.clone(), b.clone()) for w, b in weights], input_mean, input_std,
+                     postprocessing, mean, postprocess(raw, mean, postprocessing),
+                     torch.as_tensor(labels, dtype=torch.int64), n_neighbors, metric, tuple(class_names),
+                     (int(images.shape[1]), int(images.shape[2])), dict(info or {}), vote=vote)
+        engine.check_vote()
+        return engine
+
+    def check_vote(self) -> None:
+        """Fail with a clear message if the head's vote cannot work on this bank."""
+        if self.vote not in VOTES:
+            raise InputError(f"unknown vote {self.vote!r}: expected one of {', '.join(VOTES)}")
+        if self.vote != "local-mean":
+            return
+        if self.metric not in ("euclidean", "sqeuclidean"):
+            raise InputError(f"the local-mean vote is Euclidean; use --metric euclidean, not {self.metric}")
+        counts = torch.bincount(self.bank_labels, minlength=self.n_classes)
+        if int(counts.min()) < self.n_neighbors:
+            name = self.class_names[int(counts.argmin())]
+            raise InputError(f"the local-mean vote needs k={self.n_neighbors} prototypes of every class; class "
+                             f"{name!r} has {int(counts.min())}: lower --n-neighbors or use --vote majority")
 
     @property
     def n_classes(self) -> int:
@@ -164,6 +181,12 @@ class Engine:
                 if index < len(self.dense) - 1:
                     h = torch.relu(h)
             return h.argmax(-1).numpy(), torch.softmax(h, -1).numpy(), np.zeros((len(h), 0), dtype=np.int64)
+        if self.vote == "local-mean":
+            # The votes are minus each class's local-mean distance; the neighbours those of the winner.
+            scores, per_class = local_mean_vote(self.embed(images), self.bank, self.bank_labels, self.n_classes,
+                                                self.n_neighbors)
+            predicted = scores.argmax(-1)
+            return predicted.numpy(), scores.numpy(), per_class[torch.arange(len(predicted)), predicted].numpy()
         votes, _, indices = knn_vote(self.embed(images), self.bank, self.bank_labels, self.n_classes,
                                      self.n_neighbors, self.metric)
         return votes.argmax(-1).numpy(), votes.numpy(), indices.numpy()
@@ -198,7 +221,8 @@ class Engine:
                                  "height": self.image_size[0], "width": self.image_size[1],
                                  "dtype": "uint8", "scale": 1.0 / 255.0}),
             "head": json.dumps({"kind": self.head, "n_neighbors": self.n_neighbors, "metric": self.metric,
-                                "postprocessing": self.postprocessing, "dense_layers": len(self.dense)}),
+                                "postprocessing": self.postprocessing, "dense_layers": len(self.dense),
+                                "vote": self.vote}),
             "class_names": json.dumps(list(self.class_names)),
             "storage": json.dumps(self.storage),
             "info": json.dumps(self.info),
@@ -245,9 +269,12 @@ class Engine:
                 engine.storage = storage
                 return engine
             projection = decode(tensors, "projection") if "projection" in tensors or "projection.q" in tensors else None
-            return cls(spec, weights, float(image["mean"]), float(image["std"]), head["postprocessing"],
+            engine = cls(spec, weights, float(image["mean"]), float(image["std"]), head["postprocessing"],
                        tensors["feature_mean"], decode(tensors, "bank"), tensors["bank_labels"].to(torch.int64),
-                       int(head["n_neighbors"]), head["metric"], **common, projection=projection, storage=storage)
+                       int(head["n_neighbors"]), head["metric"], **common, projection=projection, storage=storage,
+                       vote=head.get("vote", "majority"))
+            engine.check_vote()
+            return engine
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); "
                              "re-run 'slicenet optimise' to rebuild it") from None

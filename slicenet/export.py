@@ -7,7 +7,9 @@ Reshape -> post-processing (Sub mean, L2 normalise) -> squared distances to the 
 ``||q||^2 - 2 q.B^T + ||B||^2`` (bank norms precomputed) -> TopK of the *negated* distance
 (largest=1: TensorRT 8.2 ignores largest=0) -> Gather rows of a one-hot label matrix -> ReduceSum
 (the votes) -> ArgMax (the class). No OneHot, static shapes, constant K. A dense-head engine ends
-with MatMul/Add/Relu layers, Softmax (reported as the votes) and ArgMax instead.
+with MatMul/Add/Relu layers, Softmax (reported as the votes) and ArgMax instead. The local-mean
+head (``--vote local-mean``) regroups the scores by class and takes each class's k nearest with one
+TopK; see ``local_mean_onnx``.
 
 ONNX graphs are built with ``onnx.helper`` rather than torch's exporter, so that the opset and every
 operation are exactly what the target allows (torch 2.13's exporter quietly ignores opset requests).
@@ -73,11 +75,33 @@ def near_ties(engine: Engine, images: np.ndarray) -> int:
     distances are at most 2). A runtime that sums in another order may pick either, legitimately."""
     if engine.head != "knn" or len(images) == 0 or engine.n_neighbors >= len(engine.bank):
         return 0
+    if engine.vote == "local-mean":
+        return local_mean_near_ties(engine, images)
     from .knn import knn_vote
 
     _, nearest, _ = knn_vote(engine.embed(images), engine.bank, engine.bank_labels, engine.n_classes,
                              engine.n_neighbors + 1, engine.metric)
     return int((nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE).sum())
+
+
+def local_mean_near_ties(engine: Engine, images: np.ndarray) -> int:
+    """``near_ties`` for the local-mean head: the two nearest local means, or some class's k-th and
+    (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``."""
+    import torch
+
+    from .knn import class_slots, local_mean_vote, pairwise_distances
+
+    queries, k = engine.embed(images), engine.n_neighbors
+    scores, _ = local_mean_vote(queries, engine.bank, engine.bank_labels, engine.n_classes, k)
+    best = scores.topk(2, dim=-1).values
+    tied = best[:, 0] - best[:, 1] <= TIE_TOLERANCE
+    slots = class_slots(engine.bank_labels, engine.n_classes)
+    if slots.shape[1] > k:
+        d = pairwise_distances(queries, engine.bank, "euclidean")[:, slots.clamp_min(0)]
+        d.masked_fill_(slots < 0, float("inf"))
+        nearest = (-d).topk(k + 1, dim=-1).values.neg()  # [Q, C, k + 1]
+        tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
+    return int(torch.as_tensor(tied).sum())
 
 
 # -- the ONNX graph ---------------------------------------------------------------------------------
@@ -177,14 +201,17 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
                                           "sum_square", keepdims=1)], "norm")
                 norm = node("Max", [norm, const("epsilon", np.array(EPSILON, dtype=np.float32))], "norm_safe")
                 x = node("Div", [x, norm], "query")
-            scores = node("MatMul", [x, bank_constant(engine, bank, const, node, 2.0)], "dot")
+            bank_t = bank_constant(engine, bank, const, node, 2.0)
+            scores = node("MatMul", [x, bank_t], "dot")
             # -||q - b||^2 = 2 q.b - ||b||^2 - ||q||^2. TopK ranks the bank for one query at a time,
             # so the query's own ||q||^2 is dropped, and the 2 is folded into the stored bank (exact:
             # a power of two): one MatMul and one Sub, larger is nearer, as TopK(largest=1) wants.
             scores = node("Sub", [scores, const("bank_norm2", (bank.astype(np.float64) ** 2).sum(1)
                                                  .astype(np.float32)[None])], "neg_distance")
         one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
-        if engine.n_neighbors == 1:
+        if engine.vote == "local-mean":
+            local_mean_onnx(engine, batch, x, scores, bank_t, const, node, nodes)
+        elif engine.n_neighbors == 1:
             # 1-NN: the nearest prototype's one-hot row is the vote and its label the class (three
             # operations where TopK, Gather, ReduceSum and ArgMax would take four).
             nearest = node("ArgMax", [scores], "nearest", axis=1, keepdims=0)
@@ -210,6 +237,63 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
     model.ir_version = min(model.ir_version, 8)  # readable by onnxruntime 1.11 (Jetson Zoo wheel) / TRT 8.2
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+FILLER_SCORE = 1e4  # added below a padded class slot's score: never among a class's k nearest
+
+
+def local_mean_layout(engine: Engine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bank regrouped by class for the local-mean head: (slot -> bank index [C * width], int64,
+    padding pointing at prototype 0; the score offset of each slot [1, C * width], -FILLER_SCORE
+    on padding; the first slot of each class [1, C, 1]), ``width`` the largest class."""
+    from .knn import class_slots
+
+    slots = class_slots(engine.bank_labels, engine.n_classes).numpy()
+    n_classes, width = slots.shape
+    mask = np.where(slots.reshape(-1) < 0, -FILLER_SCORE, 0.0).astype(np.float32)[None]
+    offsets = (np.arange(n_classes, dtype=np.int64) * width).reshape(1, n_classes, 1)
+    return slots.clip(0).reshape(-1), mask, offsets
+
+
+def local_mean_onnx(engine: Engine, batch: int, query: str, scores: str, bank_t: str, const, node, nodes) -> None:
+    """The local-mean head (``knn.local_mean_vote``) as graph operations, from the ranking scores
+    ``2 q.b - ||b||^2`` [batch, B] and ``bank_t`` = 2 B^T.
+
+    The scores are regrouped by class ([batch, C, width], padding far below any prototype), TopK takes
+    each class's k nearest, and the local mean m = (sum of the k) / k enters only through
+    ``||q - m||^2 = ||q||^2 - 2 q.m + ||m||^2``: 2 q.m from the k scores plus their ||b||^2, and
+    ||m||^2 from the gathered bank columns. Votes are -||q - m|| per class, as the engine's."""
+    from onnx import helper
+
+    k, n_classes = engine.n_neighbors, engine.n_classes
+    slots, mask, offsets = local_mean_layout(engine)
+    slot_index = const("class_slots", slots)
+    grouped = node("Add", [node("Gather", [scores, slot_index], "class_scores_flat", axis=1),
+                           const("class_slot_mask", mask)], "class_scores_masked")
+    grouped = node("Reshape", [grouped, const("class_shape", np.array([batch, n_classes, -1], dtype=np.int64))],
+                   "class_scores")
+    nodes.append(helper.make_node("TopK", [grouped, const("k", np.array([k], dtype=np.int64))],
+                                  ["nearest_scores", "nearest_slots"], name="topk", axis=-1, largest=1, sorted=1))
+    nearest = node("Gather", [slot_index, node("Add", ["nearest_slots", const("class_offsets", offsets)],
+                                               "nearest_flat_slots")], "nearest", axis=0)  # [batch, C, k]
+    norms = node("Gather", [node("Reshape", ["bank_norm2", const("flat", np.array([-1], dtype=np.int64))],
+                                 "bank_norm2_flat"), nearest], "nearest_norm2", axis=0)
+    axis = {i: const(f"axis_{i}", np.array([i], dtype=np.int64)) for i in (0, 1, 2, 3)}
+    two_dots = node("ReduceSum", [node("Add", ["nearest_scores", norms], "nearest_two_dots"), axis[2]],
+                    "two_dots", keepdims=0)  # 2 sum q.b, [batch, C]
+    two_sums = node("ReduceSum", [node("Gather", [bank_t, nearest], "nearest_columns", axis=1), axis[3]],
+                    "two_sums", keepdims=0)  # 2 sum b, [D, batch, C]
+    four_sq = node("ReduceSum", [node("Mul", [two_sums, two_sums], "two_sums_sq"), axis[0]], "four_sum_sq",
+                   keepdims=0)  # 4 ||sum b||^2, [batch, C]
+    q2 = node("ReduceSum", [node("Mul", [query, query], "query_sq"), axis[1]], "query_norm2", keepdims=1)
+    dist2 = node("Add", [node("Sub", [q2, node("Mul", [two_dots, const("inv_k", np.array(1.0 / k, np.float32))],
+                                               "two_q_dot_mean")], "q2_minus"),
+                         node("Mul", [four_sq, const("inv_4k2", np.array(1.0 / (4 * k * k), np.float32))],
+                              "mean_norm2")], "local_mean_dist2")
+    zero = const("zero", np.array(0.0, dtype=np.float32))
+    votes = node("Neg", [node("Sqrt", [node("Max", [dist2, zero], "local_mean_dist2_safe")], "local_mean_dist")],
+                 "votes")
+    node("ArgMax", [votes], "class", axis=1, keepdims=0)
 
 
 def bank_constant(engine: Engine, bank: np.ndarray, const, node, factor: float = 1.0) -> str:
@@ -310,13 +394,33 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
         if engine.metric == "cosine":
             bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), EPSILON)
         factor = 1.0 if engine.metric == "cosine" else 2.0  # as in build_onnx: 2 q.b - ||b||^2
-        scores = ops.matmul(x, (factor * bank.T).astype(np.float32).copy(), False, False)
+        bank_t = ops.constant((factor * bank.T).astype(np.float32).copy())  # one constant, shared below
+        scores = ops.matmul(x, bank_t, False, False)
         if engine.metric != "cosine":
             scores = ops.subtract(scores, (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)[None])
-        nearest = ops3.topk(scores, np.int64(engine.n_neighbors), 1, "max", "value", "i32")
-        one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
-        gathered = ops.gather(one_hot, nearest.output(1), np.int64(0))
-        votes = ops.reduce_sum(gathered, axis1, False)
+        if engine.vote == "local-mean":  # as local_mean_onnx
+            k = engine.n_neighbors
+            slots, mask, offsets = local_mean_layout(engine)
+            grouped = ops.reshape(ops.add(ops.gather(scores, slots.astype(np.int32), np.int64(1)), mask),
+                                  np.array([batch, engine.n_classes, -1], dtype=np.int64), special_zero=False)
+            nearest = ops3.topk(grouped, np.int64(k), 2, "max", "value", "i32")
+            index = ops.gather(slots.astype(np.int32), ops.add(nearest.output(1), offsets.astype(np.int32)),
+                               np.int64(0))  # [batch, C, k]
+            norm2 = (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)
+            two_dots = ops.reduce_sum(ops.add(nearest.output(0), ops.gather(norm2, index, np.int64(0))),
+                                      np.array([2], dtype=np.int64), False)
+            two_sums = ops.reduce_sum(ops.gather(bank_t, index, np.int64(1)),
+                                      np.array([3], dtype=np.int64), False)
+            four_sq = ops.reduce_sum(ops.multiply(two_sums, two_sums), np.array([0], dtype=np.int64), False)
+            dist2 = ops.add(ops.subtract(ops.reduce_sum(ops.multiply(x, x), axis1, True),
+                                         ops.multiply(two_dots, np.float32(1.0 / k))),
+                            ops.multiply(four_sq, np.float32(1.0 / (4 * k * k))))
+            votes = ops.negative(ops.sqrt(ops.maximum(dist2, np.float32(0.0))))
+        else:
+            nearest = ops3.topk(scores, np.int64(engine.n_neighbors), 1, "max", "value", "i32")
+            one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
+            gathered = ops.gather(one_hot, nearest.output(1), np.int64(0))
+            votes = ops.reduce_sum(gathered, axis1, False)
         top = ops3.topk(votes, np.int64(1), 1, "max", "index", "i32")  # ties: the smallest class index
     votes.set_friendly_name("votes")
     class_index = ops.reshape(top.output(1), np.array([batch], dtype=np.int64), special_zero=False)

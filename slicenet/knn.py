@@ -15,6 +15,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan")
+VOTES = ("majority", "local-mean")  # how the k nearest prototypes decide the class
 POSTPROCESSING = ("centre_l2", "l2", "none")
 
 
@@ -58,6 +59,42 @@ def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tenso
         distances.append(-neg)
         indices.append(idx)
     return torch.cat(votes, -2), torch.cat(distances, -2), torch.cat(indices, -2)
+
+
+def class_slots(bank_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Bank indices grouped by class [n_classes, largest class], in bank order, padded with -1."""
+    counts = torch.bincount(bank_labels, minlength=n_classes)
+    slots = torch.full((n_classes, int(counts.max())), -1, dtype=torch.int64)
+    for label in range(n_classes):
+        members = torch.nonzero(bank_labels == label).flatten()
+        slots[label, : len(members)] = members
+    return slots
+
+
+def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
+                    n_neighbors: int, chunk_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local-mean rule (Mitani and Hamamoto 2006): the k nearest prototypes *of each class* are
+    averaged, and the query goes to the class whose local mean is nearest (Euclidean).
+
+    Unlike the majority vote it uses every class's nearest prototypes, not just those among the k
+    nearest overall, and their mean smooths out a single atypical neighbour. Every class needs at
+    least k prototypes. Returns (scores [Q, n_classes]: minus the distance to each class's local
+    mean, so the largest wins, ties to the smallest class index; neighbour indices [Q, n_classes, k]).
+    """
+    slots = class_slots(bank_labels, n_classes)
+    if int((slots >= 0).sum(1).min()) < n_neighbors:
+        raise ValueError(f"the local-mean vote needs at least k={n_neighbors} prototypes of every class")
+    per_chunk = max(1, chunk_elements // max(bank.shape[0], n_classes * n_neighbors * bank.shape[1]))
+    scores, indices = [], []
+    for chunk in queries.split(per_chunk):
+        d = pairwise_distances(chunk, bank, "sqeuclidean")[:, slots.clamp_min(0)]  # [q, C, largest]
+        d.masked_fill_(slots < 0, float("inf"))
+        _, position = (-d).topk(n_neighbors, dim=-1)
+        idx = slots.expand(len(chunk), -1, -1).gather(-1, position)  # [q, C, k]
+        means = bank[idx].mean(-2)  # [q, C, D]
+        scores.append(-(chunk.unsqueeze(1) - means).norm(dim=-1))
+        indices.append(idx)
+    return torch.cat(scores), torch.cat(indices)
 
 
 def postprocess(features: torch.Tensor, mean: torch.Tensor | None, method: str) -> torch.Tensor:

@@ -53,6 +53,17 @@ def load_inputs(dataset_spec: str, preset_name: str, image_size: int, threads: i
     return dataset, preset, spec, float(scaled.mean()), float(scaled.std()) or 1.0
 
 
+def check_vote(vote: str, n_neighbors: int, dataset: Dataset) -> None:
+    """Fail before any search or training if the k-NN head's vote cannot work on this training set
+    (``Engine.check_vote`` would, but only once the engine is built)."""
+    smallest = int(np.bincount(dataset.y_train, minlength=dataset.n_classes).min())
+    if vote == "local-mean" and smallest < n_neighbors:
+        from .errors import InputError
+
+        raise InputError(f"the local-mean vote needs k={n_neighbors} training images of every class; "
+                         f"the smallest class has {smallest}: lower --n-neighbors or use --vote majority")
+
+
 def prepare(config: RunConfig) -> Prepared:
     dataset, preset, spec, mean, std = load_inputs(config.dataset, config.preset, config.image_size,
                                                    config.threads)
@@ -61,6 +72,7 @@ def prepare(config: RunConfig) -> Prepared:
 
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
+    check_vote(config.vote, config.n_neighbors, dataset)
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
@@ -100,7 +112,7 @@ def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | No
                                     dataset.y_train if labels is None else labels, prepared.bank_shifts)
     return Engine.build(prepared.spec, state.torch_weights(), images, labels, prepared.input_mean,
                         prepared.input_std, config.postprocessing, config.n_neighbors, config.metric,
-                        dataset.class_names, info)
+                        dataset.class_names, info, vote=config.vote)
 
 
 def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -167,6 +179,7 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "n_train": int(len(dataset.y_train)),
         "n_test": int(len(dataset.y_test)),
         "n_neighbors": config.n_neighbors,
+        "vote": config.vote,
         "seed": config.seed,
         "machine": machine_info(),
     }

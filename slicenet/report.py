@@ -54,18 +54,25 @@ def shifts_label(shifts: int) -> str:
     return f", bank + {shifts}-px shifts" if shifts else ""
 
 
+def knn_head(k: int, config: dict) -> str:
+    """"k-NN (k=9)", or with the local-mean vote "k-NN (k=9, local mean)"."""
+    return f"k-NN (k={k}{', local mean' if config.get('vote', 'majority') == 'local-mean' else ''})"
+
+
 def network_name(metrics: dict, config: dict) -> str:
     """The row label, matching the reference's names where the network is the same kind."""
     if "hidden" in metrics:  # a baseline run
         epochs = "" if config.get("epochs", 5) == 5 else f", {config['epochs']} epochs max"
         if metrics.get("head") == "knn":
-            return f"backprop trunk + k-NN (k={config.get('n_neighbors', 9)}){epochs}"
+            return f"backprop trunk + {knn_head(config.get('n_neighbors', 9), config)}{epochs}"
         return f"dense {metrics['hidden']}{epochs}"
     if metrics.get("preset") == "pixels":
-        return f"k-NN (k={config.get('n_neighbors', 9)}) on raw pixels"
+        return f"{knn_head(config.get('n_neighbors', 9), config)} on raw pixels"
     compact = metrics.get("compact")
-    k = compact["n_neighbors"] if compact else config.get("n_neighbors", 9)  # a condensed engine's own k
-    name = f"k-NN (k={k}), {metrics['method'].upper()}"
+    if compact:  # a condensed engine: its own k, and always the majority vote
+        name = f"{knn_head(compact['n_neighbors'], {})}, {metrics['method'].upper()}"
+    else:
+        name = f"{knn_head(config.get('n_neighbors', 9), config)}, {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
     if config.get("sweeps", 1) > 1:

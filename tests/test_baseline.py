@@ -23,6 +23,21 @@ def test_one_epoch_gives_a_valid_run_directory(tmp_path):
     assert main(["evaluate", str(out), "--json"]) == 0
 
 
+def test_predict_with_a_dense_head_shows_its_probabilities(tmp_path, capsys):
+    from PIL import Image
+
+    from slicenet.data import load_dataset
+
+    out = tmp_path / "b"
+    assert main([*FAST, "--epochs", "1", "--hidden", "16", "--out", str(out)]) == 0
+    Image.fromarray(load_dataset("digits").x_test[0]).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "digit.png"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    probabilities = row["probabilities"]
+    assert next(iter(probabilities)) == row["label"] and 0.98 <= sum(probabilities.values()) <= 1.0
+
+
 def test_several_widths_one_run_each(tmp_path):
     assert main([*FAST, "--epochs", "1", "--hidden", "16", "8", "--out", str(tmp_path / "w")]) == 0
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["dense16", "dense8"]

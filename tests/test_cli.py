@@ -57,6 +57,24 @@ def test_predict_an_image_file(run_dir, tmp_path, capsys):
     assert sum(row["votes"].values()) == 9 and row["label"] in data.class_names
 
 
+def test_local_mean_vote_end_to_end(tmp_path, capsys):
+    """optimise --vote local-mean: recorded, predicted with each class's local-mean distance, and
+    named as such in the report."""
+    out = tmp_path / "local-mean"
+    assert main(["optimise", *FAST, "--vote", "local-mean", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["vote"] == "local-mean"
+    data = load_dataset("digits")
+    Image.fromarray(data.x_test[0]).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "digit.png"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    distances = row["local_mean_distance"]
+    assert len(distances) == 10 and next(iter(distances)) == row["label"]  # nearest first
+    assert list(distances.values()) == sorted(distances.values())
+    assert main(["report", str(out), "--out", str(tmp_path / "results")]) == 0
+    assert "| k-NN (k=9, local mean), CMA | digits |" in (tmp_path / "results" / "REPORT.md").read_text()
+
+
 @pytest.mark.parametrize("method", ["pso", "ga"])
 def test_other_methods_and_filter_granularity(tmp_path, method):
     out = tmp_path / method
@@ -86,6 +104,12 @@ def cli(*args, cwd=None):
     (["evaluate", "/nonexistent"], "does not exist"),
     (["predict", "/nonexistent", "x.png"], "does not exist"),
     (["optimise", "--resume", "/tmp"], "not a slicenet run directory"),
+    (["optimise", "--dataset", "digits", "--vote", "median"], "vote 'median'"),
+    (["optimise", "--dataset", "digits", "--vote", "local-mean", "--metric", "cosine"], "local-mean is Euclidean"),
+    (["optimise", "--dataset", "digits", "--vote", "local-mean", "--prototypes", "5"], "voted by majority"),
+    (["optimise", "--dataset", "digits", "--vote", "local-mean", "--n-neighbors", "150"], "smallest class has 139"),
+    (["baseline", "--dataset", "digits", "--head", "knn", "--vote", "local-mean", "--n-neighbors", "150"],
+     "smallest class has 139"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match):
     result = cli(*args)

@@ -47,3 +47,35 @@ def test_wrong_image_shape(engine_and_data):
     engine, _ = engine_and_data
     with pytest.raises(InputError, match="expected images of shape"):
         engine.predict(np.zeros((2, 28, 28), dtype=np.uint8))
+
+
+def test_local_mean_engine_round_trips_and_votes_by_its_rule(engine_and_data, tmp_path):
+    import dataclasses
+
+    from slicenet.knn import local_mean_vote
+
+    engine, data = engine_and_data
+    local = dataclasses.replace(engine, vote="local-mean")
+    (tmp_path / "e.safetensors").write_bytes(local.to_bytes())
+    again = Engine.load(tmp_path / "e.safetensors")
+    assert again.vote == "local-mean" and Engine.from_bytes(engine.to_bytes()).vote == "majority"
+    predicted, scores, neighbours = again.predict(data.x_test)
+    expected, _ = local_mean_vote(engine.embed(data.x_test), engine.bank, engine.bank_labels, 10, 9)
+    assert np.array_equal(predicted, expected.argmax(-1).numpy()) and np.allclose(scores, expected.numpy())
+    # The neighbours returned are the winning class's k nearest.
+    assert (engine.bank_labels.numpy()[neighbours] == predicted[:, None]).all() and neighbours.shape[1] == 9
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(metric="cosine"), "local-mean vote is Euclidean"),
+    (dict(n_neighbors=500), "needs k=500 prototypes of every class"),
+    (dict(vote="median"), "unknown vote 'median'"),
+])
+def test_a_vote_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_path, change, match):
+    import dataclasses
+
+    engine, _ = engine_and_data
+    (tmp_path / "e.safetensors").write_bytes(dataclasses.replace(engine, **{"vote": "local-mean", **change})
+                                             .to_bytes())
+    with pytest.raises(InputError, match=match):
+        Engine.load(tmp_path / "e.safetensors")

@@ -22,8 +22,16 @@ def dense_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def local_mean_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "local-mean"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--vote",
+                 "local-mean", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.parametrize("target", ["onnx", "openvino", "jetson", "ncs2"])
-@pytest.mark.parametrize("which", ["tiny_run", "dense_run"])
+@pytest.mark.parametrize("which", ["tiny_run", "dense_run", "local_mean_run"])
 def test_every_target_exports_and_verifies(request, which, target, tmp_path):
     run = request.getfixturevalue(which)
     assert main(["export", str(run), "--target", target, "--out", str(tmp_path)]) == 0
@@ -167,6 +175,31 @@ def test_batched_export_verifies_and_benches(tiny_run, tmp_path, target):
                  "--json", str(out), "--results", str(tmp_path / "res")]) == 0
     assert json.loads(out.read_text())[0]["batch"] == 8
     assert main(["bench", str(bundle), "--runtime", runtime, "--batch", "4", "--count", "5"]) == 2
+
+
+@pytest.mark.parametrize("target", ["onnx", "ncs2"])
+def test_batched_local_mean_export_verifies(local_mean_run, tmp_path, target):
+    assert main(["export", str(local_mean_run), "--target", target, "--batch", "8", "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / bundle_name(local_mean_run) / f"{target}-b8" / "manifest.json").read_text())
+    assert manifest["verification"][0]["agreement"] == 1.0
+
+
+def test_local_mean_votes_are_the_engines(local_mean_run, tmp_path):
+    """Not only the class: the exported votes are the engine's minus local-mean distances, in fp32."""
+    import openvino as ov
+
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
+
+    engine = Engine.load(local_mean_run / "engine.safetensors")
+    images = load_dataset("digits").x_test[:40]
+    _, expected, _ = engine.predict(images)
+    onnx.save(build_onnx(engine, 13), tmp_path / "engine.onnx")
+    ov.save_model(build_ncs2_ir(engine), str(tmp_path / "engine.xml"), compress_to_fp16=False)
+    for votes in (run_onnxruntime(tmp_path / "engine.onnx", images)[1],
+                  run_openvino(tmp_path / "engine.xml", images)[1]):
+        assert abs(votes - expected).max() < 1e-4
 
 
 def test_near_ties_are_counted_only_where_float_noise_can_swap_neighbours(tiny_run):

@@ -6,7 +6,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from slicenet.knn import KNNClassifier, knn_vote, pairwise_distances
+from slicenet.knn import KNNClassifier, class_slots, knn_vote, local_mean_vote, pairwise_distances
 
 
 @pytest.fixture
@@ -67,3 +67,43 @@ def test_bad_inputs():
     model = KNNClassifier(n_neighbors=3).fit(np.random.rand(10, 2), np.arange(10) % 2)
     with pytest.raises(ValueError, match="features"):
         model.predict(np.zeros((2, 3)))
+
+
+def local_mean_by_hand(query: np.ndarray, bank: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each class's local-mean distance for one query, the textbook way (Mitani and Hamamoto 2006)."""
+    distances = []
+    for label in range(labels.max() + 1):
+        members = bank[labels == label]
+        nearest = members[np.argsort(np.linalg.norm(members - query, axis=1), kind="stable")[:k]]
+        distances.append(np.linalg.norm(query - nearest.mean(0)))
+    return np.array(distances)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_local_mean_vote_matches_the_rule_by_hand(blobs, k):
+    X, y, Xq, _ = blobs
+    bank, queries = torch.tensor(X, dtype=torch.float32), torch.tensor(Xq, dtype=torch.float32)
+    # A small chunk budget: several chunks of queries, the same answer.
+    scores, indices = local_mean_vote(queries, bank, torch.tensor(y), 4, k, chunk_elements=500)
+    expected = np.stack([local_mean_by_hand(q, X, y, k) for q in Xq])
+    np.testing.assert_allclose(-scores.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert indices.shape == (len(Xq), 4, k)
+    assert (y[indices.numpy()] == np.arange(4)[None, :, None]).all()  # each class's own prototypes
+
+
+def test_local_mean_differs_from_the_majority_where_it_should():
+    """Two near prototypes of class 1 lose to three farther ones of class 0 under the majority of the
+    5 nearest, but class 1's 2 nearest average closer than class 0's: the local mean picks class 1."""
+    bank = torch.tensor([[1.0], [1.5], [2.0], [0.2], [-0.2], [5.0], [6.0]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    query = torch.tensor([[0.0]])
+    votes, _, _ = knn_vote(query, bank, labels, 2, 5)
+    scores, _ = local_mean_vote(query, bank, labels, 2, 2)
+    assert votes.argmax(-1).item() == 0 and scores.argmax(-1).item() == 1
+
+
+def test_class_slots_and_the_k_requirement():
+    slots = class_slots(torch.tensor([1, 0, 1, 1]), 3)
+    assert slots.tolist() == [[1, -1, -1], [0, 2, 3], [-1, -1, -1]]
+    with pytest.raises(ValueError, match="at least k=2 prototypes of every class"):
+        local_mean_vote(torch.zeros(1, 2), torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]), 2, 2)
