@@ -101,7 +101,8 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                    network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics,
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
-                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
+                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config),
+                   head=knn_head(config.get("n_neighbors", 9), config))
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
@@ -140,19 +141,20 @@ def groups(rows: list[dict]) -> list[dict]:
             "derived": False,
         })
     # The random-init trunk of a (preset, seed) is the same whatever the search did next: one row each
-    # per bank (plain or with shifted copies), condensed runs left out (they copy their source's).
+    # per bank (plain or with shifted copies) and k-NN head, condensed runs left out (they copy their
+    # source's).
     random_init: dict[tuple, dict] = {}
     for row in rows:
         if not row["kind"] and row["preset"] != "pixels" and row["evaluations"] and not row["compact"]:
-            random_init.setdefault((row["dataset"], row["preset"], row["shifts"], row["seed"]), row)
+            random_init.setdefault((row["dataset"], row["preset"], row["shifts"], row["head"], row["seed"]), row)
     by_preset: dict[tuple, list[dict]] = {}
-    for (dataset, preset, shifts, _), row in random_init.items():
-        by_preset.setdefault((dataset, preset, shifts), []).append(row)
+    for (dataset, preset, shifts, head, _), row in random_init.items():
+        by_preset.setdefault((dataset, preset, shifts, head), []).append(row)
     for members in by_preset.values():
         accuracy = [m["random_init_test_accuracy"] for m in members]
         first = members[0]
         summary.append({
-            "network": "k-NN (k=9) on a random-init trunk" + shifts_label(first["shifts"]),
+            "network": f"{first['head']} on a random-init trunk" + shifts_label(first["shifts"]),
             "dataset": first["dataset"], "preset": first["preset"],
             "parameters": first["parameters"], "engine_bytes": first["engine_bytes"],
             "multiply_adds": first["multiply_adds"], "runs": len(members),

@@ -72,7 +72,9 @@ def test_local_mean_vote_end_to_end(tmp_path, capsys):
     assert len(distances) == 10 and next(iter(distances)) == row["label"]  # nearest first
     assert list(distances.values()) == sorted(distances.values())
     assert main(["report", str(out), "--out", str(tmp_path / "results")]) == 0
-    assert "| k-NN (k=9, local mean), CMA | digits |" in (tmp_path / "results" / "REPORT.md").read_text()
+    report = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "| k-NN (k=9, local mean), CMA | digits |" in report
+    assert "| k-NN (k=9, local mean) on a random-init trunk | digits |" in report  # measured with its head
 
 
 @pytest.mark.parametrize("method", ["pso", "ga"])
