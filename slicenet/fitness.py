@@ -12,6 +12,9 @@ neighbours that carry the right label (weights ``exp(-distance / temperature)``,
 the NCA objective, Goldberger et al. 2004). It rises as the right neighbours move closer and the
 wrong ones away, before any vote flips, so it points the search at the next accuracy step.
 
+With ``vote="local-mean"`` the head scored is the engine's local-mean rule (``knn.local_mean_vote``)
+and ``soft`` the softmax over classes of minus the local-mean distances, taken at the right class.
+
 The whole population is one batch: one (grouped) convolution per layer, one batched distance
 computation. ``fitness_one_by_one`` is the slow reference the tests compare it against.
 """
@@ -67,6 +70,7 @@ class Problem:
     soft_score: str = "knn"  # "knn": softmax over the k neighbours; "nca": over the whole bank
     temperature: float = 0.05  # softmax temperature over neighbour distances
     leave_one_out: bool = False  # every scored image is a query against all the others
+    vote: str = "majority"  # the head scored: majority of the k nearest, or local-mean (as the engine's)
 
     def split(self, key: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """The (fit, validation) indices for generation ``key``; ``key=()`` gives the run's fixed split
@@ -114,6 +118,10 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     mean = bank.mean(1, keepdim=True)
     bank = postprocess(bank, mean, problem.postprocessing)
     queries = postprocess(queries, mean, problem.postprocessing)
+    if problem.vote == "local-mean":
+        hit, chance = _local_mean_scores(problem, bank, queries, y_fit, y_val)
+        accuracy, soft_mean = hit.double().mean(-1), chance.mean(-1)
+        return Scores((-(accuracy + problem.soft_weight * soft_mean)).numpy(), accuracy.numpy(), soft_mean.numpy())
     same_class = (y_val.unsqueeze(-1) == y_fit).double()  # [Q, B]
     hits, soft = [], []
     per_chunk = max(1, SCORE_CHUNK // (features.shape[0] * len(y_fit)))
@@ -152,6 +160,62 @@ def score_features(problem: Problem, features: torch.Tensor, y_fit: torch.Tensor
     soft_mean = torch.cat(soft, -1).mean(-1)
     fitness = -(accuracy + problem.soft_weight * soft_mean)
     return Scores(fitness.numpy(), accuracy.numpy(), soft_mean.numpy())
+
+
+def _local_mean_scores(problem: Problem, bank: torch.Tensor, queries: torch.Tensor, y_fit: torch.Tensor,
+                       y_val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hits [P, Q], soft [P, Q]) of the local-mean head (``knn.local_mean_vote``) for post-processed
+    ``bank`` [P, B, D] and ``queries`` [P, Q, D] (the same rows under leave-one-out).
+
+    The bank is regrouped by class and padded to the largest class once ([P, C * W, D], padding with
+    an infinite norm), so each chunk's ranking scores 2 q.b - ||b||^2 come out grouped and one TopK
+    takes every class's k nearest. The squared distance to their mean m is ||q||^2 - 2 q.m + ||m||^2:
+    2 q.m from those k scores plus their ||b||^2, ||m||^2 from the regrouped bank's Gram matrix at
+    the k x k pairs (no gathered feature vectors). A class with fewer than k candidates (leave-one-out
+    takes the query's own image out) averages those it has. ``soft`` is the softmax over classes of
+    -distance / temperature, at the right class.
+    """
+    from .knn import class_slots
+
+    if problem.metric not in ("euclidean", "sqeuclidean"):
+        raise ValueError("the local-mean vote is Euclidean")
+    slots = class_slots(y_fit, problem.n_classes)  # [C, W]
+    n_pop, (n_classes, width) = bank.shape[0], slots.shape
+    k = min(problem.n_neighbors, width)
+    flat, padding = slots.flatten().clamp_min(0), slots.flatten() < 0
+    grouped = bank[:, flat].masked_fill(padding.unsqueeze(-1), 0.0)  # [P, C W, D]
+    norm2 = (grouped * grouped).sum(-1).masked_fill(padding, float("inf")).unsqueeze(-2)  # [P, 1, C W]
+    gram = (grouped @ grouped.transpose(-1, -2)).reshape(n_pop, 1, -1)  # [P, 1, (C W)^2]
+    slot_of = torch.zeros(len(y_fit), dtype=torch.int64)
+    slot_of[flat[~padding]] = torch.nonzero(~padding).flatten()  # bank row -> its slot
+    first_slot = torch.arange(n_classes).unsqueeze(-1) * width  # [C, 1]
+    hits, soft = [], []
+    per_chunk = max(1, SCORE_CHUNK // (n_pop * n_classes * width))
+    for start in range(0, len(y_val), per_chunk):
+        q = queries[:, start : start + per_chunk]
+        n_query = q.shape[1]
+        r = torch.baddbmm(norm2, q, grouped.transpose(-1, -2), beta=-1.0, alpha=2.0)  # [P, q, C W]
+        if problem.leave_one_out:  # an image is not its own neighbour
+            own = torch.arange(start, start + n_query)
+            r[:, own - start, slot_of[own]] = -float("inf")
+        top, position = r.view(n_pop, n_query, n_classes, width).topk(k, dim=-1)  # [P, q, C, k]
+        valid = torch.isfinite(top)
+        index = (position + first_slot).flatten(2)  # slots, [P, q, C k]
+        norms = norm2.expand(-1, n_query, -1).gather(-1, index).view_as(top)
+        dot_sum = torch.where(valid, (top + norms) / 2, 0.0).sum(-1)  # sum of q.b over each class's k
+        pairs = (index.view_as(top).unsqueeze(-1) * (n_classes * width) + index.view_as(top).unsqueeze(-2))
+        pair_values = gram.expand(-1, n_query, -1).gather(-1, pairs.flatten(2)).view(*top.shape, k)
+        both = valid.unsqueeze(-1) & valid.unsqueeze(-2)
+        sum_norm2 = torch.where(both, pair_values, 0.0).sum((-1, -2))  # ||sum of b||^2
+        count = valid.sum(-1)
+        query_norm2 = (q * q).sum(-1, keepdim=True)
+        squared = (query_norm2 - 2 * dot_sum / count + sum_norm2 / count**2).clamp_min(0.0)
+        distance = torch.where(count > 0, squared.sqrt(), float("inf")).double()  # [P, q, C]
+        truth = y_val[start : start + n_query]
+        hits.append((-distance).argmax(-1) == truth)
+        chance = torch.softmax(-distance / problem.temperature, -1)
+        soft.append(chance.gather(-1, truth.expand(n_pop, -1).unsqueeze(-1)).squeeze(-1))
+    return torch.cat(hits, -1), torch.cat(soft, -1)
 
 
 def scored_rows(problem: Problem, split: tuple[torch.Tensor, torch.Tensor] | None

@@ -79,7 +79,7 @@ def prepare(config: RunConfig) -> Prepared:
         validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
         search_images=config.search_images,
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
-        soft_weight=config.soft_weight, soft_score=config.soft_score,
+        soft_weight=config.soft_weight, soft_score=config.soft_score, vote=config.vote,
         temperature=config.temperature, leave_one_out=config.scoring == "loo")
     return Prepared(config, dataset, spec, preset, problem, mean, std,
                     resolve_bank_shifts(config.bank_shifts, len(dataset.y_train),

@@ -109,3 +109,45 @@ def test_leave_one_out_matches_scikit_learn(problem):
     expected = (votes.argmax(1) == y).mean()
     scores = population_fitness(loo, loo.x_train, weights, 0, flatten_layer(*weights[0])[None], split=(fit, val))
     assert scores.accuracy[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("leave_one_out", [False, True])
+def test_local_mean_scores_against_the_engines_rule(problem, leave_one_out):
+    """The batched local-mean fitness (Gram-matrix form) against knn.local_mean_vote, query by query:
+    the same hits, and the softmax over classes of minus the local-mean distances as the soft score."""
+    from slicenet.fitness import score_features
+    from slicenet.knn import local_mean_vote, postprocess
+
+    rng = np.random.default_rng(1)
+    feats = torch.from_numpy(rng.normal(size=(3, 150, 6)).astype(np.float32))
+    y = torch.arange(150) % 4
+    local = Problem(**{**problem.__dict__, "vote": "local-mean", "n_classes": 4, "n_neighbors": 5,
+                       "temperature": 0.3, "leave_one_out": leave_one_out})
+    scores = score_features(local, feats, y, y) if leave_one_out else score_features(local, feats, y[:110], y[110:])
+    for p in range(3):
+        if leave_one_out:
+            points = postprocess(feats[p], feats[p].mean(0), "centre_l2")
+            rule = [local_mean_vote(points[i : i + 1], points[torch.arange(150) != i], y[torch.arange(150) != i],
+                                    4, 5)[0][0] for i in range(150)]
+            class_scores, truth = torch.stack(rule), y
+        else:
+            mean = feats[p, :110].mean(0)
+            bank = postprocess(feats[p, :110], mean, "centre_l2")
+            queries = postprocess(feats[p, 110:], mean, "centre_l2")
+            class_scores, truth = local_mean_vote(queries, bank, y[:110], 4, 5)[0], y[110:]
+        assert scores.accuracy[p] == pytest.approx((class_scores.argmax(-1) == truth).double().mean().item())
+        soft = torch.softmax(class_scores.double() / 0.3, -1)[torch.arange(len(truth)), truth].mean().item()
+        assert scores.soft[p] == pytest.approx(soft, rel=1e-5)
+
+
+def test_local_mean_fitness_batched_equals_one_by_one(problem):
+    local = Problem(**{**problem.__dict__, "vote": "local-mean", "leave_one_out": True})
+    weights = init_weights(local.spec, 0)
+    base = flatten_layer(*weights[1])
+    population = base + 0.2 * np.random.default_rng(0).standard_normal((4, base.size))
+    layer_input = forward(local.x_train, local.spec, weights, stop=1)
+    split = local.split((2, 1, 0))
+    batched = population_fitness(local, layer_input, weights, 1, population, None, split)
+    reference = fitness_one_by_one(local, weights, 1, population, None, split)
+    np.testing.assert_allclose(batched.accuracy, reference.accuracy)
+    np.testing.assert_allclose(batched.fitness, reference.fitness, rtol=1e-5, atol=1e-6)
