@@ -36,6 +36,7 @@ CONFIG_FLAGS = {  # flag -> (config key, type, help)
     "--sigma-scale": ("sigma_scale", float, "initial spread as a multiple of the He-init std"),
     "--n-neighbors": ("n_neighbors", int, "k of the k-NN head (default 9)"),
     "--vote": ("vote", str, "k-NN head: majority (default) or local-mean (nearest mean of each class's k nearest)"),
+    "--fitness-vote": ("fitness_vote", str, "the head the search scores with: majority (default) or local-mean"),
     "--metric": ("metric", str, "k-NN distance: euclidean, sqeuclidean, cosine, manhattan"),
     "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
     "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),

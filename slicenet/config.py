@@ -28,6 +28,8 @@ class RunConfig:
     sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
     n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
     vote: str = "majority"  # k-NN head: majority of the k nearest | local-mean (of each class's k nearest)
+    fitness_vote: str = "majority"  # the head the search scores kernels with: majority | local-mean (about
+    # twice the time per generation)
     metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
     postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
     validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries (holdout)
@@ -151,6 +153,9 @@ def validate(config: RunConfig) -> None:
         (config.vote in VOTES, f"vote {config.vote!r}: expected one of {', '.join(VOTES)}"),
         (config.vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
          f"vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
+        (config.fitness_vote in VOTES, f"fitness_vote {config.fitness_vote!r}: expected one of {', '.join(VOTES)}"),
+        (config.fitness_vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
+         f"fitness_vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
         (config.population_size == 0 or config.population_size >= 2,
          f"population_size must be 0 (auto) or at least 2, got {config.population_size}"),
         (config.sigma_scale > 0, f"sigma_scale must be positive, got {config.sigma_scale}"),

@@ -73,13 +73,14 @@ def prepare(config: RunConfig) -> Prepared:
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
     check_vote(config.vote, config.n_neighbors, dataset)
+    check_vote(config.fitness_vote, config.n_neighbors, dataset)
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
         validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
         search_images=config.search_images,
         n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
-        soft_weight=config.soft_weight, soft_score=config.soft_score, vote=config.vote,
+        soft_weight=config.soft_weight, soft_score=config.soft_score, vote=config.fitness_vote,
         temperature=config.temperature, leave_one_out=config.scoring == "loo")
     return Prepared(config, dataset, spec, preset, problem, mean, std,
                     resolve_bank_shifts(config.bank_shifts, len(dataset.y_train),
@@ -180,6 +181,7 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "n_test": int(len(dataset.y_test)),
         "n_neighbors": config.n_neighbors,
         "vote": config.vote,
+        "fitness_vote": config.fitness_vote,
         "seed": config.seed,
         "machine": machine_info(),
     }

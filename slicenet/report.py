@@ -77,6 +77,8 @@ def network_name(metrics: dict, config: dict) -> str:
         name += ", per filter"
     if config.get("sweeps", 1) > 1:
         name += f", {config['sweeps']} sweeps"
+    if config.get("fitness_vote", "majority") != "majority":
+        name += f", {config['fitness_vote']} fitness"
     name += shifts_label(bank_shifts(metrics, config))
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"

@@ -61,8 +61,9 @@ def test_local_mean_vote_end_to_end(tmp_path, capsys):
     """optimise --vote local-mean: recorded, predicted with each class's local-mean distance, and
     named as such in the report."""
     out = tmp_path / "local-mean"
-    assert main(["optimise", *FAST, "--vote", "local-mean", "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["vote"] == "local-mean"
+    assert main(["optimise", *FAST, "--vote", "local-mean", "--fitness-vote", "local-mean", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["vote"] == metrics["fitness_vote"] == "local-mean"
     data = load_dataset("digits")
     Image.fromarray(data.x_test[0]).save(tmp_path / "digit.png")
     capsys.readouterr()
@@ -73,7 +74,7 @@ def test_local_mean_vote_end_to_end(tmp_path, capsys):
     assert list(distances.values()) == sorted(distances.values())
     assert main(["report", str(out), "--out", str(tmp_path / "results")]) == 0
     report = (tmp_path / "results" / "REPORT.md").read_text()
-    assert "| k-NN (k=9, local mean), CMA | digits |" in report
+    assert "| k-NN (k=9, local mean), CMA, local-mean fitness | digits |" in report
     assert "| k-NN (k=9, local mean) on a random-init trunk | digits |" in report  # measured with its head
 
 
@@ -109,6 +110,10 @@ def cli(*args, cwd=None):
     (["optimise", "--dataset", "digits", "--vote", "median"], "vote 'median'"),
     (["optimise", "--dataset", "digits", "--vote", "local-mean", "--metric", "cosine"], "local-mean is Euclidean"),
     (["optimise", "--dataset", "digits", "--vote", "local-mean", "--prototypes", "5"], "voted by majority"),
+    (["optimise", "--dataset", "digits", "--fitness-vote", "local-mean", "--metric", "manhattan"],
+     "fitness_vote local-mean is Euclidean"),
+    (["optimise", "--dataset", "digits", "--fitness-vote", "local-mean", "--n-neighbors", "150"],
+     "smallest class has 139"),
     (["optimise", "--dataset", "digits", "--vote", "local-mean", "--n-neighbors", "150"], "smallest class has 139"),
     (["baseline", "--dataset", "digits", "--head", "knn", "--vote", "local-mean", "--n-neighbors", "150"],
      "smallest class has 139"),
