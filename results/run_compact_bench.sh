@@ -59,4 +59,8 @@ slicenet bench export/fashion-dense-dense128/onnx export/fashion-cma-s0/onnx --r
   --count 1000
 slicenet bench export/mnist-cma-s0/openvino export/mnist-cma-s0-74kb/openvino --runtime openvino --threads 1 \
   --count 2000
+# The local-mean head's cost: the same trunk and 20,000-prototype bank, majority against local mean.
+for target in onnx openvino jetson ncs2; do slicenet export runs/mnist-cma-lm-s0 --target "$target"; done
+slicenet bench export/mnist-cma-s0/onnx export/mnist-cma-lm-s0/onnx --runtime onnxruntime --threads 1 --count 2000 \
+  --rounds 5
 slicenet report

@@ -12,6 +12,11 @@ slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generati
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --sweeps 2 --out runs/fashion-cma-lenet-sweeps2-s0 --quiet
 # The wide trunk (8 -> 32 filters, 512 features), about 20 minutes.
 slicenet optimise --method cma --dataset fashion-mnist --preset wide --generations 150 900 --out runs/fashion-cma-wide-s0 --quiet
+# The local-mean head (--vote local-mean) on the same search (its 1,082 s are pessimistic: the test
+# suite shared the machine for a few minutes), then with the search scoring that head too.
+slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean --out runs/fashion-cma-lenet-lm-s0 --quiet
+slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean \
+  --fitness-vote local-mean --out runs/fashion-cma-lenet-lmfit-s0 --quiet
 # Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
 # trunk with the k-NN head), and the reference's own network (radu, 1.2 M parameters) for 5 epochs.
 slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 5 --out runs/fashion-lenet-dense --quiet
@@ -20,6 +25,8 @@ slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 2
 slicenet baseline --dataset fashion-mnist --preset radu --hidden 128 --epochs 5 --out runs/fashion-radu-dense --quiet
 # The reference's trunk trained by backprop, then sliced: its k-NN head on 9,216 features (a 2.2 GB bank), 7 min.
 slicenet baseline --dataset fashion-mnist --preset radu --head knn --epochs 5 --out runs/fashion-radu-backprop-knn --quiet
+# The same trained trunk under the local-mean head, 12 min.
+slicenet baseline --dataset fashion-mnist --preset radu --head knn --vote local-mean --epochs 5 --out runs/fashion-radu-backprop-knn-lm --quiet
 # Unchanged since slicenet 0.2 (same trunk, backprop): the baselines, run side by side with one thread each.
 # slicenet baseline --dataset fashion-mnist --hidden 128 64 32 16 8 --epochs 5 --threads 1 --out runs/fashion-dense --quiet
 # slicenet baseline --dataset fashion-mnist --head knn --epochs 5 --threads 1 --out runs/fashion-backprop-knn --quiet

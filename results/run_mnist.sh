@@ -25,3 +25,7 @@ slicenet optimise --method cma --bank-shifts 0 --out runs/mnist-cma-noshift-s0 -
 # Second seeds for the pso and ga gains (run last, after the compact engines).
 slicenet optimise --method pso --seed 1 --out runs/mnist-pso-s1 --quiet
 slicenet optimise --method ga --seed 1 --out runs/mnist-ga-s1 --quiet
+# The local-mean head (--vote local-mean) on the default search, 3 seeds.
+for seed in 0 1 2; do
+  slicenet optimise --method cma --vote local-mean --seed "$seed" --out "runs/mnist-cma-lm-s$seed" --quiet
+done
