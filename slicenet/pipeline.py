@@ -53,7 +53,7 @@ def load_inputs(dataset_spec: str, preset_name: str, image_size: int, threads: i
     return dataset, preset, spec, float(scaled.mean()), float(scaled.std()) or 1.0
 
 
-def check_vote(vote: str, n_neighbors: int, dataset: Dataset) -> None:
+def check_vote(vote: str, n_neighbors: int, dataset: Dataset, flag: str = "--vote") -> None:
     """Fail before any search or training if the k-NN head's vote cannot work on this training set
     (``Engine.check_vote`` would, but only once the engine is built)."""
     smallest = int(np.bincount(dataset.y_train, minlength=dataset.n_classes).min())
@@ -61,7 +61,7 @@ def check_vote(vote: str, n_neighbors: int, dataset: Dataset) -> None:
         from .errors import InputError
 
         raise InputError(f"the local-mean vote needs k={n_neighbors} training images of every class; "
-                         f"the smallest class has {smallest}: lower --n-neighbors or use --vote majority")
+                         f"the smallest class has {smallest}: lower --n-neighbors or use {flag} majority")
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -73,7 +73,7 @@ def prepare(config: RunConfig) -> Prepared:
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
     check_vote(config.vote, config.n_neighbors, dataset)
-    check_vote(config.fitness_vote, config.n_neighbors, dataset)
+    check_vote(config.fitness_vote, config.n_neighbors, dataset, "--fitness-vote")
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,

@@ -113,7 +113,7 @@ def cli(*args, cwd=None):
     (["optimise", "--dataset", "digits", "--fitness-vote", "local-mean", "--metric", "manhattan"],
      "fitness_vote local-mean is Euclidean"),
     (["optimise", "--dataset", "digits", "--fitness-vote", "local-mean", "--n-neighbors", "150"],
-     "smallest class has 139"),
+     "smallest class has 139: lower --n-neighbors or use --fitness-vote majority"),
     (["optimise", "--dataset", "digits", "--vote", "local-mean", "--n-neighbors", "150"], "smallest class has 139"),
     (["baseline", "--dataset", "digits", "--head", "knn", "--vote", "local-mean", "--n-neighbors", "150"],
      "smallest class has 139"),
