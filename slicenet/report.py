@@ -54,9 +54,14 @@ def shifts_label(shifts: int) -> str:
     return f", bank + {shifts}-px shifts" if shifts else ""
 
 
-def knn_head(k: int, config: dict) -> str:
+def knn_head(k: int, vote: str) -> str:
     """"k-NN (k=9)", or with the local-mean vote "k-NN (k=9, local mean)"."""
-    return f"k-NN (k={k}{', local mean' if config.get('vote', 'majority') == 'local-mean' else ''})"
+    return f"k-NN (k={k}{', local mean' if vote == 'local-mean' else ''})"
+
+
+def run_head(config: dict) -> str:
+    """The k-NN head a run's config asks for (``knn_head``)."""
+    return knn_head(config.get("n_neighbors", 9), config.get("vote", "majority"))
 
 
 def network_name(metrics: dict, config: dict) -> str:
@@ -64,15 +69,14 @@ def network_name(metrics: dict, config: dict) -> str:
     if "hidden" in metrics:  # a baseline run
         epochs = "" if config.get("epochs", 5) == 5 else f", {config['epochs']} epochs max"
         if metrics.get("head") == "knn":
-            return f"backprop trunk + {knn_head(config.get('n_neighbors', 9), config)}{epochs}"
+            return f"backprop trunk + {run_head(config)}{epochs}"
         return f"dense {metrics['hidden']}{epochs}"
     if metrics.get("preset") == "pixels":
-        return f"{knn_head(config.get('n_neighbors', 9), config)} on raw pixels"
+        return f"{run_head(config)} on raw pixels"
     compact = metrics.get("compact")
-    if compact:  # a condensed engine: its own k, and always the majority vote
-        name = f"{knn_head(compact['n_neighbors'], {})}, {metrics['method'].upper()}"
-    else:
-        name = f"{knn_head(config.get('n_neighbors', 9), config)}, {metrics['method'].upper()}"
+    # A condensed engine has its own k, and always the majority vote.
+    head = knn_head(compact["n_neighbors"], "majority") if compact else run_head(config)
+    name = f"{head}, {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
     if config.get("sweeps", 1) > 1:
@@ -104,7 +108,7 @@ def collect(run_dirs: list[Path]) -> list[dict]:
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
                    frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config),
-                   head=knn_head(config.get("n_neighbors", 9), config))
+                   head=run_head(config))
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
