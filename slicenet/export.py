@@ -89,7 +89,7 @@ def local_mean_near_ties(engine: Engine, images: np.ndarray) -> int:
     (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``."""
     import torch
 
-    from .knn import class_slots, local_mean_vote, pairwise_distances
+    from .knn import class_slots, local_mean_vote, nearest_per_class, pairwise_distances
 
     queries, k = engine.embed(images), engine.n_neighbors
     scores, _ = local_mean_vote(queries, engine.bank, engine.bank_labels, engine.n_classes, k)
@@ -97,9 +97,7 @@ def local_mean_near_ties(engine: Engine, images: np.ndarray) -> int:
     tied = best[:, 0] - best[:, 1] <= TIE_TOLERANCE
     slots = class_slots(engine.bank_labels, engine.n_classes)
     if slots.shape[1] > k:
-        d = pairwise_distances(queries, engine.bank, "euclidean")[:, slots.clamp_min(0)]
-        d.masked_fill_(slots < 0, float("inf"))
-        nearest = (-d).topk(k + 1, dim=-1).values.neg()  # [Q, C, k + 1]
+        nearest, _ = nearest_per_class(pairwise_distances(queries, engine.bank, "euclidean"), slots, k + 1)
         tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
     return int(torch.as_tensor(tied).sum())
 
@@ -396,8 +394,9 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
         factor = 1.0 if engine.metric == "cosine" else 2.0  # as in build_onnx: 2 q.b - ||b||^2
         bank_t = ops.constant((factor * bank.T).astype(np.float32).copy())  # one constant, shared below
         scores = ops.matmul(x, bank_t, False, False)
+        norm2 = (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)  # ||b||^2 of every prototype
         if engine.metric != "cosine":
-            scores = ops.subtract(scores, (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)[None])
+            scores = ops.subtract(scores, norm2[None])
         if engine.vote == "local-mean":  # as local_mean_onnx
             k = engine.n_neighbors
             slots, mask, offsets = local_mean_layout(engine)
@@ -406,7 +405,6 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
             nearest = ops3.topk(grouped, np.int64(k), 2, "max", "value", "i32")
             index = ops.gather(slots.astype(np.int32), ops.add(nearest.output(1), offsets.astype(np.int32)),
                                np.int64(0))  # [batch, C, k]
-            norm2 = (bank.astype(np.float64) ** 2).sum(1).astype(np.float32)
             two_dots = ops.reduce_sum(ops.add(nearest.output(0), ops.gather(norm2, index, np.int64(0))),
                                       np.array([2], dtype=np.int64), False)
             two_sums = ops.reduce_sum(ops.gather(bank_t, index, np.int64(1)),

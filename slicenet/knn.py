@@ -71,6 +71,14 @@ def class_slots(bank_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return slots
 
 
+def nearest_per_class(distances: torch.Tensor, slots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's k nearest prototypes from distances [Q, B] and ``class_slots``: (their distances
+    [Q, C, k], nearest first, inf where a class has fewer; their bank indices [Q, C, k])."""
+    grouped = distances[:, slots.clamp_min(0)].masked_fill_(slots < 0, float("inf"))  # [Q, C, largest]
+    nearest, position = (-grouped).topk(k, dim=-1)
+    return -nearest, slots.expand(len(distances), -1, -1).gather(-1, position)
+
+
 def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
                     n_neighbors: int, chunk_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
     """The local-mean rule (Mitani and Hamamoto 2006): the k nearest prototypes *of each class* are
@@ -87,10 +95,7 @@ def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     per_chunk = max(1, chunk_elements // max(bank.shape[0], n_classes * n_neighbors * bank.shape[1]))
     scores, indices = [], []
     for chunk in queries.split(per_chunk):
-        d = pairwise_distances(chunk, bank, "sqeuclidean")[:, slots.clamp_min(0)]  # [q, C, largest]
-        d.masked_fill_(slots < 0, float("inf"))
-        _, position = (-d).topk(n_neighbors, dim=-1)
-        idx = slots.expand(len(chunk), -1, -1).gather(-1, position)  # [q, C, k]
+        _, idx = nearest_per_class(pairwise_distances(chunk, bank, "sqeuclidean"), slots, n_neighbors)
         means = bank[idx].mean(-2)  # [q, C, D]
         scores.append(-(chunk.unsqueeze(1) - means).norm(dim=-1))
         indices.append(idx)

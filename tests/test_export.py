@@ -222,6 +222,23 @@ def test_near_ties_are_counted_only_where_float_noise_can_swap_neighbours(tiny_r
     assert near_ties(doubled, images) == len(images)
 
 
+def test_local_mean_near_ties_count_a_class_whose_kth_and_next_prototypes_tie(local_mean_run):
+    """Every prototype twice: each class's 1st and 2nd nearest tie exactly, for every image."""
+    import dataclasses
+
+    import torch
+
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import near_ties
+
+    engine = Engine.load(local_mean_run / "engine.safetensors")
+    images = load_dataset("digits").x_test[:20]
+    doubled = dataclasses.replace(engine, bank=torch.cat([engine.bank, engine.bank]),
+                                  bank_labels=torch.cat([engine.bank_labels, engine.bank_labels]), n_neighbors=1)
+    assert near_ties(doubled, images) == len(images)
+
+
 def test_openvino_runs_are_exact_f32():
     # Verification and bench turn off bf16 and OpenVINO's on-the-fly int8 activations beside int8
     # weights (which swapped one MNIST neighbour 0.001 nearer than the next); both keys must exist.
