@@ -111,8 +111,17 @@ def make_config(base: Any = None, cls: type = RunConfig, **overrides: Any) -> An
     return config
 
 
+def vote_checks(key: str, vote: str, metric: str) -> list[tuple[bool, str]]:
+    """The checks of a k-NN vote setting (``vote`` or ``fitness_vote``): known, and Euclidean if local-mean."""
+    from .knn import VOTES
+
+    return [(vote in VOTES, f"{key} {vote!r}: expected one of {', '.join(VOTES)}"),
+            (vote == "majority" or metric in ("euclidean", "sqeuclidean"),
+             f"{key} local-mean is Euclidean: expected metric euclidean, got {metric}")]
+
+
 def validate_baseline(config: BaselineConfig) -> None:
-    from .knn import METRICS, POSTPROCESSING, VOTES
+    from .knn import METRICS, POSTPROCESSING
 
     checks = [
         (config.head in ("dense", "knn"), f"head {config.head!r}: expected dense or knn"),
@@ -125,9 +134,7 @@ def validate_baseline(config: BaselineConfig) -> None:
         (0 < config.validation_fraction < 1,
          f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
         (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
-        (config.vote in VOTES, f"vote {config.vote!r}: expected one of {', '.join(VOTES)}"),
-        (config.vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
-         f"vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
+        *vote_checks("vote", config.vote, config.metric),
         (config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
         (config.postprocessing in POSTPROCESSING,
          f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
@@ -139,7 +146,7 @@ def validate_baseline(config: BaselineConfig) -> None:
 
 
 def validate(config: RunConfig) -> None:
-    from .knn import METRICS, POSTPROCESSING, VOTES
+    from .knn import METRICS, POSTPROCESSING
     from .optimisers import REGISTRY
 
     checks = [
@@ -150,12 +157,8 @@ def validate(config: RunConfig) -> None:
          f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
         (config.sweeps >= 1, f"sweeps must be at least 1, got {config.sweeps}"),
         (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
-        (config.vote in VOTES, f"vote {config.vote!r}: expected one of {', '.join(VOTES)}"),
-        (config.vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
-         f"vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
-        (config.fitness_vote in VOTES, f"fitness_vote {config.fitness_vote!r}: expected one of {', '.join(VOTES)}"),
-        (config.fitness_vote == "majority" or config.metric in ("euclidean", "sqeuclidean"),
-         f"fitness_vote local-mean is Euclidean: expected metric euclidean, got {config.metric}"),
+        *vote_checks("vote", config.vote, config.metric),
+        *vote_checks("fitness_vote", config.fitness_vote, config.metric),
         (config.population_size == 0 or config.population_size >= 2,
          f"population_size must be 0 (auto) or at least 2, got {config.population_size}"),
         (config.sigma_scale > 0, f"sigma_scale must be positive, got {config.sigma_scale}"),
