@@ -200,10 +200,10 @@ def _local_mean_scores(problem: Problem, bank: torch.Tensor, queries: torch.Tens
             r[:, own - start, slot_of[own]] = -float("inf")
         top, position = r.view(n_pop, n_query, n_classes, width).topk(k, dim=-1)  # [P, q, C, k]
         valid = torch.isfinite(top)
-        index = (position + first_slot).flatten(2)  # slots, [P, q, C k]
-        norms = norm2.expand(-1, n_query, -1).gather(-1, index).view_as(top)
+        slot = position + first_slot  # [P, q, C, k]
+        norms = norm2.expand(-1, n_query, -1).gather(-1, slot.flatten(2)).view_as(top)
         dot_sum = torch.where(valid, (top + norms) / 2, 0.0).sum(-1)  # sum of q.b over each class's k
-        pairs = (index.view_as(top).unsqueeze(-1) * (n_classes * width) + index.view_as(top).unsqueeze(-2))
+        pairs = slot.unsqueeze(-1) * (n_classes * width) + slot.unsqueeze(-2)
         pair_values = gram.expand(-1, n_query, -1).gather(-1, pairs.flatten(2)).view(*top.shape, k)
         both = valid.unsqueeze(-1) & valid.unsqueeze(-2)
         sum_norm2 = torch.where(both, pair_values, 0.0).sum((-1, -2))  # ||sum of b||^2
