@@ -17,6 +17,10 @@ slicenet optimise --method cma --dataset fashion-mnist --preset wide --generatio
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean --out runs/fashion-cma-lenet-lm-s0 --quiet
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean \
   --fitness-vote local-mean --out runs/fashion-cma-lenet-lmfit-s0 --quiet
+# The same search (the same trunk: the search is seeded and unchanged), its engine with test-time views:
+# a bank with 1-px shifted copies (300,000 prototypes) and each query voted with its four 1-px shifts.
+slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean \
+  --fitness-vote local-mean --bank-shifts 1 --query-shifts 1 --out runs/fashion-cma-lenet-lmfit-tta-s0 --quiet
 # Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
 # trunk with the k-NN head), and the reference's own network (radu, 1.2 M parameters) for 5 epochs.
 slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 5 --out runs/fashion-lenet-dense --quiet

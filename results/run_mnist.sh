@@ -29,3 +29,6 @@ slicenet optimise --method ga --seed 1 --out runs/mnist-ga-s1 --quiet
 for seed in 0 1 2; do
   slicenet optimise --method cma --vote local-mean --seed "$seed" --out "runs/mnist-cma-lm-s$seed" --quiet
 done
+# The same search, its engine with test-time views (each query voted with its four 1-px shifts; the bank
+# already holds 1-px shifted copies on MNIST-5k), seed 0.
+slicenet optimise --method cma --vote local-mean --query-shifts 1 --out runs/mnist-cma-lm-tta-s0 --quiet

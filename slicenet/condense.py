@@ -273,8 +273,9 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
     projection = None
     if settings.dims and settings.dims < raw.shape[1]:
         projection = pca_projection(raw, mean, settings.dims)
-    # A compact bank is voted on by majority: its k and prototypes are tuned for that rule.
-    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection, vote="majority")
+    # A compact bank is voted on by majority, one view per query: its k and prototypes are tuned for that.
+    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection, vote="majority",
+                                  query_shifts=0)
     points = compact.postprocess(raw).numpy()
     k = n_neighbors or settings.n_neighbors or engine.n_neighbors
     bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed, points, labels, k)

@@ -42,6 +42,8 @@ class RunConfig:
     prototypes: int = 0  # k-means prototypes per class in the final bank; 0 = every training image
     bank_shifts: int = -1  # bank copies shifted by 1..n pixels (4 per step); 0 = none; -1 = auto: 1 for
     # training sets of at most AUTO_SHIFTS_MAX_TRAIN images of 16 pixels or more, else 0
+    query_shifts: int = 0  # test-time views: each query and its copies shifted by 1..n pixels (4 per step),
+    # the head's votes summed over the views; 0 = the query alone. Pairs with bank_shifts >= n
     seed: int = 0  # seeds initial weights, validation split and optimiser: same seed, same run
     threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
 
@@ -177,6 +179,9 @@ def validate(config: RunConfig) -> None:
          "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
         (-1 <= config.bank_shifts <= 4,
          f"bank_shifts must be -1 (auto) or between 0 and 4 pixels, got {config.bank_shifts}"),
+        (0 <= config.query_shifts <= 4, f"query_shifts must be between 0 and 4 pixels, got {config.query_shifts}"),
+        (config.query_shifts == 0 or config.prototypes == 0,
+         "test-time views (query_shifts) need the full bank: drop --prototypes or --query-shifts"),
     ]
     for ok, message in checks:
         if not ok:

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from . import __version__
+from .data import shifted_copies
 from .errors import InputError
 from .knn import VOTES, knn_vote, local_mean_vote, postprocess
 from .trunk import TrunkSpec, Weights, features
 
 FORMAT = "slicenet-engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
+MAX_QUERY_SHIFTS = 4  # test-time views shifted by up to 4 pixels (as the bank's shifted copies)
 
 
 def quantise_round_trip(tensor: torch.Tensor, precision: str) -> torch.Tensor:
@@ -73,18 +75,21 @@ class Engine:
     projection: torch.Tensor | None = None  # [D, d]: centred features are projected before L2 normalising
     storage: dict[str, str] = field(default_factory=lambda: {"weights": "fp32", "bank": "fp32"})
     vote: str = "majority"  # head = knn: majority of the k nearest, or local-mean (knn.local_mean_vote)
+    query_shifts: int = 0  # head = knn: test-time views, the query and its copies shifted 1..n px; votes summed
 
     @classmethod
     def build(cls, spec: TrunkSpec, weights: Weights, images: np.ndarray, labels: np.ndarray,
               input_mean: float, input_std: float, postprocessing: str, n_neighbors: int, metric: str,
-              class_names: tuple[str, ...], info: dict | None = None, vote: str = "majority") -> Engine:
+              class_names: tuple[str, ...], info: dict | None = None, vote: str = "majority",
+              query_shifts: int = 0) -> Engine:
         """An engine whose bank is every image given (each image one prototype)."""
         raw = features(normalise_images(images, input_mean, input_std), spec, weights)
         mean = raw.mean(0)
         engine = cls(spec, [(w.clone(), b.clone()) for w, b in weights], input_mean, input_std,
                      postprocessing, mean, postprocess(raw, mean, postprocessing),
                      torch.as_tensor(labels, dtype=torch.int64), n_neighbors, metric, tuple(class_names),
-                     (int(images.shape[1]), int(images.shape[2])), dict(info or {}), vote=vote)
+                     (int(images.shape[1]), int(images.shape[2])), dict(info or {}), vote=vote,
+                     query_shifts=query_shifts)
         engine.check_vote()
         return engine
 
@@ -92,6 +97,8 @@ class Engine:
         """Fail with a clear message if the head's vote cannot work on this bank."""
         if self.vote not in VOTES:
             raise InputError(f"unknown vote {self.vote!r}: expected one of {', '.join(VOTES)}")
+        if not 0 <= self.query_shifts <= MAX_QUERY_SHIFTS:
+            raise InputError(f"query_shifts={self.query_shifts}: expected 0 to {MAX_QUERY_SHIFTS} pixels")
         if self.vote != "local-mean":
             return
         if self.metric not in ("euclidean", "sqeuclidean"):
@@ -123,14 +130,15 @@ class Engine:
     @property
     def multiply_adds(self) -> int:
         """Multiply-adds per image: the convolutions, then the dense layers or the projection and the
-        distances to every prototype (one product per prototype and dimension). The cost of an
-        engine's arithmetic, as MCU and edge tools count it; element-wise steps are left out."""
+        distances to every prototype (one product per prototype and dimension), for each test-time
+        view. The cost of an engine's arithmetic, as MCU and edge tools count it; element-wise steps
+        are left out."""
         total = self.spec.multiply_adds(self.image_size)
         if self.head == "dense":
             return total + sum(w.numel() for w, _ in self.dense)
         if self.projection is not None:
             total += self.projection.numel()
-        return total + self.bank.numel()
+        return self.n_views * (total + self.bank.numel())
 
     def check_images(self, images: np.ndarray) -> None:
         if images.ndim != 3 or tuple(images.shape[1:]) != self.image_size:
@@ -181,15 +189,29 @@ class Engine:
                 if index < len(self.dense) - 1:
                     h = torch.relu(h)
             return h.argmax(-1).numpy(), torch.softmax(h, -1).numpy(), np.zeros((len(h), 0), dtype=np.int64)
+        n = len(images)
+        # With test-time views the votes of every view are summed; the neighbours are the query's own.
+        queries = self.embed(self.views(images))
         if self.vote == "local-mean":
             # The votes are minus each class's local-mean distance; the neighbours those of the winner.
-            scores, per_class = local_mean_vote(self.embed(images), self.bank, self.bank_labels, self.n_classes,
+            scores, per_class = local_mean_vote(queries, self.bank, self.bank_labels, self.n_classes,
                                                 self.n_neighbors)
+            scores = scores.reshape(-1, n, self.n_classes).sum(0)
             predicted = scores.argmax(-1)
-            return predicted.numpy(), scores.numpy(), per_class[torch.arange(len(predicted)), predicted].numpy()
-        votes, _, indices = knn_vote(self.embed(images), self.bank, self.bank_labels, self.n_classes,
+            return predicted.numpy(), scores.numpy(), per_class[torch.arange(n), predicted].numpy()
+        votes, _, indices = knn_vote(queries, self.bank, self.bank_labels, self.n_classes,
                                      self.n_neighbors, self.metric)
-        return votes.argmax(-1).numpy(), votes.numpy(), indices.numpy()
+        votes = votes.reshape(-1, n, self.n_classes).sum(0)
+        return votes.argmax(-1).numpy(), votes.numpy(), indices[:n].numpy()
+
+    def views(self, images: np.ndarray) -> np.ndarray:
+        """The test-time views of uint8 images [N, H, W], view-major [V * N, H, W]: the images, then
+        their copies shifted by 1..``query_shifts`` pixels (``data.shifted_copies``, as the bank's)."""
+        return shifted_copies(images, np.zeros(len(images), dtype=np.int64), self.query_shifts)[0]
+
+    @property
+    def n_views(self) -> int:
+        return 1 + 4 * self.query_shifts
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -222,7 +244,7 @@ class Engine:
                                  "dtype": "uint8", "scale": 1.0 / 255.0}),
             "head": json.dumps({"kind": self.head, "n_neighbors": self.n_neighbors, "metric": self.metric,
                                 "postprocessing": self.postprocessing, "dense_layers": len(self.dense),
-                                "vote": self.vote}),
+                                "vote": self.vote, "query_shifts": self.query_shifts}),
             "class_names": json.dumps(list(self.class_names)),
             "storage": json.dumps(self.storage),
             "info": json.dumps(self.info),
@@ -272,7 +294,7 @@ class Engine:
             engine = cls(spec, weights, float(image["mean"]), float(image["std"]), head["postprocessing"],
                        tensors["feature_mean"], decode(tensors, "bank"), tensors["bank_labels"].to(torch.int64),
                        int(head["n_neighbors"]), head["metric"], **common, projection=projection, storage=storage,
-                       vote=head.get("vote", "majority"))
+                       vote=head.get("vote", "majority"), query_shifts=int(head.get("query_shifts", 0)))
             engine.check_vote()
             return engine
         except (KeyError, TypeError, ValueError) as exc:

@@ -9,7 +9,9 @@ Reshape -> post-processing (Sub mean, L2 normalise) -> squared distances to the 
 (the votes) -> ArgMax (the class). No OneHot, static shapes, constant K. A dense-head engine ends
 with MatMul/Add/Relu layers, Softmax (reported as the votes) and ArgMax instead. The local-mean
 head (``--vote local-mean``) regroups the scores by class and takes each class's k nearest with one
-TopK; see ``local_mean_onnx``.
+TopK; see ``local_mean_onnx``. An engine with test-time views (``--query-shifts``) first gathers the
+views from the flattened image (``view_layout``: one Gather, one Mul for the zero fill), runs them as
+one batch of batch x views rows, and sums each image's votes over its views before the ArgMax.
 
 ONNX graphs are built with ``onnx.helper`` rather than torch's exporter, so that the opset and every
 operation are exactly what the target allows (torch 2.13's exporter quietly ignores opset requests).
@@ -72,26 +74,32 @@ TIE_TOLERANCE = 1e-5  # distance gap below which float32 summation order may swa
 def near_ties(engine: Engine, images: np.ndarray) -> int:
     """How many of ``images`` have a k-nearest set that float32 rounding can change: the k-th and
     (k+1)-th nearest prototypes lie within ``TIE_TOLERANCE`` of each other (on L2-normalised features
-    distances are at most 2). A runtime that sums in another order may pick either, legitimately."""
+    distances are at most 2), in any of the engine's test-time views. A runtime that sums in another
+    order may pick either, legitimately."""
     if engine.head != "knn" or len(images) == 0 or engine.n_neighbors >= len(engine.bank):
         return 0
+    queries = engine.embed(engine.views(images))
     if engine.vote == "local-mean":
-        return local_mean_near_ties(engine, images)
-    from .knn import knn_vote
+        tied = local_mean_ties(engine, queries)
+    else:
+        from .knn import knn_vote
 
-    _, nearest, _ = knn_vote(engine.embed(images), engine.bank, engine.bank_labels, engine.n_classes,
-                             engine.n_neighbors + 1, engine.metric)
-    return int((nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE).sum())
+        _, nearest, _ = knn_vote(queries, engine.bank, engine.bank_labels, engine.n_classes,
+                                 engine.n_neighbors + 1, engine.metric)
+        tied = nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE
+    tied = tied.reshape(engine.n_views, len(images)).any(0).numpy()
+    if engine.n_views > 1 and engine.vote == "local-mean":  # the summed scores' two best classes
+        best = np.sort(engine.predict(images)[1], -1)[:, -2:]
+        tied |= best[:, 1] - best[:, 0] <= TIE_TOLERANCE * engine.n_views
+    return int(tied.sum())
 
 
-def local_mean_near_ties(engine: Engine, images: np.ndarray) -> int:
-    """``near_ties`` for the local-mean head: the two nearest local means, or some class's k-th and
-    (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``."""
-    import torch
-
+def local_mean_ties(engine: Engine, queries):
+    """``near_ties`` for the local-mean head, per query: the two nearest local means, or some class's
+    k-th and (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``."""
     from .knn import class_slots, local_mean_vote, nearest_per_class, pairwise_distances
 
-    queries, k = engine.embed(images), engine.n_neighbors
+    k = engine.n_neighbors
     scores, _ = local_mean_vote(queries, engine.bank, engine.bank_labels, engine.n_classes, k)
     best = scores.topk(2, dim=-1).values
     tied = best[:, 0] - best[:, 1] <= TIE_TOLERANCE
@@ -99,7 +107,7 @@ def local_mean_near_ties(engine: Engine, images: np.ndarray) -> int:
     if slots.shape[1] > k:
         nearest, _ = nearest_per_class(pairwise_distances(queries, engine.bank, "euclidean"), slots, k + 1)
         tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
-    return int(torch.as_tensor(tied).sum())
+    return tied
 
 
 # -- the ONNX graph ---------------------------------------------------------------------------------
@@ -145,6 +153,14 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
         return output
 
     x = node("Cast", ["image"], "image_f32", to=TensorProto.FLOAT)
+    rows = batch * engine.n_views  # the trunk and head run on every test-time view of every image
+    if engine.n_views > 1:
+        pixels, keep = view_layout(engine)
+        x = node("Reshape", [x, const("image_flat_shape", np.array([batch, height * width], dtype=np.int64))],
+                 "image_flat")
+        x = node("Mul", [node("Gather", [x, const("view_index", pixels)], "views_gathered", axis=1),
+                         const("view_keep", keep)], "views_flat")
+        x = node("Reshape", [x, const("views_shape", np.array([rows, 1, height, width], dtype=np.int64))], "views")
     convolutions, input_folded = trunk_weights(engine)
     if not input_folded:
         scale, shift = input_scale_shift(engine)
@@ -160,7 +176,7 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
         x = node("Relu" if layer.activation == "relu" else "Tanh", [x], f"act{index}")
         if layer.pool > 1:
             x = node("MaxPool", [x], f"pool{index}", kernel_shape=[layer.pool] * 2, strides=[layer.pool] * 2)
-    x = node("Reshape", [x, const("flat_shape", np.array([batch, -1], dtype=np.int64))], "features")
+    x = node("Reshape", [x, const("flat_shape", np.array([rows, -1], dtype=np.int64))], "features")
     if engine.head == "dense":
         for index, (weight, bias) in enumerate(engine.dense):
             x = node("MatMul", [x, const(f"dense{index}.weight_t", weight.numpy().T.copy())], f"dense{index}.mm")
@@ -207,9 +223,11 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
             scores = node("Sub", [scores, const("bank_norm2", (bank.astype(np.float64) ** 2).sum(1)
                                                  .astype(np.float32)[None])], "neg_distance")
         one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
+        votes = "votes" if engine.n_views == 1 else "view_votes"
+        one_nn = engine.vote == "majority" and engine.n_neighbors == 1 and engine.n_views == 1
         if engine.vote == "local-mean":
-            local_mean_onnx(engine, batch, x, scores, bank_t, const, node, nodes)
-        elif engine.n_neighbors == 1:
+            local_mean_onnx(engine, rows, x, scores, bank_t, const, node, nodes, votes)
+        elif one_nn:
             # 1-NN: the nearest prototype's one-hot row is the vote and its label the class (three
             # operations where TopK, Gather, ReduceSum and ArgMax would take four).
             nearest = node("ArgMax", [scores], "nearest", axis=1, keepdims=0)
@@ -221,8 +239,14 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
             nodes.append(helper.make_node("TopK", [scores, k], ["nearest_scores", "nearest"], name="topk",
                                           axis=-1, largest=1, sorted=1))
             gathered = node("Gather", [const("bank_onehot", one_hot), "nearest"], "neighbour_labels", axis=0)
-            votes = node("ReduceSum", [gathered, const("vote_axis", np.array([1], dtype=np.int64))], "votes",
+            node("ReduceSum", [gathered, const("vote_axis", np.array([1], dtype=np.int64))], votes, keepdims=0)
+        if engine.n_views > 1:  # each image's votes summed over its views (rows b*V .. b*V + V-1)
+            votes = node("Reshape", [votes, const("view_votes_shape",
+                                                  np.array([batch, engine.n_views, -1], dtype=np.int64))],
+                         "view_votes_grouped")
+            votes = node("ReduceSum", [votes, const("view_axis", np.array([1], dtype=np.int64))], "votes",
                          keepdims=0)
+        if not one_nn:
             node("ArgMax", [votes], "class", axis=1, keepdims=0)
     graph = helper.make_graph(
         nodes, "slicenet_engine",
@@ -235,6 +259,17 @@ def build_onnx(engine: Engine, opset: int, batch: int = 1):
     model.ir_version = min(model.ir_version, 8)  # readable by onnxruntime 1.11 (Jetson Zoo wheel) / TRT 8.2
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def view_layout(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+    """The test-time views (``Engine.views``) as a gather from one flattened image: (pixel index
+    [V * H * W], int64; keep [1, V * H * W], 0.0 where a shifted view's pixel is zero fill)."""
+    from .data import shifted_copies
+
+    height, width = engine.image_size
+    ids = np.arange(1, height * width + 1, dtype=np.int64).reshape(1, height, width)  # 0 marks fill
+    views = shifted_copies(ids, np.zeros(1, dtype=np.int64), engine.query_shifts)[0].reshape(-1)
+    return np.maximum(views - 1, 0), (views > 0).astype(np.float32)[None]
 
 
 FILLER_SCORE = 1e4  # added below a padded class slot's score: never among a class's k nearest
@@ -253,7 +288,8 @@ def local_mean_layout(engine: Engine) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return slots.clip(0).reshape(-1), mask, offsets
 
 
-def local_mean_onnx(engine: Engine, batch: int, query: str, scores: str, bank_t: str, const, node, nodes) -> None:
+def local_mean_onnx(engine: Engine, batch: int, query: str, scores: str, bank_t: str, const, node, nodes,
+                    votes: str = "votes") -> None:
     """The local-mean head (``knn.local_mean_vote``) as graph operations, from the ranking scores
     ``2 q.b - ||b||^2`` [batch, B] and ``bank_t`` = 2 B^T.
 
@@ -289,9 +325,7 @@ def local_mean_onnx(engine: Engine, batch: int, query: str, scores: str, bank_t:
                          node("Mul", [four_sq, const("inv_4k2", np.array(1.0 / (4 * k * k), np.float32))],
                               "mean_norm2")], "local_mean_dist2")
     zero = const("zero", np.array(0.0, dtype=np.float32))
-    votes = node("Neg", [node("Sqrt", [node("Max", [dist2, zero], "local_mean_dist2_safe")], "local_mean_dist")],
-                 "votes")
-    node("ArgMax", [votes], "class", axis=1, keepdims=0)
+    node("Neg", [node("Sqrt", [node("Max", [dist2, zero], "local_mean_dist2_safe")], "local_mean_dist")], votes)
 
 
 def bank_constant(engine: Engine, bank: np.ndarray, const, node, factor: float = 1.0) -> str:
@@ -359,6 +393,12 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
     height, width = engine.image_size
     image = ops.parameter([batch, 1, height, width], np.uint8, name="image")
     x = ops.convert(image, "f32")
+    rows = batch * engine.n_views  # as in build_onnx: every test-time view of every image
+    if engine.n_views > 1:
+        pixels, keep = view_layout(engine)
+        x = ops.reshape(x, np.array([batch, height * width], dtype=np.int64), special_zero=False)
+        x = ops.multiply(ops.gather(x, pixels.astype(np.int32), np.int64(1)), keep)
+        x = ops.reshape(x, np.array([rows, 1, height, width], dtype=np.int64), special_zero=False)
     convolutions, input_folded = trunk_weights(engine)  # as in build_onnx
     if not input_folded:
         scale, shift = input_scale_shift(engine)
@@ -369,7 +409,7 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
         x = ops.relu(x) if layer.activation == "relu" else ops.tanh(x)  # before the pooling, as in build_onnx
         if layer.pool > 1:
             x = ops.max_pool(x, [layer.pool] * 2, [0, 0], [0, 0], [layer.pool] * 2)
-    x = ops.reshape(x, np.array([batch, -1], dtype=np.int64), special_zero=False)
+    x = ops.reshape(x, np.array([rows, -1], dtype=np.int64), special_zero=False)
     if engine.head == "dense":
         for index, (weight, bias) in enumerate(engine.dense):
             x = ops.add(ops.matmul(x, weight.numpy().T.copy(), False, False), bias.numpy()[None])
@@ -401,7 +441,7 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
             k = engine.n_neighbors
             slots, mask, offsets = local_mean_layout(engine)
             grouped = ops.reshape(ops.add(ops.gather(scores, slots.astype(np.int32), np.int64(1)), mask),
-                                  np.array([batch, engine.n_classes, -1], dtype=np.int64), special_zero=False)
+                                  np.array([rows, engine.n_classes, -1], dtype=np.int64), special_zero=False)
             nearest = ops3.topk(grouped, np.int64(k), 2, "max", "value", "i32")
             index = ops.gather(slots.astype(np.int32), ops.add(nearest.output(1), offsets.astype(np.int32)),
                                np.int64(0))  # [batch, C, k]
@@ -419,6 +459,9 @@ def build_ncs2_ir(engine: Engine, batch: int = 1):
             one_hot = np.eye(engine.n_classes, dtype=np.float32)[engine.bank_labels.numpy()]
             gathered = ops.gather(one_hot, nearest.output(1), np.int64(0))
             votes = ops.reduce_sum(gathered, axis1, False)
+        if engine.n_views > 1:  # each image's votes summed over its views, as in build_onnx
+            votes = ops.reduce_sum(ops.reshape(votes, np.array([batch, engine.n_views, -1], dtype=np.int64),
+                                               special_zero=False), axis1, False)
         top = ops3.topk(votes, np.int64(1), 1, "max", "index", "i32")  # ties: the smallest class index
     votes.set_friendly_name("votes")
     class_index = ops.reshape(top.output(1), np.array([batch], dtype=np.int64), special_zero=False)

@@ -113,7 +113,7 @@ def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | No
                                     dataset.y_train if labels is None else labels, prepared.bank_shifts)
     return Engine.build(prepared.spec, state.torch_weights(), images, labels, prepared.input_mean,
                         prepared.input_std, config.postprocessing, config.n_neighbors, config.metric,
-                        dataset.class_names, info, vote=config.vote)
+                        dataset.class_names, info, vote=config.vote, query_shifts=config.query_shifts)
 
 
 def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -182,6 +182,7 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "n_neighbors": config.n_neighbors,
         "vote": config.vote,
         "fitness_vote": config.fitness_vote,
+        "query_shifts": config.query_shifts,
         "seed": config.seed,
         "machine": machine_info(),
     }

@@ -54,14 +54,16 @@ def shifts_label(shifts: int) -> str:
     return f", bank + {shifts}-px shifts" if shifts else ""
 
 
-def knn_head(k: int, vote: str) -> str:
-    """"k-NN (k=9)", or with the local-mean vote "k-NN (k=9, local mean)"."""
-    return f"k-NN (k={k}{', local mean' if vote == 'local-mean' else ''})"
+def knn_head(k: int, vote: str, query_shifts: int = 0) -> str:
+    """"k-NN (k=9)"; with the local-mean vote "k-NN (k=9, local mean)", and with test-time views
+    "k-NN (k=9, 5 views)" (the query and its copies shifted 1 px, votes summed)."""
+    views = f", {1 + 4 * query_shifts} views" if query_shifts else ""
+    return f"k-NN (k={k}{', local mean' if vote == 'local-mean' else ''}{views})"
 
 
 def run_head(config: dict) -> str:
     """The k-NN head a run's config asks for (``knn_head``)."""
-    return knn_head(config.get("n_neighbors", 9), config.get("vote", "majority"))
+    return knn_head(config.get("n_neighbors", 9), config.get("vote", "majority"), config.get("query_shifts", 0))
 
 
 def network_name(metrics: dict, config: dict) -> str:

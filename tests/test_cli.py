@@ -78,6 +78,24 @@ def test_local_mean_vote_end_to_end(tmp_path, capsys):
     assert "| k-NN (k=9, local mean) on a random-init trunk | digits |" in report  # measured with its head
 
 
+def test_test_time_views_end_to_end(tmp_path, capsys):
+    """optimise --query-shifts 1: recorded, predicted with the votes of all five views, and named in the report."""
+    out = tmp_path / "views"
+    assert main(["optimise", *FAST, "--query-shifts", "1", "--bank-shifts", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["query_shifts"] == 1 and metrics["bank_shifts"] == 1
+    Image.fromarray(load_dataset("digits").x_test[0]).save(tmp_path / "digit.png")
+    capsys.readouterr()
+    assert main(["predict", str(out), str(tmp_path / "digit.png")]) == 0
+    assert "votes over 5 test-time views" in capsys.readouterr().out
+    assert main(["predict", str(out), str(tmp_path / "digit.png"), "--json"]) == 0
+    assert sum(json.loads(capsys.readouterr().out)[0]["votes"].values()) == 5 * 9
+    assert main(["report", str(out), "--out", str(tmp_path / "results")]) == 0
+    report = (tmp_path / "results" / "REPORT.md").read_text()
+    assert "| k-NN (k=9, 5 views), CMA, bank + 1-px shifts | digits |" in report
+    assert "| k-NN (k=9, 5 views) on a random-init trunk, bank + 1-px shifts | digits |" in report
+
+
 @pytest.mark.parametrize("method", ["pso", "ga"])
 def test_other_methods_and_filter_granularity(tmp_path, method):
     out = tmp_path / method
@@ -117,6 +135,9 @@ def cli(*args, cwd=None):
     (["optimise", "--dataset", "digits", "--vote", "local-mean", "--n-neighbors", "150"], "smallest class has 139"),
     (["baseline", "--dataset", "digits", "--head", "knn", "--vote", "local-mean", "--n-neighbors", "150"],
      "smallest class has 139"),
+    (["optimise", "--dataset", "digits", "--query-shifts", "5"], "query_shifts must be between 0 and 4 pixels"),
+    (["optimise", "--dataset", "digits", "--query-shifts", "1", "--prototypes", "5"],
+     "test-time views (query_shifts) need the full bank"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match):
     result = cli(*args)

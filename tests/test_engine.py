@@ -66,10 +66,37 @@ def test_local_mean_engine_round_trips_and_votes_by_its_rule(engine_and_data, tm
     assert (engine.bank_labels.numpy()[neighbours] == predicted[:, None]).all() and neighbours.shape[1] == 9
 
 
+@pytest.mark.parametrize("vote", ["majority", "local-mean"])
+def test_test_time_views_sum_each_shifted_querys_votes(engine_and_data, tmp_path, vote):
+    """query_shifts=1: the votes are the sum over the query and its four 1-px shifted copies (zero
+    fill, as the bank's shifted copies), each voted alone; the neighbours are the query's own."""
+    import dataclasses
+
+    engine, data = engine_and_data
+    single = dataclasses.replace(engine, vote=vote)
+    views = dataclasses.replace(single, query_shifts=1)
+    (tmp_path / "e.safetensors").write_bytes(views.to_bytes())
+    again = Engine.load(tmp_path / "e.safetensors")
+    assert again.query_shifts == 1 and again.n_views == 5
+    images = data.x_test[:50]
+    expected = 0
+    for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+        shifted = np.zeros_like(images)
+        shifted[:, max(0, dy): 8 + min(0, dy), max(0, dx): 8 + min(0, dx)] = \
+            images[:, max(0, -dy): 8 - max(0, dy), max(0, -dx): 8 - max(0, dx)]
+        expected = expected + single.predict(shifted)[1]
+    predicted, votes, neighbours = again.predict(images)
+    assert np.allclose(votes, expected, atol=1e-5) and np.array_equal(predicted, np.argmax(expected, -1))
+    if vote == "majority":
+        assert np.array_equal(neighbours, single.predict(images)[2])
+    assert views.multiply_adds == 5 * single.multiply_adds
+
+
 @pytest.mark.parametrize("change,match", [
     (dict(metric="cosine"), "local-mean vote is Euclidean"),
     (dict(n_neighbors=500), "needs k=500 prototypes of every class"),
     (dict(vote="median"), "unknown vote 'median'"),
+    (dict(query_shifts=7), "query_shifts=7: expected 0 to 4"),
 ])
 def test_a_vote_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_path, change, match):
     import dataclasses

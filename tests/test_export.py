@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import helper
@@ -200,6 +201,49 @@ def test_local_mean_votes_are_the_engines(local_mean_run, tmp_path):
     for votes in (run_onnxruntime(tmp_path / "engine.onnx", images)[1],
                   run_openvino(tmp_path / "engine.xml", images)[1]):
         assert abs(votes - expected).max() < 1e-4
+
+
+@pytest.mark.parametrize("which,change", [("tiny_run", {}), ("tiny_run", {"n_neighbors": 1}),
+                                           ("local_mean_run", {})])
+def test_test_time_views_export_with_the_engines_votes(request, tmp_path, which, change):
+    """An engine with test-time views (--query-shifts 1): every target's graph gathers the five views
+    of each image, runs them as one batch and sums their votes, which equal the engine's, at batch 1
+    and batch 3; the graphs keep to the targets' rules."""
+    import dataclasses
+
+    import openvino as ov
+
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
+
+    run = request.getfixturevalue(which)
+    engine = dataclasses.replace(Engine.load(run / "engine.safetensors"), query_shifts=1, **change)
+    images = load_dataset("digits").x_test[:40]
+    expected_class, expected, _ = engine.predict(images)
+    for batch in (1, 3):
+        jetson = build_onnx(engine, 13, batch)
+        check_onnx(jetson, "jetson")
+        check_onnx(jetson, "ncs2")
+        onnx.save(jetson, tmp_path / "engine.onnx")
+        ov.save_model(build_ncs2_ir(engine, batch), str(tmp_path / "engine.xml"), compress_to_fp16=False)
+        for classes, votes in (run_onnxruntime(tmp_path / "engine.onnx", images, batch),
+                               run_openvino(tmp_path / "engine.xml", images, batch)):
+            assert abs(votes - expected).max() < 1e-4 and np.array_equal(classes, expected_class)
+        assert check_ir_opsets(tmp_path / "engine.xml")
+
+
+def test_a_run_with_test_time_views_exports_to_every_target(tmp_path):
+    out = tmp_path / "views"
+    assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--vote",
+                 "local-mean", "--bank-shifts", "1", "--query-shifts", "1", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["query_shifts"] == 1 and metrics["bank_size"] == 5 * 1437
+    for target in ("onnx", "openvino", "jetson", "ncs2"):
+        assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "bundles")]) == 0
+        manifest = json.loads((tmp_path / "bundles" / bundle_name(out) / target / "manifest.json").read_text())
+        assert all(v["agreement"] == 1.0 for v in manifest["verification"] if v["precision"] == "fp32")
+        assert manifest["multiply_adds"] == metrics["multiply_adds"]
 
 
 def test_near_ties_are_counted_only_where_float_noise_can_swap_neighbours(tiny_run):
