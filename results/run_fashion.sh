@@ -19,6 +19,8 @@ slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generati
   --fitness-vote local-mean --out runs/fashion-cma-lenet-lmfit-s0 --quiet
 # The same search (the same trunk: the search is seeded and unchanged), its engine with test-time views:
 # a bank with 1-px shifted copies (300,000 prototypes) and each query voted with its four 1-px shifts.
+# Its first evaluation was OOM-killed (fixed in the same commit as --query-shifts); it was finished with
+# `slicenet optimise --resume runs/fashion-cma-lenet-lmfit-tta-s0`, sharing the machine with the test suite.
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean \
   --fitness-vote local-mean --bank-shifts 1 --query-shifts 1 --out runs/fashion-cma-lenet-lmfit-tta-s0 --quiet
 # Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
