@@ -80,7 +80,7 @@ def near_ties(engine: Engine, images: np.ndarray) -> int:
         return 0
     queries = engine.embed(engine.views(images))
     if engine.vote == "local-mean":
-        tied = local_mean_ties(engine, queries)
+        tied, scores = local_mean_ties(engine, queries)
     else:
         from .knn import knn_vote
 
@@ -89,14 +89,15 @@ def near_ties(engine: Engine, images: np.ndarray) -> int:
         tied = nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE
     tied = tied.reshape(engine.n_views, len(images)).any(0).numpy()
     if engine.n_views > 1 and engine.vote == "local-mean":  # the summed scores' two best classes
-        best = np.sort(engine.predict(images)[1], -1)[:, -2:]
-        tied |= best[:, 1] - best[:, 0] <= TIE_TOLERANCE * engine.n_views
+        best = scores.reshape(engine.n_views, len(images), -1).sum(0).topk(2, dim=-1).values.numpy()
+        tied |= best[:, 0] - best[:, 1] <= TIE_TOLERANCE * engine.n_views
     return int(tied.sum())
 
 
 def local_mean_ties(engine: Engine, queries):
     """``near_ties`` for the local-mean head, per query: the two nearest local means, or some class's
-    k-th and (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``."""
+    k-th and (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``. Returns (tied [Q], the
+    local-mean scores [Q, C] they were judged on)."""
     from .knn import class_slots, local_mean_vote, nearest_per_class, pairwise_distances
 
     k = engine.n_neighbors
@@ -107,7 +108,7 @@ def local_mean_ties(engine: Engine, queries):
     if slots.shape[1] > k:
         nearest, _ = nearest_per_class(pairwise_distances(queries, engine.bank, "euclidean"), slots, k + 1)
         tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
-    return tied
+    return tied, scores
 
 
 # -- the ONNX graph ---------------------------------------------------------------------------------
