@@ -92,10 +92,21 @@ def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     slots = class_slots(bank_labels, n_classes)
     if int((slots >= 0).sum(1).min()) < n_neighbors:
         raise ValueError(f"the local-mean vote needs at least k={n_neighbors} prototypes of every class")
-    per_chunk = max(1, chunk_elements // max(bank.shape[0], n_classes * n_neighbors * bank.shape[1]))
+    # The bank regrouped by class once ([C * W, D], padded rows ranked last), so each chunk's ranking
+    # scores 2 q.b - ||b||^2 (larger is nearer; the exported graph's form) come out grouped by class
+    # and one TopK takes every class's k nearest: no gather of the [q, B] score matrix.
+    flat, padding = slots.flatten().clamp_min(0), slots.flatten() < 0
+    grouped = bank[flat]
+    neg_norm2 = (grouped * grouped).sum(-1).neg_().masked_fill_(padding, -float("inf"))
+    grouped_t = grouped.T
+    n_slots = len(flat)
+    per_chunk = max(1, chunk_elements // max(n_slots, n_classes * n_neighbors * bank.shape[1]))
     scores, indices = [], []
     for chunk in queries.split(per_chunk):
-        _, idx = nearest_per_class(pairwise_distances(chunk, bank, "sqeuclidean"), slots, n_neighbors)
+        ranking = torch.addmm(neg_norm2, chunk, grouped_t, alpha=2.0)  # [q, C W]
+        _, position = ranking.view(len(chunk), n_classes, -1).topk(n_neighbors, dim=-1)
+        del ranking
+        idx = slots.expand(len(chunk), -1, -1).gather(-1, position)  # [q, C, k] bank indices
         means = bank[idx].mean(-2)  # [q, C, D]
         scores.append(-(chunk.unsqueeze(1) - means).norm(dim=-1))
         indices.append(idx)

@@ -112,29 +112,35 @@ def test_leave_one_out_matches_scikit_learn(problem):
 
 
 @pytest.mark.parametrize("leave_one_out", [False, True])
-def test_local_mean_scores_against_the_engines_rule(problem, leave_one_out):
+@pytest.mark.parametrize(("n_images", "postprocessing"), [(150, "centre_l2"), (148, "centre_l2"), (148, "none")])
+def test_local_mean_scores_against_the_engines_rule(problem, leave_one_out, n_images, postprocessing):
     """The batched local-mean fitness (Gram-matrix form) against knn.local_mean_vote, query by query:
-    the same hits, and the softmax over classes of minus the local-mean distances as the soft score."""
+    the same hits, and the softmax over classes of minus the local-mean distances as the soft score.
+    150 images make classes of unequal size (padded slots); 148 equal ones, where leave-one-out ranks
+    unit-length features on the Gram matrix itself, and features left unnormalised ("none") do not."""
     from slicenet.fitness import score_features
     from slicenet.knn import local_mean_vote, postprocess
 
     rng = np.random.default_rng(1)
-    feats = torch.from_numpy(rng.normal(size=(3, 150, 6)).astype(np.float32))
-    y = torch.arange(150) % 4
+    feats = torch.from_numpy(rng.normal(size=(3, n_images, 6)).astype(np.float32))
+    y = torch.arange(n_images) % 4
+    n_fit = 110
     local = Problem(**{**problem.__dict__, "vote": "local-mean", "n_classes": 4, "n_neighbors": 5,
-                       "temperature": 0.3, "leave_one_out": leave_one_out})
-    scores = score_features(local, feats, y, y) if leave_one_out else score_features(local, feats, y[:110], y[110:])
+                       "temperature": 0.3, "leave_one_out": leave_one_out, "postprocessing": postprocessing})
+    scores = (score_features(local, feats, y, y) if leave_one_out
+              else score_features(local, feats, y[:n_fit], y[n_fit:]))
     for p in range(3):
         if leave_one_out:
-            points = postprocess(feats[p], feats[p].mean(0), "centre_l2")
-            rule = [local_mean_vote(points[i : i + 1], points[torch.arange(150) != i], y[torch.arange(150) != i],
-                                    4, 5)[0][0] for i in range(150)]
+            points = postprocess(feats[p], feats[p].mean(0), postprocessing)
+            others = [torch.arange(n_images) != i for i in range(n_images)]
+            rule = [local_mean_vote(points[i : i + 1], points[others[i]], y[others[i]], 4, 5)[0][0]
+                    for i in range(n_images)]
             class_scores, truth = torch.stack(rule), y
         else:
-            mean = feats[p, :110].mean(0)
-            bank = postprocess(feats[p, :110], mean, "centre_l2")
-            queries = postprocess(feats[p, 110:], mean, "centre_l2")
-            class_scores, truth = local_mean_vote(queries, bank, y[:110], 4, 5)[0], y[110:]
+            mean = feats[p, :n_fit].mean(0)
+            bank = postprocess(feats[p, :n_fit], mean, postprocessing)
+            queries = postprocess(feats[p, n_fit:], mean, postprocessing)
+            class_scores, truth = local_mean_vote(queries, bank, y[:n_fit], 4, 5)[0], y[n_fit:]
         assert scores.accuracy[p] == pytest.approx((class_scores.argmax(-1) == truth).double().mean().item())
         soft = torch.softmax(class_scores.double() / 0.3, -1)[torch.arange(len(truth)), truth].mean().item()
         assert scores.soft[p] == pytest.approx(soft, rel=1e-5)
