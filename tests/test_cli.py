@@ -30,6 +30,7 @@ def test_optimise_writes_a_complete_run(run_dir):
     assert metrics["test_accuracy"] > 0.8  # digits with a k-NN head, even after two generations
     assert metrics["engine_bytes"] == (run_dir / "engine.safetensors").stat().st_size
     assert not (run_dir / "checkpoint.pkl").exists()
+    assert 0.0 < metrics["engine_seconds"] <= metrics["wall_seconds"]
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("block,layer,filter,generation") and len(history) == 1 + 2 * 2
     assert 'method = "cma"' in (run_dir / "config.toml").read_text()
