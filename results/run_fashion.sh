@@ -26,6 +26,12 @@ slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generati
   --fitness-vote local-mean --bank-shifts 1 --query-shifts 1 --out runs/fashion-cma-lenet-lmfit-tta-s0-v2 --quiet
 slicenet optimise --method cma --dataset fashion-mnist --preset lenet --generations 200 1000 --vote local-mean \
   --fitness-vote local-mean --bank-shifts 1 --query-shifts 1 --seed 1 --out runs/fashion-cma-lenet-lmfit-tta-s1 --quiet
+# Its seed-0 engine exported for both boards (verified against the engine on 1,000 test images), and its
+# host latency beside the dense-128 backprop engine's (ONNX Runtime, one thread; that bundle is
+# exported in run_compact_bench.sh).
+slicenet export runs/fashion-cma-lenet-lmfit-tta-s0-v2 --target jetson --verify-images 1000
+slicenet export runs/fashion-cma-lenet-lmfit-tta-s0-v2 --target ncs2 --verify-images 1000
+slicenet bench export/fashion-cma-lenet-lmfit-tta-s0-v2/jetson export/fashion-dense-dense128/onnx --threads 1 --count 200 --warmup 20 --rounds 3
 # Backprop on the lenet trunk, the search's best (dense head for 5 and up to 20 epochs; the trained
 # trunk with the k-NN head), and the reference's own network (radu, 1.2 M parameters) for 5 epochs.
 slicenet baseline --dataset fashion-mnist --preset lenet --hidden 128 --epochs 5 --out runs/fashion-lenet-dense --quiet

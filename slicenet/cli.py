@@ -463,6 +463,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
     from .atomic import write_json
     from .pipeline import machine_info
+    from .report import format_ratio
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.ingest is not None:
@@ -519,9 +520,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{'bundle':40s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'fps':>9s} "
           f"{'ratio':>6s} {'rounds':>11s} {'first ms':>8s}")
     for row in results:
-        spread = f"{min(row['p50_ratio_rounds']):.2f}-{max(row['p50_ratio_rounds']):.2f}"
+        spread = f"{format_ratio(min(row['p50_ratio_rounds']))}-{format_ratio(max(row['p50_ratio_rounds']))}"
         print(f"{row['name'][:40]:40s} {row['p50_ms']:8.4f} {row['p90_ms']:8.4f} {row['p99_ms']:8.4f} "
-              f"{row['mean_ms']:8.4f} {row['throughput_fps']:9.0f} {row['p50_ratio_to_first']:6.2f} "
+              f"{row['mean_ms']:8.4f} {row['throughput_fps']:9.0f} {format_ratio(row['p50_ratio_to_first']):>6s} "
               f"{spread:>11s} {row['first_inference_ms']:8.3f}")
     print(f"{args.runtime} {results[0]['runtime_version']}, {args.count} interleaved inferences per bundle; "
           f"JSON in {args.results}")

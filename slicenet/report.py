@@ -211,6 +211,11 @@ def load_bench(folder: Path) -> list[dict]:
     return results
 
 
+def format_ratio(value: float) -> str:
+    """A latency ratio: two decimals, or two significant digits below 0.1 (0.0042, not 0.00)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"
+
+
 def latency_verdict(row: dict) -> str:
     """Faster or slower only where every round of the interleaved run (each with fresh sessions) is
     more than ``LEVEL_BAND`` away from 1 on the same side: repeated runs of the same bundles here moved
@@ -218,7 +223,7 @@ def latency_verdict(row: dict) -> str:
     back to the band around their overall ratio."""
     rounds = row.get("p50_ratio_rounds") or []
     if len(rounds) >= 3:
-        spread = f"per-round ratios {min(rounds):.2f}-{max(rounds):.2f}"
+        spread = f"per-round ratios {format_ratio(min(rounds))}-{format_ratio(max(rounds))}"
         if max(rounds) < 1 - LEVEL_BAND:
             return f"faster (in all {len(rounds)} rounds: {spread})"
         if min(rounds) > 1 + LEVEL_BAND:
@@ -243,7 +248,8 @@ def latency_tables(bench: list[dict]) -> list[str]:
         machine = b.get("machine", {})
         lines.append(f"| {b['name']} | {b['runtime']} {b['runtime_version']} | {b['threads'] or 'default'} | "
                      f"{b['p50_ms']:.4f} | {b['p90_ms']:.4f} | {b['p99_ms']:.4f} | {b['mean_ms']:.4f} | "
-                     f"{b['throughput_fps']:.0f} | {b['p50_ratio_to_first']:.2f} | {b['first_inference_ms']:.3f} | "
+                     f"{b['throughput_fps']:.0f} | {format_ratio(b['p50_ratio_to_first'])} | "
+                     f"{b['first_inference_ms']:.3f} | "
                      f"{acc} | {b.get('engine_bytes', 0):,} | {_count(b.get('multiply_adds') or '')} | "
                      f"{machine.get('cpu', '')}, {machine.get('cores', '')} "
                      f"cores | `{b.get('command', '')}` |")
@@ -257,7 +263,7 @@ def latency_tables(bench: list[dict]) -> list[str]:
             if b is not first:
                 verdict = latency_verdict(b)
                 findings.append(f"- `{b['name']}` ({b['runtime']}): p50 {b['p50_ms']:.4f} ms, "
-                                f"{b['p50_ratio_to_first']:.2f}x the p50 of `{first['name']}` "
+                                f"{format_ratio(b['p50_ratio_to_first'])}x the p50 of `{first['name']}` "
                                 f"({first['p50_ms']:.4f} ms) in the same interleaved run: **{verdict}**.")
     if findings:
         lines += ["", "In words (each against the first bundle of its own interleaved run):", ""] + findings

@@ -141,3 +141,11 @@ def test_torch_runtime_on_run_directories(tiny_run, tmp_path):
                  "--results", str(tmp_path / "b")]) == 0
     (row,) = json.loads(out.read_text())
     assert row["runtime"] == "torch" and row["p50_ms"] > 0 and row["test_accuracy"] > 0.5
+
+
+def test_latency_ratios_keep_their_digits_when_small():
+    from slicenet.report import format_ratio
+
+    assert format_ratio(1.234) == "1.23"
+    assert format_ratio(0.95) == "0.95"
+    assert format_ratio(0.004171) == "0.0042"  # not "0.00": a 240x gap must read as one
