@@ -190,7 +190,6 @@ def _local_mean_scores(problem: Problem, bank: torch.Tensor, queries: torch.Tens
     flat, padding = slots.flatten().clamp_min(0), slots.flatten() < 0
     grouped = bank[:, flat].masked_fill(padding.unsqueeze(-1), 0.0)  # [P, C W, D]
     norm2 = (grouped * grouped).sum(-1).masked_fill(padding, float("inf")).unsqueeze(-2)  # [P, 1, C W]
-    neg_norm2 = norm2.neg()
     on_gram = False  # rank on the Gram matrix's rows themselves
     if problem.leave_one_out:  # the queries in slot order: (their slot, their row in the bank)
         gram = grouped @ grouped.transpose(-1, -2)  # [P, C W, C W]
@@ -222,7 +221,7 @@ def _local_mean_scores(problem: Problem, bank: torch.Tensor, queries: torch.Tens
             if on_gram:
                 r = gram[:, start : start + n_query]  # q.b [P, q, C W], a view
             else:
-                r = torch.add(neg_norm2, gram[:, start : start + n_query] if contiguous else gram[:, own],
+                r = torch.add(norm2.neg(), gram[:, start : start + n_query] if contiguous else gram[:, own],
                               alpha=2.0)  # 2 q.b - ||b||^2 [P, q, C W]
                 r[:, torch.arange(n_query), own] = -float("inf")  # an image is not its own neighbour
         else:
