@@ -98,15 +98,16 @@ def local_mean_ties(engine: Engine, queries):
     """``near_ties`` for the local-mean head, per query: the two nearest local means, or some class's
     k-th and (k+1)-th nearest prototypes, lie within ``TIE_TOLERANCE``. Returns (tied [Q], the
     local-mean scores [Q, C] they were judged on)."""
-    from .knn import class_slots, local_mean_vote, nearest_per_class, pairwise_distances
+    from .knn import class_slots, local_mean_scores, nearest_per_class
 
     k = engine.n_neighbors
-    scores, _ = local_mean_vote(queries, engine.bank, engine.bank_labels, engine.n_classes, k)
+    slots = class_slots(engine.bank_labels, engine.n_classes)
+    wider = min(k + 1, slots.shape[1])  # one scan gives the k nearest and the (k+1)-th
+    nearest, indices = nearest_per_class(queries, engine.bank, slots, wider)
+    scores = local_mean_scores(queries, engine.bank, indices[..., :k])
     best = scores.topk(2, dim=-1).values
     tied = best[:, 0] - best[:, 1] <= TIE_TOLERANCE
-    slots = class_slots(engine.bank_labels, engine.n_classes)
-    if slots.shape[1] > k:
-        nearest, _ = nearest_per_class(pairwise_distances(queries, engine.bank, "euclidean"), slots, k + 1)
+    if wider > k:
         tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
     return tied, scores
 

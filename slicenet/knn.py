@@ -71,12 +71,37 @@ def class_slots(bank_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return slots
 
 
-def nearest_per_class(distances: torch.Tensor, slots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each class's k nearest prototypes from distances [Q, B] and ``class_slots``: (their distances
-    [Q, C, k], nearest first, inf where a class has fewer; their bank indices [Q, C, k])."""
-    grouped = distances[:, slots.clamp_min(0)].masked_fill_(slots < 0, float("inf"))  # [Q, C, largest]
-    nearest, position = (-grouped).topk(k, dim=-1)
-    return -nearest, slots.expand(len(distances), -1, -1).gather(-1, position)
+def nearest_per_class(queries: torch.Tensor, bank: torch.Tensor, slots: torch.Tensor, k: int,
+                      chunk_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's k nearest prototypes (Euclidean) for queries [Q, D], given ``class_slots``: (their
+    distances [Q, C, k], nearest first, inf where a class has fewer; their bank indices [Q, C, k]).
+
+    The bank is regrouped by class once ([C * W, D], padded rows ranked last), so each chunk's ranking
+    scores 2 q.b - ||b||^2 (larger is nearer; the exported graph's form) come out grouped by class and
+    one TopK takes every class's k nearest: one matmul per chunk, no gather of a [q, B] matrix.
+    """
+    flat, padding = slots.flatten().clamp_min(0), slots.flatten() < 0
+    grouped = bank[flat]
+    neg_norm2 = (grouped * grouped).sum(-1).neg_().masked_fill_(padding, -float("inf"))
+    per_chunk = max(1, chunk_elements // len(flat))
+    distances, indices = [], []
+    for chunk in queries.split(per_chunk):
+        ranking = torch.addmm(neg_norm2, chunk, grouped.T, alpha=2.0)  # [q, C W]
+        top, position = ranking.view(len(chunk), len(slots), -1).topk(k, dim=-1)
+        del ranking
+        squared = (chunk * chunk).sum(-1)[:, None, None] - top  # ||q - b||^2; +inf on padding
+        distances.append(squared.clamp_min_(0.0).sqrt_())
+        indices.append(slots.expand(len(chunk), -1, -1).gather(-1, position))
+    return torch.cat(distances), torch.cat(indices)
+
+
+def local_mean_scores(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor,
+                      chunk_elements: int = 2**25) -> torch.Tensor:
+    """Minus the distance [Q, C] from each query [Q, D] to the mean of its chosen prototypes per class
+    (``indices`` [Q, C, k] into the bank), in chunks that bound the gathered [q, C, k, D] vectors."""
+    per_chunk = max(1, chunk_elements // max(1, indices[0].numel() * bank.shape[1]))
+    return torch.cat([-(chunk.unsqueeze(1) - bank[idx].mean(-2)).norm(dim=-1)
+                      for chunk, idx in zip(queries.split(per_chunk), indices.split(per_chunk), strict=True)])
 
 
 def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
@@ -92,25 +117,8 @@ def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     slots = class_slots(bank_labels, n_classes)
     if int((slots >= 0).sum(1).min()) < n_neighbors:
         raise ValueError(f"the local-mean vote needs at least k={n_neighbors} prototypes of every class")
-    # The bank regrouped by class once ([C * W, D], padded rows ranked last), so each chunk's ranking
-    # scores 2 q.b - ||b||^2 (larger is nearer; the exported graph's form) come out grouped by class
-    # and one TopK takes every class's k nearest: no gather of the [q, B] score matrix.
-    flat, padding = slots.flatten().clamp_min(0), slots.flatten() < 0
-    grouped = bank[flat]
-    neg_norm2 = (grouped * grouped).sum(-1).neg_().masked_fill_(padding, -float("inf"))
-    grouped_t = grouped.T
-    n_slots = len(flat)
-    per_chunk = max(1, chunk_elements // max(n_slots, n_classes * n_neighbors * bank.shape[1]))
-    scores, indices = [], []
-    for chunk in queries.split(per_chunk):
-        ranking = torch.addmm(neg_norm2, chunk, grouped_t, alpha=2.0)  # [q, C W]
-        _, position = ranking.view(len(chunk), n_classes, -1).topk(n_neighbors, dim=-1)
-        del ranking
-        idx = slots.expand(len(chunk), -1, -1).gather(-1, position)  # [q, C, k] bank indices
-        means = bank[idx].mean(-2)  # [q, C, D]
-        scores.append(-(chunk.unsqueeze(1) - means).norm(dim=-1))
-        indices.append(idx)
-    return torch.cat(scores), torch.cat(indices)
+    _, indices = nearest_per_class(queries, bank, slots, n_neighbors, chunk_elements)
+    return local_mean_scores(queries, bank, indices, chunk_elements), indices
 
 
 def postprocess(features: torch.Tensor, mean: torch.Tensor | None, method: str) -> torch.Tensor:
