@@ -148,6 +148,7 @@ def validate_baseline(config: BaselineConfig) -> None:
 
 
 def validate(config: RunConfig) -> None:
+    from .data import MAX_SHIFTS
     from .knn import METRICS, POSTPROCESSING
     from .optimisers import REGISTRY
 
@@ -177,9 +178,10 @@ def validate(config: RunConfig) -> None:
         (config.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {config.prototypes}"),
         (config.prototypes == 0 or config.vote == "majority",
          "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
-        (-1 <= config.bank_shifts <= 4,
-         f"bank_shifts must be -1 (auto) or between 0 and 4 pixels, got {config.bank_shifts}"),
-        (0 <= config.query_shifts <= 4, f"query_shifts must be between 0 and 4 pixels, got {config.query_shifts}"),
+        (-1 <= config.bank_shifts <= MAX_SHIFTS,
+         f"bank_shifts must be -1 (auto) or between 0 and {MAX_SHIFTS} pixels, got {config.bank_shifts}"),
+        (0 <= config.query_shifts <= MAX_SHIFTS,
+         f"query_shifts must be between 0 and {MAX_SHIFTS} pixels, got {config.query_shifts}"),
         (config.query_shifts == 0 or config.prototypes == 0,
          "test-time views (query_shifts) need the full bank: drop --prototypes or --query-shifts"),
     ]

@@ -187,6 +187,14 @@ def _folder(spec: str, directory: Path, image_size: int) -> Dataset:
                   tuple(classes))
 
 
+MAX_SHIFTS = 4  # shifted copies (bank) and test-time views (queries) move images by at most 4 pixels
+
+
+def copies_per_image(pixels: int) -> int:
+    """How many images ``shifted_copies`` makes of each: the image, then 4 per pixel step."""
+    return 1 + 4 * max(0, pixels)
+
+
 def shifted_copies(images: np.ndarray, labels: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """The images plus copies shifted by 1..``pixels`` up, down, left and right (zero fill).
 

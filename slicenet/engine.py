@@ -15,14 +15,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import shifted_copies
+from .data import MAX_SHIFTS, copies_per_image, shifted_copies
 from .errors import InputError
 from .knn import VOTES, knn_vote, local_mean_vote, postprocess
 from .trunk import TrunkSpec, Weights, features
 
 FORMAT = "slicenet-engine/1"
 PRECISIONS = ("fp32", "fp16", "int8")
-MAX_QUERY_SHIFTS = 4  # test-time views shifted by up to 4 pixels (as the bank's shifted copies)
 
 
 def quantise_round_trip(tensor: torch.Tensor, precision: str) -> torch.Tensor:
@@ -97,8 +96,8 @@ class Engine:
         """Fail with a clear message if the head's vote cannot work on this bank."""
         if self.vote not in VOTES:
             raise InputError(f"unknown vote {self.vote!r}: expected one of {', '.join(VOTES)}")
-        if not 0 <= self.query_shifts <= MAX_QUERY_SHIFTS:
-            raise InputError(f"query_shifts={self.query_shifts}: expected 0 to {MAX_QUERY_SHIFTS} pixels")
+        if not 0 <= self.query_shifts <= MAX_SHIFTS:
+            raise InputError(f"query_shifts={self.query_shifts}: expected 0 to {MAX_SHIFTS} pixels")
         if self.vote != "local-mean":
             return
         if self.metric not in ("euclidean", "sqeuclidean"):
@@ -211,7 +210,7 @@ class Engine:
 
     @property
     def n_views(self) -> int:
-        return 1 + 4 * self.query_shifts
+        return copies_per_image(self.query_shifts)
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .data import copies_per_image
 from .runs import ENGINE, HISTORY, load_config, load_engine, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
@@ -57,7 +58,7 @@ def shifts_label(shifts: int) -> str:
 def knn_head(k: int, vote: str, query_shifts: int = 0) -> str:
     """"k-NN (k=9)"; with the local-mean vote "k-NN (k=9, local mean)", and with test-time views
     "k-NN (k=9, 5 views)" (the query and its copies shifted 1 px, votes summed)."""
-    views = f", {1 + 4 * query_shifts} views" if query_shifts else ""
+    views = f", {copies_per_image(query_shifts)} views" if query_shifts else ""
     return f"k-NN (k={k}{', local mean' if vote == 'local-mean' else ''}{views})"
 
 
