@@ -8,10 +8,11 @@ held, the reference's "serial" mode.
 
 A block starts from the current weights and ends with the optimiser's recommendation (the best
 candidate evaluated; CMA-ES's distribution mean), kept only if it beats the starting weights on
-held-out validation splits. Everything the search needs to continue after a
-kill is in ``SearchState`` (picklable); the caller persists it from ``on_checkpoint`` after every
-generation, and a resumed search ends with exactly the weights of an uninterrupted one, because
-every random draw comes from state stored in it.
+held-out validation splits. Populations are scored by an ``evaluators.Evaluator`` (in-process by
+default); the loop does not know where. Everything the search needs to continue after a kill is in
+``SearchState`` (picklable); the caller persists it from ``on_checkpoint`` after every generation,
+and a resumed search ends with exactly the weights of an uninterrupted one, because every random
+draw comes from state stored in it.
 
 This module is pure: no printing, no files. Progress goes to the ``on_generation`` callback.
 """
@@ -19,31 +20,23 @@ This module is pure: no printing, no files. Progress goes to the ``on_generation
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .fitness import Problem, population_fitness
+from .evaluators import Evaluator, TorchEvaluator
+from .fitness import Problem, Scores, Split
 from .optimisers import Optimiser, make_optimiser
-from .trunk import TrunkSpec, Weights, flatten_layer, forward
+from .trunk import Block, TrunkSpec, Weights
 
 ACCEPT_SPLITS = 4  # validation splits on which a block's result must beat its starting weights
 
 
 @dataclass(frozen=True)
-class Block:
-    layer: int
-    filter: int | None  # None: the whole layer
-
-    def label(self) -> str:
-        return f"layer {self.layer + 1}" + ("" if self.filter is None else f" filter {self.filter + 1}")
-
-
-@dataclass(frozen=True)
 class SearchSettings:
-    method: str = "cma"
+    method: str = "cma"  # a registered optimiser
     granularity: str = "layer"  # "layer" or "filter"
     generations: tuple[int, ...] = (20, 60)  # generation budget per layer (shared by its filters)
     sweeps: int = 1  # passes over the layers: later passes re-tune each layer given the others
@@ -69,6 +62,11 @@ def block_generations(settings: SearchSettings, spec: TrunkSpec, block: Block) -
     return max(1, budget // spec.layers[block.layer].out_channels)
 
 
+def total_generations(settings: SearchSettings, spec: TrunkSpec) -> int:
+    return sum(block_generations(settings, spec, block)
+               for block in make_blocks(spec, settings.granularity, settings.sweeps))
+
+
 @dataclass
 class SearchState:
     """A search in progress: the weights so far and the optimiser of the current block."""
@@ -88,58 +86,49 @@ class SearchState:
         return [(torch.from_numpy(w.copy()), torch.from_numpy(b.copy())) for w, b in self.weights]
 
 
-def _block_vector(weights: Weights, block: Block) -> np.ndarray:
-    weight, bias = weights[block.layer]
-    if block.filter is None:
-        return flatten_layer(weight, bias)
-    return flatten_layer(weight[block.filter : block.filter + 1], bias[block.filter : block.filter + 1])
+def run_generations(optimiser: Optimiser, evaluate: Callable[[np.ndarray, Split | None], Scores],
+                    split_of: Callable[[int], Split | None] = lambda generation: None
+                    ) -> Iterator[tuple[np.ndarray, Scores, float]]:
+    """The one ask / evaluate / tell loop: yields (population, its scores, seconds) per generation
+    until the optimiser stops; ``split_of(generation)`` is the split each generation is scored on."""
+    while not optimiser.stop():
+        started = time.perf_counter()
+        population = optimiser.ask()
+        scores = evaluate(population, split_of(optimiser.generation))
+        optimiser.tell(population, scores.fitness)
+        yield population, scores, time.perf_counter() - started
 
 
-def _set_block(state: SearchState, block: Block, vector: np.ndarray) -> None:
-    weight, bias = state.weights[block.layer]
-    target = weight if block.filter is None else weight[block.filter : block.filter + 1]
-    n = target.size
-    target[...] = vector[:n].reshape(target.shape)
-    if block.filter is None:
-        bias[...] = vector[n:]
-    else:
-        bias[block.filter] = vector[n]
-
-
-def serial_search(problem: Problem, settings: SearchSettings, state: SearchState,
+def serial_search(problem: Problem, settings: SearchSettings, state: SearchState, *,
+                  evaluator: Evaluator | None = None,
                   on_generation: Callable[[dict], None] | None = None,
                   on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
     """Run (or continue) the serial search; returns the final state with the optimised weights."""
     spec = problem.spec
     blocks = make_blocks(spec, settings.granularity, settings.sweeps)
-    cached_layer, layer_input = -1, torch.empty(0)
+    evaluator = evaluator or TorchEvaluator(problem)
     while state.block_index < len(blocks):
-        block = blocks[state.block_index]
+        block_index, block = state.block_index, blocks[state.block_index]
         weights = state.torch_weights()
-        if cached_layer != block.layer:
-            with torch.no_grad():
-                layer_input = forward(problem.x_train, spec, weights, stop=block.layer)
-            cached_layer = block.layer
-        x0 = _block_vector(weights, block)
+        evaluate = evaluator.bind(weights, block)
+        x0 = block.vector(weights)
         if state.optimiser is None:
             fan_in = spec.in_channels_of(block.layer) * spec.layers[block.layer].kernel ** 2
-            sigma0 = settings.sigma_scale * (2.0 / fan_in) ** 0.5
-            state.optimiser = make_optimiser(settings.method, x0, sigma0, settings.population_size,
-                                             settings.seed * 1000 + state.block_index,
-                                             block_generations(settings, spec, block))
+            state.optimiser = make_optimiser(settings.method, x0,
+                                             sigma0=settings.sigma_scale * (2.0 / fan_in) ** 0.5,
+                                             population_size=settings.population_size,
+                                             seed=settings.seed * 1000 + block_index,
+                                             max_generations=block_generations(settings, spec, block))
         optimiser = state.optimiser
-        while not optimiser.stop():
-            started = time.perf_counter()
-            population = optimiser.ask()
-            split = problem.split((state.block_index, optimiser.generation, 0))  # role 0: search
-            scores = population_fitness(problem, layer_input, weights, block.layer, population, block.filter,
-                                        split)
-            optimiser.tell(population, scores.fitness)
+        def search_split(generation: int, block_index: int = block_index) -> Split:
+            return problem.split((block_index, generation, 0))  # role 0: search
+
+        for population, scores, seconds in run_generations(optimiser, evaluate, search_split):
             state.evaluations += len(population)
-            state.search_seconds += time.perf_counter() - started
+            state.search_seconds += seconds
             best = int(np.argmin(scores.fitness))
             row = {
-                "block": state.block_index, "layer": block.layer + 1,
+                "block": block_index, "layer": block.layer + 1,
                 "filter": "" if block.filter is None else block.filter + 1,
                 "generation": optimiser.generation, "evaluations": state.evaluations,
                 "best_fitness": float(scores.fitness[best]), "mean_fitness": float(scores.fitness.mean()),
@@ -156,12 +145,10 @@ def serial_search(problem: Problem, settings: SearchSettings, state: SearchState
         candidates = np.stack([x0, optimiser.recommendation()])
         totals = np.zeros(2)
         for repeat in range(ACCEPT_SPLITS):
-            split = problem.split((state.block_index, repeat, 1))  # role 1: acceptance
-            totals += population_fitness(problem, layer_input, weights, block.layer, candidates,
-                                         block.filter, split).fitness
+            totals += evaluate(candidates, problem.split((block_index, repeat, 1))).fitness  # role 1: acceptance
         state.evaluations += 2 * ACCEPT_SPLITS
         if totals[1] < totals[0]:
-            _set_block(state, block, candidates[1])
+            block.set(state.weights, candidates[1])
         state.block_index += 1
         state.optimiser = None
         if on_checkpoint is not None:

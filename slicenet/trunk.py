@@ -136,6 +136,35 @@ def init_weights(spec: TrunkSpec, seed: int) -> Weights:
     return weights
 
 
+@dataclass(frozen=True)
+class Block:
+    """The parameters a serial search optimises at once: a whole layer, or one filter of it."""
+
+    layer: int
+    filter: int | None  # None: the whole layer
+
+    def label(self) -> str:
+        return f"layer {self.layer + 1}" + ("" if self.filter is None else f" filter {self.filter + 1}")
+
+    def vector(self, weights: Weights) -> np.ndarray:
+        """The block's current parameters, flattened: the kernel(s), then the bias(es)."""
+        weight, bias = weights[self.layer]
+        if self.filter is None:
+            return flatten_layer(weight, bias)
+        return flatten_layer(weight[self.filter : self.filter + 1], bias[self.filter : self.filter + 1])
+
+    def set(self, weights: list[tuple[np.ndarray, np.ndarray]], vector: np.ndarray) -> None:
+        """Write ``vector`` (as ``vector`` returns it) into numpy ``weights``, in place."""
+        weight, bias = weights[self.layer]
+        target = weight if self.filter is None else weight[self.filter : self.filter + 1]
+        n = target.size
+        target[...] = vector[:n].reshape(target.shape)
+        if self.filter is None:
+            bias[...] = vector[n:]
+        else:
+            bias[self.filter] = vector[n]
+
+
 def flatten_layer(weight: torch.Tensor, bias: torch.Tensor) -> np.ndarray:
     return torch.cat([weight.reshape(-1), bias]).double().numpy()
 
@@ -165,7 +194,7 @@ def max_pool(x: torch.Tensor, size: int) -> torch.Tensor:
     return out
 
 
-def layer_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: LayerSpec,
+def layer_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, layer: LayerSpec,
                   groups: int = 1) -> torch.Tensor:
     y = F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, groups=groups)
     if layer.pool > 1:
@@ -173,22 +202,22 @@ def layer_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, lay
     return ACTIVATIONS[layer.activation](y)
 
 
-def forward(x: torch.Tensor, spec: TrunkSpec, weights: Weights, start: int = 0, stop: int | None = None
+def forward(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, start: int = 0, stop: int | None = None
             ) -> torch.Tensor:
     """Run layers ``start:stop`` of one trunk on ``x`` [N, C, H, W]."""
     for index in range(start, len(spec.layers) if stop is None else stop):
-        x = layer_forward(x, *weights[index], spec.layers[index])
+        x = layer_forward(x, *weights[index], layer=spec.layers[index])
     return x
 
 
 @torch.no_grad()
-def features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, batch_size: int = 1024) -> torch.Tensor:
+def features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, batch_size: int = 1024) -> torch.Tensor:
     """Flattened trunk output [N, D] for normalised inputs [N, C, H, W], in batches."""
     return torch.cat([forward(chunk, spec, weights).flatten(1) for chunk in x.split(batch_size)])
 
 
 @torch.no_grad()
-def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, index: int,
+def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, index: int,
                         population: torch.Tensor, filter_index: int | None = None,
                         held_output: torch.Tensor | None = None) -> torch.Tensor:
     """Features [P, N, D] of P candidate trunks that differ only in layer ``index``.
@@ -209,16 +238,16 @@ def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, inde
         weight = kernels.reshape(size * layer.out_channels, in_channels, layer.kernel, layer.kernel)
         bias = population[:, layer.out_channels * kernel_size:].reshape(-1)
         # The input is shared by every candidate: one ordinary convolution with P*C_out filters.
-        h = layer_forward(x, weight, bias, layer)
+        h = layer_forward(x, weight, bias, layer=layer)
     else:
         assert held_output is not None, "filter granularity needs the layer's held output"
         weight = population[:, :kernel_size].reshape(size, in_channels, layer.kernel, layer.kernel)
-        candidate = layer_forward(x, weight, population[:, kernel_size], layer)  # [N, P, h, w]
+        candidate = layer_forward(x, weight, population[:, kernel_size], layer=layer)  # [N, P, h, w]
         h = held_output.unsqueeze(1).repeat(1, size, 1, 1, 1)  # [N, P, C_out, h, w]
         h[:, :, filter_index] = candidate
         h = h.flatten(1, 2)
     for later in range(index + 1, len(spec.layers)):
         later_weight, later_bias = weights[later]
-        h = layer_forward(h, later_weight.repeat(size, 1, 1, 1), later_bias.repeat(size), spec.layers[later],
+        h = layer_forward(h, later_weight.repeat(size, 1, 1, 1), later_bias.repeat(size), layer=spec.layers[later],
                           groups=size)
     return h.reshape(h.shape[0], size, -1).transpose(0, 1)

@@ -13,7 +13,7 @@ from .pso import PSO
 REGISTRY: dict[str, type[Optimiser]] = {"cma": CMAES, "pso": PSO, "ga": GA}
 
 
-def make_optimiser(method: str, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+def make_optimiser(method: str, x0: np.ndarray, *, sigma0: float, population_size: int = 0, seed: int = 0,
                    max_generations: int) -> Optimiser:
     """Build a registered optimiser; ``population_size`` 0 picks the method's default for the dimension."""
     if method not in REGISTRY:
@@ -21,7 +21,7 @@ def make_optimiser(method: str, x0: np.ndarray, sigma0: float, population_size: 
     cls = REGISTRY[method]
     if population_size == 0:
         population_size = cls.default_population_size(len(x0))  # type: ignore[attr-defined]
-    return cls(x0, sigma0, population_size, seed, max_generations)
+    return cls(x0, sigma0=sigma0, population_size=population_size, seed=seed, max_generations=max_generations)
 
 
 __all__ = ["REGISTRY", "Optimiser", "make_optimiser", "sanitise_fitness", "CMAES", "PSO", "GA"]

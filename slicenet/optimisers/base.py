@@ -27,7 +27,7 @@ def sanitise_fitness(fitness: np.ndarray) -> np.ndarray:
 class Optimiser(ABC):
     """Minimises a function of ``dimension`` reals, starting around ``x0`` with spread ``sigma0``."""
 
-    def __init__(self, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+    def __init__(self, x0: np.ndarray, *, sigma0: float, population_size: int, seed: int,
                  max_generations: int):
         if population_size < 2:
             raise ValueError(f"population_size must be at least 2, got {population_size}")

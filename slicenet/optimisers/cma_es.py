@@ -24,9 +24,10 @@ class _Randn:
 
 
 class CMAES(Optimiser):
-    def __init__(self, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+    def __init__(self, x0: np.ndarray, *, sigma0: float, population_size: int, seed: int,
                  max_generations: int, full_covariance_max_dim: int = 400):
-        super().__init__(x0, sigma0, population_size, seed, max_generations)
+        super().__init__(x0, sigma0=sigma0, population_size=population_size, seed=seed,
+                         max_generations=max_generations)
         self.separable = self.dimension > full_covariance_max_dim
         options = {
             "popsize": population_size,

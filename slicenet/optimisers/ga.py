@@ -10,10 +10,11 @@ from .base import Optimiser
 
 
 class GA(Optimiser):
-    def __init__(self, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+    def __init__(self, x0: np.ndarray, *, sigma0: float, population_size: int, seed: int,
                  max_generations: int, elite: int = 2, crossover_rate: float = 0.9,
                  mutation_rate: float = 0.1, mutation_decay: float = 0.5):
-        super().__init__(x0, sigma0, population_size, seed, max_generations)
+        super().__init__(x0, sigma0=sigma0, population_size=population_size, seed=seed,
+                         max_generations=max_generations)
         self.rng = np.random.default_rng(seed)
         self.elite = min(elite, population_size - 1)
         self.crossover_rate = crossover_rate  # probability a pair of parents is recombined

@@ -33,10 +33,11 @@ from .base import Optimiser
 
 
 class PSO(Optimiser):
-    def __init__(self, x0: np.ndarray, sigma0: float, population_size: int, seed: int,
+    def __init__(self, x0: np.ndarray, *, sigma0: float, population_size: int, seed: int,
                  max_generations: int, cognitive: float = 1.0, social: float = 1.0,
                  inertia_start: float = 0.7, inertia_end: float = 0.4):
-        super().__init__(x0, sigma0, population_size, seed, max_generations)
+        super().__init__(x0, sigma0=sigma0, population_size=population_size, seed=seed,
+                         max_generations=max_generations)
         self.rng = np.random.default_rng(seed)
         self.inertia = (inertia_start, inertia_end)
         start = x0 + sigma0 * self.rng.standard_normal((population_size, self.dimension))

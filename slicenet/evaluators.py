@@ -1,0 +1,97 @@
+"""Population evaluators: where and how a population of candidate vectors for one block is scored.
+
+The search loop never knows whether a population is scored in this process, on a GPU or by a cluster
+of workers (as pycma's ``with EvalParallel2(f, n_jobs) as eval_all: fitvals = eval_all(X)``):
+
+    with TorchEvaluator(problem, device="cpu") as evaluator:
+        evaluate = evaluator.bind(weights, block)      # the frozen weights and the block under search
+        scores = evaluate(population, split)           # fitness, accuracy, smooth score per candidate
+
+A problem (``fitness.Problem`` for the search, ``condense.BankProblem`` for the joint condensation)
+says which training rows to run through the trunk (``scored_rows``) and how to score the features
+the candidates give them (``score``); the evaluator runs the trunk for the population, in one batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .fitness import ACTIVATION_BUDGET, Scores, Split, population_features_chunked
+from .trunk import Block, TrunkSpec, Weights, forward
+
+
+class ScoredProblem(Protocol):
+    @property
+    def spec(self) -> TrunkSpec: ...
+
+    @property
+    def x_train(self) -> torch.Tensor: ...  # the images the trunk runs on (normalised [N, C, H, W])
+
+    def scored_rows(self, split: Split | None) -> torch.Tensor: ...
+
+    def score(self, features: torch.Tensor, split: Split | None) -> Scores: ...
+
+
+class Evaluator(ABC):
+    """Scores populations for one problem; ``bind`` fixes the trunk's frozen weights and the block."""
+
+    def __init__(self, problem: ScoredProblem):
+        self.problem = problem
+        self.weights: Weights = []
+        self.block = Block(0, None)
+
+    def bind(self, weights: Weights, block: Block) -> Evaluator:
+        self.weights, self.block = weights, block
+        return self
+
+    @abstractmethod
+    def __call__(self, population: np.ndarray, split: Split | None = None) -> Scores:
+        """Scores of ``population`` [P, n] (each row the block's parameters) on ``split``."""
+
+    def close(self) -> None:
+        """Release what the evaluator holds (workers, device memory); nothing for the in-process one."""
+        return None
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class TorchEvaluator(Evaluator):
+    """The in-process evaluator: the whole population as one batch of torch operations on ``device``.
+
+    The block's layer input (the training images through the frozen layers before it) is computed once
+    per layer and frozen weights, not once per generation.
+    """
+
+    def __init__(self, problem: ScoredProblem, *, device: str | torch.device = "cpu",
+                 activation_budget: int = ACTIVATION_BUDGET):
+        super().__init__(problem)
+        self.device = torch.device(device)
+        self.activation_budget = activation_budget  # floats of activations per chunk of images
+        self._cache: tuple[int, list[torch.Tensor]] | None = None
+        self._layer_input = torch.empty(0)
+
+    def bind(self, weights: Weights, block: Block) -> TorchEvaluator:
+        super().bind(weights, block)
+        earlier = [t for w, b in weights[: block.layer] for t in (w, b)]
+        if (self._cache is None or self._cache[0] != block.layer
+                or not all(torch.equal(a, b) for a, b in zip(self._cache[1], earlier, strict=True))):
+            with torch.no_grad():
+                self._layer_input = forward(self.problem.x_train, self.problem.spec, weights, stop=block.layer)
+            self._cache = (block.layer, [t.clone() for t in earlier])
+        return self
+
+    @torch.no_grad()
+    def __call__(self, population: np.ndarray, split: Split | None = None) -> Scores:
+        rows = self.problem.scored_rows(split)
+        features = population_features_chunked(
+            self.problem.spec, self._layer_input[rows], self.weights, block=self.block,
+            population=torch.as_tensor(population, dtype=torch.float32), budget=self.activation_budget)
+        return self.problem.score(features, split)
