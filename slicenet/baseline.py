@@ -18,15 +18,16 @@ from torch import nn
 
 from .config import BaselineConfig
 from .data import Dataset
-from .engine import Engine, normalise_images
+from .engine import Engine, PostProcessing, normalise_images
 from .fitness import stratified_split
+from .heads import DenseHead, bank_head
 from .trunk import TrunkSpec, init_weights, layer_forward
 
 
 class Network(nn.Module):
     """Trunk (as in ``trunk.py``, same init) + dense hidden layer (ReLU) + dense output layer."""
 
-    def __init__(self, spec: TrunkSpec, image_size: tuple[int, int], hidden: int, n_classes: int, seed: int):
+    def __init__(self, spec: TrunkSpec, image_size: tuple[int, int], *, hidden: int, n_classes: int, seed: int):
         super().__init__()
         self.spec = spec
         self.trunk = nn.ParameterList()
@@ -39,7 +40,7 @@ class Network(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.spec.layers):
-            x = layer_forward(x, self.trunk[2 * index], self.trunk[2 * index + 1], layer)
+            x = layer_forward(x, self.trunk[2 * index], self.trunk[2 * index + 1], layer=layer)
         return x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ class Network(nn.Module):
                 for i in range(len(self.spec.layers))]
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, degrees: float = 10.0) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, *, shift: float = 2.0, degrees: float = 10.0) -> torch.Tensor:
     """Random shifts (up to ``shift`` pixels) and rotations (up to ``degrees``), one per image."""
     n, _, height, width = x.shape
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
@@ -64,13 +65,13 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: float = 2.0, deg
 
 
 @torch.no_grad()
-def accuracy(model: Network, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
+def accuracy(model: Network, x: torch.Tensor, y: torch.Tensor, *, batch: int = 1024) -> float:
     model.eval()
     hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch), strict=True))
     return hits / max(1, len(y))
 
 
-def train(dataset: Dataset, spec: TrunkSpec, hidden: int, config: BaselineConfig, input_mean: float,
+def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineConfig, input_mean: float,
           input_std: float, on_epoch: Callable[[dict], None] | None = None) -> tuple[Network, list[dict], dict]:
     """Train with early stopping on a validation split; returns the best network, history, summary."""
     torch.manual_seed(config.seed)
@@ -79,7 +80,7 @@ def train(dataset: Dataset, spec: TrunkSpec, hidden: int, config: BaselineConfig
     x = normalise_images(dataset.x_train, input_mean, input_std)
     y = torch.from_numpy(dataset.y_train)
     x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
-    model = Network(spec, dataset.image_size, hidden, dataset.n_classes, config.seed)
+    model = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed)
     if config.optimizer == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         schedule = None
@@ -127,14 +128,41 @@ def train(dataset: Dataset, spec: TrunkSpec, hidden: int, config: BaselineConfig
     return model, history, summary
 
 
-def to_engine(model: Network, dataset: Dataset, config: BaselineConfig, input_mean: float, input_std: float,
+def to_engine(model: Network, dataset: Dataset, *, config: BaselineConfig, input_mean: float, input_std: float,
               info: dict) -> Engine:
     """The trained network as an engine: dense head as trained, or the trunk with a k-NN head."""
     weights = model.trunk_weights()
     if config.head == "knn":
-        return Engine.build(model.spec, weights, dataset.x_train, dataset.y_train, input_mean, input_std,
-                            config.postprocessing, config.n_neighbors, config.metric, dataset.class_names, info,
-                            vote=config.vote)
+        return Engine.build(model.spec, weights, dataset.x_train, dataset.y_train, input_mean=input_mean,
+                            input_std=input_std, class_names=dataset.class_names, info=info,
+                            head=bank_head(config.vote, n_neighbors=config.n_neighbors, metric=config.metric),
+                            postprocessing=config.postprocessing)
     dense = [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in (model.hidden, model.output)]
-    return Engine.build_dense(model.spec, weights, dense, input_mean, input_std, dataset.class_names,
-                              dataset.image_size, info)
+    return Engine(model.spec, weights, input_mean, input_std, PostProcessing("none"), DenseHead(dense),
+                  dataset.class_names, dataset.image_size, dict(info))
+
+
+def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: BaselineConfig, input_mean: float,
+        input_std: float, run_name: str, on_epoch: Callable[[dict], None] | None = None
+        ) -> tuple[Engine, dict, list[dict]]:
+    """Train one width and return (its engine, its metrics, its history): the whole baseline run but
+    its files."""
+    from .pipeline import engine_metrics, evaluate
+
+    started = time.perf_counter()
+    model, history, summary = train(dataset, spec, hidden=hidden, config=config, input_mean=input_mean,
+                                    input_std=input_std, on_epoch=on_epoch)
+    info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": run_name}
+    engine = to_engine(model, dataset, config=config, input_mean=input_mean, input_std=input_std, info=info)
+    untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed)
+    untrained_engine = to_engine(untrained, dataset, config=config, input_mean=input_mean, input_std=input_std,
+                                 info=info)
+    metrics = {
+        **engine_metrics(engine, dataset, kind="backprop-knn" if config.head == "knn" else "backprop-dense"),
+        "method": f"backprop-{config.optimizer}", "hidden": hidden, "preset": preset, "granularity": "",
+        "random_init_test_accuracy": evaluate(untrained_engine, dataset.x_test, dataset.y_test)["accuracy"],
+        **summary,
+        "evaluations": summary["gradient_steps"] * config.batch_size,
+        "wall_seconds": round(time.perf_counter() - started, 3), "seed": config.seed, "augment": config.augment,
+    }
+    return engine, metrics, history

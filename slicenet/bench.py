@@ -46,7 +46,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
 
 
-def open_run(run_dir: Path, threads: int, batch: int) -> Session:
+def open_run(run_dir: Path, *, threads: int, batch: int) -> Session:
     """A run directory's engine in PyTorch (the reference implementation), timed like a bundle."""
     import torch
 
@@ -68,9 +68,9 @@ def open_run(run_dir: Path, threads: int, batch: int) -> Session:
                    (run_dir / ENGINE).stat().st_size, created * 1000.0, _peak_rss_mb())
 
 
-def open_bundle(bundle: Path, runtime: str, threads: int, batch: int | None = None) -> Session:
+def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None = None) -> Session:
     if runtime == "torch":
-        return open_run(bundle, threads, batch or 1)
+        return open_run(bundle, threads=threads, batch=batch or 1)
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")
@@ -140,7 +140,7 @@ def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[st
     return latencies
 
 
-def run_rounds(open_sessions: Callable[[], list[Session]], count: int, warmup: int,
+def run_rounds(open_sessions: Callable[[], list[Session]], *, count: int, warmup: int,
                rounds: int) -> tuple[list[Session], dict[str, list[float]]]:
     """``count`` interleaved inferences per bundle in ``rounds`` rounds, each with every bundle opened
     afresh (new runtime sessions, new buffers) and the order rotated by one.
@@ -170,7 +170,7 @@ def round_ratios(latencies: list[float], first: list[float], rounds: int) -> lis
     return [float(np.median(a) / np.median(b)) for a, b in zip(blocks, first_blocks, strict=True) if len(a)]
 
 
-def summarise(session: Session, latencies: list[float], threads: int, batch: int = 1) -> dict:
+def summarise(session: Session, latencies: list[float], *, threads: int, batch: int = 1) -> dict:
     values = np.asarray(latencies)
     return {
         "name": session.name, "bundle": str(session.bundle), "runtime": session.runtime,

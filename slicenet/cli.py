@@ -1,6 +1,9 @@
-"""The ``slicenet`` command: a thin argparse shell over ``pipeline`` and ``runs``.
+"""The ``slicenet`` command: a thin argparse shell over the library.
 
-Bad input of any kind ends in one line on stderr and exit status 2 (``InputError``).
+Each subcommand parses its flags (generated from its configuration dataclass, so each default and
+each help line is written once, in ``config.py`` or ``condense.py``), calls one library function,
+writes its files and prints. Bad input of any kind ends in one line on stderr and exit status 2
+(``InputError``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -28,113 +31,57 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-CONFIG_FLAGS = {  # flag -> (config key, type, help)
-    "--dataset": ("dataset", str, "mnist (default), mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>"),
-    "--method": ("method", str, "optimiser: cma (default), pso, ga"),
-    "--preset": ("preset", str, "trunk preset: auto (default), default, lenet, wide, radu, tiny, pixels"),
-    "--granularity": ("granularity", str, "layer (default) or filter: optimise one filter at a time"),
-    "--sweeps": ("sweeps", int, "passes over the layers (later passes re-tune each layer)"),
-    "--population-size": ("population_size", int, "candidates per generation (0 = method default)"),
-    "--sigma-scale": ("sigma_scale", float, "initial spread as a multiple of the He-init std"),
-    "--n-neighbors": ("n_neighbors", int, "k of the k-NN head (default 9)"),
-    "--vote": ("vote", str, "k-NN head: majority (default) or local-mean (nearest mean of each class's k nearest)"),
-    "--fitness-vote": ("fitness_vote", str, "the head the search scores with: majority (default) or local-mean"),
-    "--metric": ("metric", str, "k-NN distance: euclidean, sqeuclidean, cosine, manhattan"),
-    "--postprocessing": ("postprocessing", str, "feature post-processing: centre_l2, l2, none"),
-    "--validation-fraction": ("validation_fraction", float, "share of the scored images used as queries"),
-    "--search-images": ("search_images", int, "training images scored per generation (0 = all)"),
-    "--scoring": ("scoring", str, "loo (default: each scored image vs all others) or holdout (queries vs the rest)"),
-    "--soft-weight": ("soft_weight", float, "weight of the smooth k-NN score in the fitness"),
-    "--soft-score": ("soft_score", str, "smooth score: knn (k neighbours) or nca (whole bank)"),
-    "--temperature": ("temperature", float, "softmax temperature of the smooth k-NN score"),
-    "--image-size": ("image_size", int, "folder datasets: resize images to this size"),
-    "--prototypes": ("prototypes", int, "k-means prototypes per class in the bank (0 = every training image)"),
-    "--bank-shifts": ("bank_shifts", int, "bank copies shifted 1..n px (0 = none, -1 = auto: 1 up to 10,000 images)"),
-    "--query-shifts": ("query_shifts", int, "test-time views: each query and its copies shifted 1..n px, votes "
-                       "summed (0 = none; pair with --bank-shifts n)"),
-    "--seed": ("seed", int, "seed for weights, splits and optimiser (same seed, same run)"),
-    "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
-}
+def _flag_type(field: dataclasses.Field) -> type:
+    if field.default is not None:
+        return type(field.default)
+    return float if "float" in str(field.type) else int
 
 
-BASELINE_FLAGS = {
-    "--dataset": ("dataset", str, "as for optimise (default mnist)"),
-    "--preset": ("preset", str, "trunk preset, as for optimise"),
-    "--head": ("head", str, "dense (default) or knn: the trained trunk with a k-NN head"),
-    "--epochs": ("epochs", int, "maximum epochs (default 5)"),
-    "--optimizer": ("optimizer", str, "adam (default) or sgd (momentum 0.9, step schedule)"),
-    "--learning-rate": ("learning_rate", float, "learning rate (default 0.001)"),
-    "--lr-step": ("lr_step", int, "sgd: epochs between learning-rate drops"),
-    "--lr-gamma": ("lr_gamma", float, "sgd: factor of each drop"),
-    "--batch-size": ("batch_size", int, "mini-batch size (default 64)"),
-    "--patience": ("patience", int, "early stopping patience in epochs (default 3)"),
-    "--validation-fraction": ("validation_fraction", float, "training images held out for early stopping"),
-    "--n-neighbors": ("n_neighbors", int, "head knn: k (default 9)"),
-    "--vote": ("vote", str, "head knn: majority (default) or local-mean"),
-    "--seed": ("seed", int, "seed for init, split and batches"),
-    "--threads": ("threads", int, "torch CPU threads (0 = all cores)"),
-}
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> list[str]:
+    """One flag per field of a config dataclass (``--population-size`` for ``population_size``), its
+    help and default from the field; flags default to None, meaning "not given". Returns the keys."""
+    keys = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        text = field.metadata.get("help", "") + (f" (default: {shown})" if shown not in (None, "") else "")
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, dest=field.name, action="store_true", default=None, help=text)
+        elif isinstance(field.default, tuple):
+            parser.add_argument(flag, dest=field.name, type=int, nargs="+", default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=_flag_type(field), default=None, help=text)
+        keys.append(field.name)
+    return keys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .condense import CondenseConfig
+    from .config import BaselineConfig, RunConfig
+
     parser = _Parser(prog="slicenet", description="Gradient-free, k-NN sliced CNNs for edge boards.")
     parser.add_argument("--version", action="version", version=f"slicenet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def with_config_flags(name: str, text: str, flags: dict) -> argparse.ArgumentParser:
-        """A subcommand whose options mirror a config dataclass: --config TOML, then flags over it."""
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", help="TOML file of options (flags override it)")
-        for flag, (key, kind, help_text) in flags.items():
-            sub.add_argument(flag, dest=key, type=kind, default=None, help=help_text)
-        return sub
-
-    optimise = with_config_flags("optimise", "optimise a trunk without gradients; write a run directory",
-                                 CONFIG_FLAGS)
-    optimise.add_argument("--generations", type=int, nargs="+", default=None,
-                          help="generation budget per layer (one number for all, or one per layer)")
+    optimise = commands.add_parser("optimise", help="optimise a trunk without gradients; write a run directory")
+    optimise.add_argument("--config", help="TOML file of options (flags override it)")
+    optimise.set_defaults(keys=add_config_flags(optimise, RunConfig), func=cmd_optimise)
     optimise.add_argument("--out", type=Path, help="run directory (default runs/<method>-<dataset>-<time>)")
     optimise.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run")
     optimise.add_argument("--quiet", action="store_true", help="no progress bar")
-    optimise.set_defaults(func=cmd_optimise)
 
-    baseline = with_config_flags("baseline", "train the same trunk with backprop (dense or k-NN head)",
-                                 BASELINE_FLAGS)
-    baseline.add_argument("--hidden", type=int, nargs="+", default=None,
-                          help="dense hidden widths, one run each (default 128)")
-    baseline.add_argument("--augment", action="store_true", default=None, help="random shifts and rotations")
+    baseline = commands.add_parser("baseline", help="train the same trunk with backprop (dense or k-NN head)")
+    baseline.add_argument("--config", help="TOML file of options (flags override it)")
+    baseline.set_defaults(keys=add_config_flags(baseline, BaselineConfig), func=cmd_baseline)
     baseline.add_argument("--out", type=Path, help="run directory (several widths: one sub-folder each)")
     baseline.add_argument("--quiet", action="store_true", help="no progress bar")
-    baseline.set_defaults(func=cmd_baseline)
 
     condense = commands.add_parser("condense", help="compact a run's engine: fewer prototypes, dimensions, bytes")
     condense.add_argument("run", type=Path)
-    size = condense.add_mutually_exclusive_group(required=True)
-    size.add_argument("--prototypes", type=int, help="prototypes per class")
-    size.add_argument("--budget-kb", type=float, help="the most accurate engine within this many KB (1 KB = 1000 B)")
-    condense.add_argument("--budget-macs", type=int,
-                          help="with --budget-kb: at most this many multiply-adds per image (trunk and head)")
-    condense.add_argument("--splits", type=int, default=1,
-                          help="with --budget-kb: rank settings by their mean validation accuracy over this many "
-                               "random fit / validation splits (default 1; more for small datasets)")
-    condense.add_argument("--method", default="lvq",
-                          help="lvq (default), kmeans, cnn, optimised or joint (the LVQ engine validation picks, "
-                               "then the trunk's last layer tuned to its bank, kept if validation agrees)")
-    condense.add_argument("--dims", type=int, default=0, help="PCA feature dimensions (0 = all)")
-    condense.add_argument("--precision", default="fp32", help="bank and weight storage: fp32, fp16, int8")
-    condense.add_argument("--n-neighbors", type=int, default=0, help="k (0 = chosen by validation)")
-    condense.add_argument("--metric", default="", help="cosine or euclidean (default: chosen by validation)")
-    condense.add_argument("--generations", type=int, default=100,
-                          help="methods optimised and joint: generations of the optimiser (joint: per round)")
-    condense.add_argument("--epochs", type=int, default=4, help="method lvq: passes over the training images")
-    condense.add_argument("--window", type=float, default=0.0,
-                          help="method lvq: LVQ2.1 window, between 0 and 1 (default 0: chosen by validation "
-                               "among 0.1, 0.2, 0.3)")
-    condense.add_argument("--bank-shifts", type=int, default=-1,
-                          help="fit prototypes to the images plus copies shifted 1..n px (-1 = as the source bank)")
-    condense.add_argument("--seed", type=int, default=0)
+    condense.set_defaults(keys=add_config_flags(condense, CondenseConfig), func=cmd_condense)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
-    condense.set_defaults(func=cmd_condense)
 
     export = commands.add_parser("export", help="export a run's engine for a target and verify it")
     export.add_argument("run", type=Path)
@@ -183,7 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress(total: int, done: int, quiet: bool):
+def _flags_given(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in args.keys}
+
+
+def _command(args: argparse.Namespace) -> str:
+    return shlex.join(["slicenet", *args.argv])
+
+
+def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar, callback)
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=done, unit="gen", disable=quiet, dynamic_ncols=True, file=sys.stderr)
@@ -199,15 +154,13 @@ def _progress(total: int, done: int, quiet: bool):
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import pipeline, runs
     from .config import RunConfig, config_from_toml, make_config
-    from .search import block_generations, make_blocks
+    from .search import total_generations
 
-    overrides = {key: getattr(args, key) for key, _, _ in CONFIG_FLAGS.values()}
-    overrides["generations"] = args.generations
+    overrides = _flags_given(args)
     started = time.perf_counter()
     if args.resume is not None:
-        given = [flag for flag, (key, _, _) in CONFIG_FLAGS.items() if overrides[key] is not None]
-        given += ["--generations"] * (args.generations is not None) + ["--config"] * (args.config is not None)
-        given += ["--out"] * (args.out is not None)
+        given = ["--" + key.replace("_", "-") for key, value in overrides.items() if value is not None]
+        given += ["--config"] * (args.config is not None) + ["--out"] * (args.out is not None)
         if given:
             raise InputError(f"--resume takes its configuration from {args.resume / runs.CONFIG}; "
                              f"drop {', '.join(given)}")
@@ -224,38 +177,25 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         state = None
     prepared = pipeline.prepare(config)  # loads data: fails before anything is written
     if state is None:
-        runs.create_run_dir(run_dir, config, shlex.join(["slicenet", *args.argv]))
+        runs.create_run_dir(run_dir, config, _command(args))
         state = pipeline.initial_state(prepared)
 
-    settings = pipeline.search_settings(config)
-    blocks = make_blocks(prepared.spec, settings.granularity, settings.sweeps)
-    total = sum(block_generations(settings, prepared.spec, block) for block in blocks)
+    total = total_generations(pipeline.search_settings(config), prepared.spec)
     bar, on_generation = _progress(total, len(state.history), args.quiet)
 
-    def on_checkpoint(current) -> None:
+    def on_checkpoint(current) -> None:  # noqa: ANN001
         runs.save_checkpoint(run_dir, current, previous_wall + time.perf_counter() - started)
 
     with bar, _keep_freed_memory():
-        state = pipeline.run_search(prepared, state, on_generation, on_checkpoint)
+        state = pipeline.run_search(prepared, state, on_generation=on_generation, on_checkpoint=on_checkpoint)
     info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
-    engine = pipeline.build_engine(prepared, state, info=info)
-    full_bank = None
-    if config.prototypes:
-        from .condense import CompactSettings, accuracy, choose_and_build
-
-        full_bank = accuracy(engine, prepared.dataset.x_test, prepared.dataset.y_test)
-        engine, _, _ = choose_and_build(engine, prepared.dataset.x_train, prepared.dataset.y_train,
-                                        CompactSettings("lvq", config.prototypes, 0, "fp32"),
-                                        config.seed, shifts=prepared.bank_shifts)
+    engine, extra = pipeline.final_engine(prepared, state, info=info)
     engine_seconds = previous_wall + time.perf_counter() - started  # the engine exists: the rest is evaluation
-    metrics = pipeline.final_metrics(prepared, state, engine)
-    if full_bank is not None:
-        metrics["full_bank_test_accuracy"] = full_bank
-    metrics["engine_seconds"] = round(engine_seconds, 3)
-    metrics["wall_seconds"] = round(previous_wall + time.perf_counter() - started, 3)
-    metrics["command"] = runs.load_command(run_dir)
-    metrics["slicenet_version"] = __version__
-    runs.write_results(run_dir, engine, metrics, state.history)
+    metrics = {**pipeline.final_metrics(prepared, state, engine), **extra,
+               "engine_seconds": round(engine_seconds, 3),
+               "wall_seconds": round(previous_wall + time.perf_counter() - started, 3),
+               "command": runs.load_command(run_dir)}
+    runs.write_results(run_dir, engine, metrics=metrics, history=state.history)
     print(f"test accuracy {metrics['test_accuracy']:.4f} (random init {metrics['random_init_test_accuracy']:.4f}, "
           f"validation {metrics['validation_accuracy']:.4f}); engine {metrics['engine_bytes']:,} bytes; "
           f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s -> {run_dir}")
@@ -263,26 +203,22 @@ def cmd_optimise(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from tqdm import tqdm
 
     from . import baseline, pipeline, runs
     from .config import BaselineConfig, config_from_toml, make_config
 
-    overrides = {key: getattr(args, key) for key, _, _ in BASELINE_FLAGS.values()}
-    overrides.update(hidden=args.hidden, augment=args.augment)
+    overrides = _flags_given(args)
     config = (config_from_toml(args.config, BaselineConfig, **overrides) if args.config
               else make_config(None, BaselineConfig, **overrides))
-    dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, config.preset, config.image_size,
-                                                            config.threads)
+    dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, preset=config.preset,
+                                                            image_size=config.image_size, threads=config.threads)
     if config.head == "knn":
-        pipeline.check_vote(config.vote, config.n_neighbors, dataset)
-    command = shlex.join(["slicenet", *args.argv])
+        pipeline.check_vote(dataset, vote=config.vote, n_neighbors=config.n_neighbors)
+    command = _command(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = dataset.name.split(":")[0]
     for hidden in config.hidden:
-        started = time.perf_counter()
         single = dataclasses.replace(config, hidden=(hidden,))
         label = f"{config.head}{hidden}" if config.head == "dense" else f"backprop{hidden}-knn"
         if args.out is None:
@@ -292,163 +228,88 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         runs.create_run_dir(run_dir, single, command)
         bar = tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr, desc=label)
 
-        def on_epoch(row: dict, bar=bar) -> None:
+        def on_epoch(row: dict, bar=bar) -> None:  # noqa: ANN001
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['validation_accuracy']:.4f}")
             bar.update(1)
 
         with bar:
-            model, history, summary = baseline.train(dataset, spec, hidden, single, mean, std, on_epoch)
-        info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": str(run_dir)}
-        engine = baseline.to_engine(model, dataset, single, mean, std, info)
-        untrained = baseline.to_engine(baseline.Network(spec, dataset.image_size, hidden, dataset.n_classes,
-                                                        config.seed), dataset, single, mean, std, info)
-        test = pipeline.evaluate(engine, dataset.x_test, dataset.y_test)
-        metrics = {
-            "method": f"backprop-{config.optimizer}", "head": config.head, "hidden": hidden,
-            "dataset": dataset.name, "preset": preset, "granularity": "",
-            "test_accuracy": test["accuracy"], "per_class_accuracy": test["per_class_accuracy"],
-            "confusion_matrix": test["confusion_matrix"],
-            "random_init_test_accuracy": pipeline.evaluate(untrained, dataset.x_test, dataset.y_test)["accuracy"],
-            **summary,
-            "parameters": engine.parameters, "engine_bytes": engine.engine_bytes,
-            "multiply_adds": engine.multiply_adds, "evaluations": summary["gradient_steps"] * config.batch_size,
-            "wall_seconds": round(time.perf_counter() - started, 3), "n_train": int(len(dataset.y_train)),
-            "n_test": int(len(dataset.y_test)), "seed": config.seed, "augment": config.augment,
-            "command": command, "slicenet_version": __version__, "machine": pipeline.machine_info(),
-        }
-        runs.write_results(run_dir, engine, metrics, history)
-        print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {summary['epochs']} epochs; "
+            engine, metrics, history = baseline.run(dataset, spec, preset=preset, hidden=hidden, config=single,
+                                                    input_mean=mean, input_std=std, run_name=str(run_dir),
+                                                    on_epoch=on_epoch)
+        metrics["command"] = command
+        runs.write_results(run_dir, engine, metrics=metrics, history=history)
+        print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs; "
               f"{metrics['parameters']:,} parameters, engine {metrics['engine_bytes']:,} bytes -> {run_dir}")
     return 0
 
 
 def cmd_condense(args: argparse.Namespace) -> int:
-    with _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
-        return _condense(args)
-
-
-def _condense(args: argparse.Namespace) -> int:
     from . import condense, runs
     from .atomic import write_text
-    from .config import to_toml
+    from .config import make_config, to_toml
     from .data import load_dataset
-    from .pipeline import machine_info
 
     started = time.perf_counter()
+    settings = make_config(None, condense.CondenseConfig, **_flags_given(args))  # checked before any work
     engine = runs.load_engine(args.run)
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
-    if args.method not in condense.METHODS:
-        raise InputError(f"unknown reduction method {args.method!r}: expected one of {', '.join(condense.METHODS)}")
-    if args.precision not in ("fp32", "fp16", "int8"):
-        raise InputError(f"unknown precision {args.precision!r}: expected fp32, fp16 or int8")
-    if args.metric not in ("", *condense.COMPACT_METRICS):
-        raise InputError(f"unknown metric {args.metric!r} for condense: expected cosine or euclidean")
-    if args.method == "joint" and not engine.spec.layers:
-        raise InputError(f"--method joint tunes the trunk's last convolution, and {args.run} has none (preset "
-                         "pixels): choose another --method")
-    if args.epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {args.epochs}")
-    if not 0.0 <= args.window < 1.0:
-        raise InputError(f"--window must be at least 0 (0 = chosen by validation) and below 1, got {args.window:g}")
-    if args.budget_macs is not None and args.budget_kb is None:
-        raise InputError("--budget-macs limits the search of --budget-kb: give --budget-kb too")
-    if args.splits != 1 and args.budget_kb is None:
-        raise InputError("--splits ranks the settings of --budget-kb: give --budget-kb too")
-    if args.splits < 1:
-        raise InputError(f"--splits must be at least 1, got {args.splits}")
-    if args.budget_macs is not None and args.budget_macs < 1:
-        raise InputError(f"--budget-macs must be a positive number of multiply-adds, got {args.budget_macs}")
-    if args.bank_shifts < -1:
-        raise InputError(f"--bank-shifts must be -1 (as the source run), 0 or positive, got {args.bank_shifts}")
-    shifts = int(source.get("bank_shifts", 0)) if args.bank_shifts == -1 else args.bank_shifts
-    if args.prototypes is not None and args.prototypes < 1:
-        raise InputError(f"--prototypes must be at least 1, got {args.prototypes}")
-    if args.budget_kb is not None and args.budget_kb <= 0:
-        raise InputError(f"--budget-kb must be positive, got {args.budget_kb}")
-    dataset = load_dataset(config.dataset, engine.image_size[0])
     run = Path(args.run)
-    if args.budget_kb is not None:
-        out = args.out or run.with_name(f"{run.name}-{args.budget_kb:g}kb")
-        compact, chosen, trials = condense.budget_search(engine, dataset.x_train, dataset.y_train,
-                                                         int(args.budget_kb * 1000), args.seed, args.method,
-                                                         metrics=(args.metric,) if args.metric else
-                                                         condense.COMPACT_METRICS, epochs=args.epochs,
-                                                         shifts=shifts, budget_macs=args.budget_macs,
-                                                         splits=args.splits, generations=args.generations)
-        front = condense.frontier(trials)
-        within = f"{args.budget_kb:g} KB" + (f" and {args.budget_macs:,} MACs" if args.budget_macs else "")
-        splits = f", mean of {args.splits} splits" if args.splits > 1 else ""
-        print(f"accuracy / size frontier ({len(trials)} engines within {within}, validation accuracy{splits}):")
-        for point in front:
-            window = f", window {point['window']:g}" if point["window"] else ""
-            print(f"  {point['engine_bytes']:>9,} B  {point['multiply_adds']:>9,} MACs  "
-                  f"{100 * point['validation_accuracy']:6.2f} %  {point['prototypes']} per class, "
-                  f"dims {point['dims'] or 'all'}, {point['precision']}, k={point['n_neighbors']}, "
-                  f"{point['metric']}{window}")
-        if args.method == "joint":
-            print("method joint: the pick's last layer tuned to its bank, validation accuracy "
-                  f"{100 * chosen['lvq_validation_accuracy']:.2f} -> {100 * chosen['validation_accuracy']:.2f} %"
-                  if chosen["method"] == "joint" else
-                  "method joint: tuning the pick's last layer did not raise its validation accuracy; "
-                  "kept the LVQ engine")
-        extra = {"budget_bytes": int(args.budget_kb * 1000), "frontier": front, "validation_accuracy":
-                 chosen["validation_accuracy"], "compact": {**chosen, "bank_shifts": shifts}}
-        if args.budget_macs is not None:
-            extra["budget_macs"] = args.budget_macs
-        if args.splits > 1:
-            extra["validation_splits"] = args.splits
-    else:
-        out = args.out or run.with_name(f"{run.name}-p{args.prototypes}")
-        settings = condense.CompactSettings(args.method, args.prototypes, args.dims, args.precision,
-                                            args.n_neighbors, args.generations, metric=args.metric,
-                                            epochs=args.epochs, window=args.window)
-        compact, val_accuracy, chosen_settings = condense.choose_and_build(engine, dataset.x_train, dataset.y_train,
-                                                                           settings, args.seed, shifts=shifts)
-        extra = {"validation_accuracy": val_accuracy,
-                 "compact": {**dataclasses.asdict(chosen_settings), "bank_shifts": shifts}}
+    suffix = f"{settings.budget_kb:g}kb" if settings.budget_kb is not None else f"p{settings.prototypes}"
+    out = args.out or run.with_name(f"{run.name}-{suffix}")
     if (out / runs.METRICS).exists():
         raise InputError(f"{out} already holds a finished run; choose another --out")
+    condense.check_source(engine, settings)
+    dataset = load_dataset(config.dataset, engine.image_size[0])
+    with _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
+        compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
+                                           source_bank_shifts=int(source.get("bank_shifts", 0)))
     compact.info = {**engine.info, "condensed_from": str(run)}
-    metrics = {key: source[key] for key in ("method", "dataset", "preset", "granularity", "random_init_test_accuracy",
-                                            "evaluations", "n_train", "n_test", "seed") if key in source}
-    metrics.update(extra)
-    metrics.update({
-        "test_accuracy": condense.accuracy(compact, dataset.x_test, dataset.y_test),
-        "full_bank_test_accuracy": source["test_accuracy"], "full_bank_engine_bytes": source["engine_bytes"],
-        "parameters": compact.parameters, "engine_bytes": compact.engine_bytes, "bank_size": int(len(compact.bank)),
-        "multiply_adds": compact.multiply_adds,
-        "wall_seconds": round(time.perf_counter() - started, 3), "condensed_from": str(run),
-        "command": shlex.join(["slicenet", *args.argv]), "slicenet_version": __version__,
-        "machine": machine_info(),
-    })
+    metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
+               "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}
+    if "frontier" in extra:
+        _print_frontier(settings, extra)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / runs.CONFIG, to_toml(config, {"version": __version__, "command": metrics["command"],
                                                    "kind": "optimise", "condensed_from": str(run)}))
-    runs.write_results(out, compact, metrics, [])
+    runs.write_results(out, compact, metrics=metrics, history=[])
     print(f"test accuracy {metrics['test_accuracy']:.4f} (full bank {source['test_accuracy']:.4f}); engine "
           f"{metrics['engine_bytes']:,} bytes (full bank {source['engine_bytes']:,}) -> {out}")
     return 0
+
+
+def _print_frontier(settings: Any, extra: dict) -> None:
+    front, chosen = extra["frontier"], extra["compact"]
+    within = f"{settings.budget_kb:g} KB" + (f" and {settings.budget_macs:,} MACs" if settings.budget_macs else "")
+    splits = f", mean of {settings.splits} splits" if settings.splits > 1 else ""
+    print(f"accuracy / size frontier ({extra['trials']} engines within {within}, validation accuracy{splits}):")
+    for point in front:
+        window = f", window {point['window']:g}" if point["window"] else ""
+        print(f"  {point['engine_bytes']:>9,} B  {point['multiply_adds']:>9,} MACs  "
+              f"{100 * point['validation_accuracy']:6.2f} %  {point['prototypes']} per class, "
+              f"dims {point['dims'] or 'all'}, {point['precision']}, k={point['n_neighbors']}, "
+              f"{point['metric']}{window}")
+    if settings.method == "joint":
+        print("method joint: the pick's last layer tuned to its bank, validation accuracy "
+              f"{100 * chosen['lvq_validation_accuracy']:.2f} -> {100 * chosen['validation_accuracy']:.2f} %"
+              if chosen["method"] == "joint" else
+              "method joint: tuning the pick's last layer did not raise its validation accuracy; "
+              "kept the LVQ engine")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export, runs
     from .data import load_dataset
 
-    if args.target not in export.TARGETS:
-        raise InputError(f"unknown target {args.target!r}: expected one of {', '.join(export.TARGETS)}")
+    export.target(args.target)  # an unknown target fails before anything is read
     engine = runs.load_engine(args.run)
     dataset = load_dataset(runs.load_config(args.run).dataset, engine.image_size[0])
     images, labels = dataset.x_test, dataset.y_test
     if args.verify_images:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
-    devices = Path(__file__).resolve().parent.parent / "devices"
-    if not (devices / "run_engine.py").is_file():
-        raise InputError(f"{devices / 'run_engine.py'} is missing: export runs from a slicenet checkout "
-                         "(pip install -e .)")
-    manifest = export.export_bundle(engine, args.run, args.target, args.out, images, labels, devices,
-                                    batch=args.batch)
-    bundle = export.bundle_folder(Path(args.run), args.target, args.out, args.batch)
+    manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
+                                    images=images, labels=labels, batch=args.batch)
+    bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "
               f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "
@@ -486,11 +347,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
     profiles = bench.load_profiles(profiles_path)
     sessions, latencies = bench.run_rounds(
-        lambda: [bench.open_bundle(bundle, args.runtime, args.threads, args.batch) for bundle in args.bundles],
-        args.count, args.warmup, args.rounds)
+        lambda: [bench.open_bundle(bundle, args.runtime, threads=args.threads, batch=args.batch)
+                 for bundle in args.bundles], count=args.count, warmup=args.warmup, rounds=args.rounds)
     results = []
     for session in sessions:
-        row = bench.summarise(session, latencies[session.name], args.threads, len(session.sample))
+        row = bench.summarise(session, latencies[session.name], threads=args.threads, batch=len(session.sample))
         if args.runtime == "torch":
             from . import runs
 
@@ -505,7 +366,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
             row["engine_bytes"] = manifest["engine_bytes"]
             row["multiply_adds"] = manifest.get("multiply_adds")  # absent from bundles exported before it was recorded
-        row["command"] = shlex.join(["slicenet", *args.argv])
+        row["command"] = _command(args)
         row["machine"] = machine_info()
         results.append(row)
     first = results[0]["p50_ms"]
@@ -563,19 +424,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     engine = runs.load_engine(args.run)
     images = np.stack([load_image(path, engine.image_size) for path in args.images])
     predicted, votes, _ = engine.predict(images)
-    if engine.head == "dense":  # softmax probabilities, likeliest first, the negligible left out
-        key, title = "probabilities", "probabilities"
-        details = [{engine.class_names[c]: round(float(vote[c]), 4) for c in np.argsort(-vote, kind="stable")
-                    if vote[c] >= 0.001} for vote in votes]
-    elif engine.vote == "local-mean":  # each class's local-mean distance (mean over the views), nearest first
-        key, title = "local_mean_distance", "local-mean distances"
-        details = [{engine.class_names[c]: round(float(-vote[c]) / engine.n_views, 4)
-                    for c in np.argsort(-vote, kind="stable")} for vote in votes]
-    else:
-        key, title = "votes", "votes"
-        details = [{engine.class_names[c]: int(v) for c, v in enumerate(vote) if v} for vote in votes]
-    if engine.head == "knn" and engine.n_views > 1:
-        title += f" over {engine.n_views} test-time views"
+    key, title, details = engine.head.details(votes, engine.class_names, engine.views)
     rows = [{"image": str(path), "class": int(p), "label": engine.class_names[p], key: detail}
             for path, p, detail in zip(args.images, predicted, details, strict=True)]
     if args.json:
@@ -625,11 +474,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not run_dirs:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows = report.collect(run_dirs)
-    command = shlex.join(["slicenet", *args.argv])
+    command = _command(args)
     bench = report.load_bench(args.out / "bench")
     plots = report.render_plots(rows, args.out, bench)
     write_text(args.out / "runs.csv", report.render_csv(rows))
-    write_text(args.out / "REPORT.md", report.render_markdown(rows, command, plots, bench))
+    write_text(args.out / "REPORT.md", report.render_markdown(rows, command=command, plots=plots, bench=bench))
     print(f"wrote {args.out / 'REPORT.md'}, runs.csv and {len(plots)} plots from {len(rows)} runs")
     return 0
 

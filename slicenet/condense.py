@@ -36,18 +36,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import Checked, option
 from .data import shifted_copies
-from .engine import Engine, normalise_images
+from .engine import Engine, PostProcessing, normalise_images
 from .errors import InputError
-from .fitness import stratified_split
+from .fitness import Scores, Split, stratified_split
+from .heads import MajorityHead
 from .knn import count_votes, knn_vote, pairwise_distances
-from .trunk import features
+from .storage import PRECISIONS
+from .trunk import Block, TrunkSpec, features
+from .views import Views
 
 METHODS = ("kmeans", "cnn", "optimised", "lvq", "joint")
 LVQ_WINDOW = 0.3  # Kohonen's relative window w: update when min(d_r/d_w, d_w/d_r) > (1 - w) / (1 + w)
@@ -61,34 +65,86 @@ JOINT_ROUNDS = 2  # method joint: rounds of (tune the last layer to the bank, re
 JOINT_SEARCH_IMAGES = 4000  # method joint: training images that score each candidate last layer
 JOINT_SIGMA = 0.1  # method joint: the optimiser's initial step, relative to the layer's weight spread
 SMOOTH_TEMPERATURE = 0.05  # methods optimised and joint: softmax temperature of the smooth score
+COMPACT_METRICS = ("cosine", "euclidean")  # preference order on a validation tie
+GRID_PROTOTYPES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 300, 500)  # budget search: per class
+GRID_DIMS = (0, 128, 64, 32, 16, 8)  # budget search: PCA dimensions (0 = all)
+GRID_NEIGHBORS = (1, 3, 5, 9)  # k tried where none is given
 
 
 @dataclass(frozen=True)
-class CompactSettings:
-    method: str = "lvq"  # lvq | kmeans | cnn | optimised | joint
-    prototypes: int = 10  # per class (a class with fewer images keeps them all)
-    dims: int = 0  # PCA dimensions of the features; 0 = keep them all
-    precision: str = "fp32"  # storage of bank and weights: fp32 | fp16 | int8
-    n_neighbors: int = 0  # k; 0 = chosen by validation among 1, 3, 5, 9
-    generations: int = 100  # methods optimised and joint: generations of the optimiser (per round for joint)
-    optimiser: str = "cma"  # methods optimised and joint: which registered optimiser
-    epochs: int = 4  # method lvq: passes over the training images
-    metric: str = ""  # cosine | euclidean; "" = chosen by validation (cosine on a tie)
-    window: float = 0.0  # method lvq: LVQ2.1 window; 0 = chosen by validation among LVQ_WINDOWS
+class CompactSettings(Checked):
+    """One compact engine: how its bank is reduced, projected and stored, and how it votes."""
+
+    method: str = option("lvq", "lvq (default: k-means then LVQ2.1), kmeans, cnn (Hart's condensed NN), optimised "
+                         "(prototypes moved by the optimiser) or joint (LVQ, then the trunk's last layer tuned to "
+                         "its bank, kept if validation agrees)")
+    prototypes: int | None = option(None, "prototypes per class (a class with fewer images keeps them all)")
+    dims: int = option(0, "PCA feature dimensions (0 = all)")
+    precision: str = option("fp32", "bank and weight storage: fp32, fp16, int8 (one scale per tensor)")
+    n_neighbors: int = option(0, "k (0 = chosen by validation among 1, 3, 5, 9)")
+    metric: str = option("", "cosine or euclidean (default: chosen by validation, cosine on a tie)")
+    window: float = option(0.0, "method lvq: LVQ2.1 window, between 0 and 1 (0 = chosen by validation among "
+                           "0.1, 0.2, 0.3)")
+    epochs: int = option(4, "method lvq: passes over the training images")
+    generations: int = option(100, "methods optimised and joint: generations of the optimiser (joint: per round)")
+    optimiser: str = option("cma", "methods optimised and joint: the registered optimiser (cma, pso, ga)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        from .optimisers import REGISTRY
+
+        return [
+            (self.method in METHODS, f"unknown reduction method {self.method!r}: expected one of {', '.join(METHODS)}"),
+            (self.prototypes is None or self.prototypes >= 1,
+             f"--prototypes must be at least 1, got {self.prototypes}"),
+            (self.dims >= 0, f"--dims must be 0 (all) or positive, got {self.dims}"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}: expected {', '.join(PRECISIONS)}"),
+            (self.n_neighbors >= 0, f"--n-neighbors must be 0 (chosen) or positive, got {self.n_neighbors}"),
+            (self.metric in ("", *COMPACT_METRICS),
+             f"unknown metric {self.metric!r} for condense: expected cosine or euclidean"),
+            (0.0 <= self.window < 1.0,
+             f"--window must be at least 0 (0 = chosen by validation) and below 1, got {self.window:g}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.generations >= 1, f"--generations must be at least 1, got {self.generations}"),
+            (self.optimiser in REGISTRY, f"--optimiser {self.optimiser!r}: expected one of {', '.join(REGISTRY)}"),
+        ]
+
+    def compact_fields(self) -> dict[str, Any]:
+        """This engine's settings alone (what metrics.json records as ``compact``)."""
+        return {f.name: getattr(self, f.name) for f in fields(CompactSettings)}
 
 
-COMPACT_METRICS = ("cosine", "euclidean")  # preference order on a validation tie
+@dataclass(frozen=True)
+class CondenseConfig(CompactSettings):
+    """``slicenet condense``: a compact engine of given settings, or the best within a budget."""
 
+    budget_kb: float | None = option(None, "the most accurate engine within this many KB (1 KB = 1000 B), "
+                                     "searched over prototypes, dims, precision, k, metric and LVQ window")
+    budget_macs: int | None = option(None, "with --budget-kb: at most this many multiply-adds per image "
+                                     "(trunk and head)")
+    splits: int = option(1, "with --budget-kb: rank settings by their mean validation accuracy over this many "
+                         "random fit / validation splits (more for small datasets)")
+    bank_shifts: int = option(-1, "fit prototypes to the images plus copies shifted 1..n px (-1 = as the "
+                              "source run's bank)")
+    seed: int = option(0, "seed of the split, k-means, LVQ's order and the optimiser")
 
-def raw_features(engine: Engine, images: np.ndarray) -> torch.Tensor:
-    return features(normalise_images(images, engine.input_mean, engine.input_std), engine.spec, engine.weights)
-
-
-def pca_projection(raw: torch.Tensor, mean: torch.Tensor, dims: int) -> torch.Tensor:
-    """[D, dims] principal directions of the centred features."""
-    centred = (raw - mean).double()
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return v[:dims].T.float().contiguous()
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            ((self.prototypes is None) != (self.budget_kb is None),
+             "give one of --prototypes N (per class) or --budget-kb B, not "
+             + ("both" if self.prototypes is not None else "neither")),
+            *super().checks(),
+            (self.budget_kb is None or self.budget_kb > 0, f"--budget-kb must be positive, got {self.budget_kb}"),
+            (self.budget_macs is None or self.budget_kb is not None,
+             "--budget-macs limits the search of --budget-kb: give --budget-kb too"),
+            (self.budget_macs is None or self.budget_macs >= 1,
+             f"--budget-macs must be a positive number of multiply-adds, got {self.budget_macs}"),
+            (self.splits >= 1, f"--splits must be at least 1, got {self.splits}"),
+            (self.splits == 1 or self.budget_kb is not None,
+             "--splits ranks the settings of --budget-kb: give --budget-kb too"),
+            (self.bank_shifts >= -1,
+             f"--bank-shifts must be -1 (as the source run), 0 or positive, got {self.bank_shifts}"),
+        ]
 
 
 def _kmeans(points: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -105,7 +161,7 @@ def _hart_cnn(points: np.ndarray, labels: np.ndarray, count: int, seed: int, n_c
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(points)
     y = torch.from_numpy(labels)
-    _, _, idx = knn_vote(x, x, y, n_classes, 4)  # the nearest is the image itself: drop it
+    _, _, idx = knn_vote(x, x, y, n_classes=n_classes, n_neighbors=4)  # the nearest is the image itself: drop it
     keep = (count_votes(y[idx[:, 1:]], n_classes).argmax(1) == y).numpy()
     order = rng.permutation(np.flatnonzero(keep))
     store: list[int] = []
@@ -142,15 +198,13 @@ def _hart_cnn(points: np.ndarray, labels: np.ndarray, count: int, seed: int, n_c
     return np.asarray(chosen)
 
 
-def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings: CompactSettings, seed: int,
+def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings: CompactSettings, *, seed: int,
                 queries: np.ndarray | None = None, query_labels: np.ndarray | None = None,
                 n_neighbors: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Prototypes (and their labels) from post-processed training features, ``settings.prototypes``
     per class (or all of a smaller class)."""
-    if settings.method not in METHODS:
-        raise InputError(f"unknown reduction method {settings.method!r}: expected one of {', '.join(METHODS)}")
-    if settings.prototypes < 1:
-        raise InputError(f"--prototypes must be at least 1, got {settings.prototypes}")
+    settings.validate()
+    assert settings.prototypes is not None, "reduce_bank needs settings.prototypes"
     if settings.method == "cnn":
         chosen = _hart_cnn(points, labels, settings.prototypes, seed, n_classes)
         return points[chosen], labels[chosen]
@@ -163,16 +217,16 @@ def reduce_bank(points: np.ndarray, labels: np.ndarray, n_classes: int, settings
     prototypes, prototype_labels = np.concatenate(bank), np.concatenate(bank_labels)
     if settings.method in ("lvq", "joint"):  # joint: LVQ prototypes, then the last layer (build_compact)
         on_sphere = bool(np.allclose(np.linalg.norm(points, axis=1), 1.0, atol=1e-3))
-        prototypes = lvq21(prototypes, prototype_labels, points, labels, settings.epochs, seed,
+        prototypes = lvq21(prototypes, prototype_labels, points, labels, epochs=settings.epochs, seed=seed,
                            window=settings.window or LVQ_WINDOW, sphere=on_sphere)
     if settings.method == "optimised":
         assert queries is not None and query_labels is not None
-        prototypes = _optimise_prototypes(prototypes, prototype_labels, queries, query_labels, n_classes,
-                                          settings, seed, n_neighbors)
+        prototypes = _optimise_prototypes(prototypes, prototype_labels, queries, query_labels, n_classes=n_classes,
+                                          settings=settings, seed=seed, n_neighbors=n_neighbors)
     return prototypes, prototype_labels
 
 
-def lvq21(prototypes: np.ndarray, prototype_labels: np.ndarray, points: np.ndarray, labels: np.ndarray,
+def lvq21(prototypes: np.ndarray, prototype_labels: np.ndarray, points: np.ndarray, labels: np.ndarray, *,
           epochs: int, seed: int, rate: float = LVQ_RATE, window: float = LVQ_WINDOW,
           batch: int = LVQ_BATCH, sphere: bool = False) -> np.ndarray:
     """Prototypes refined by Kohonen's LVQ2.1 rule, ``epochs`` shuffled passes over the points.
@@ -228,67 +282,107 @@ def lvq21(prototypes: np.ndarray, prototype_labels: np.ndarray, points: np.ndarr
 
 
 def knn_quality(votes: torch.Tensor, distances: torch.Tensor, neighbour_labels: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-    """k-NN accuracy plus a smooth score (the softmax over the k neighbours' distances that falls on
-    the query's class), averaged over the queries [..., Q]: what the optimised and joint methods
-    maximise. The smooth part tells apart candidates of equal accuracy."""
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k-NN accuracy, smooth score) averaged over the queries [..., Q]: what the optimised and joint
+    methods maximise, their sum. The smooth score (the softmax over the k neighbours' distances that
+    falls on the query's class) tells apart candidates of equal accuracy."""
     correct = (votes.argmax(-1) == labels).double().mean(-1)
     weights = torch.softmax(-distances.double() / SMOOTH_TEMPERATURE, -1)
-    return correct + (weights * (neighbour_labels == labels.unsqueeze(-1))).sum(-1).mean(-1)
+    return correct, (weights * (neighbour_labels == labels.unsqueeze(-1))).sum(-1).mean(-1)
 
 
-def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+def _quality_scores(accuracy: torch.Tensor, soft: torch.Tensor) -> Scores:
+    return Scores((-(accuracy + soft)).numpy(), accuracy.numpy(), soft.numpy())
+
+
+def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray, *,
                          n_classes: int, settings: CompactSettings, seed: int, n_neighbors: int) -> np.ndarray:
     """Move the prototypes without gradients to maximise k-NN accuracy (+ the smooth score)."""
     from .optimisers import make_optimiser
+    from .search import run_generations
 
     y_bank = torch.from_numpy(labels)
     q = torch.from_numpy(queries)
     y_q = torch.from_numpy(query_labels)
-    sigma = float(np.std(start)) * 0.1
-    optimiser = make_optimiser(settings.optimiser, start.reshape(-1).astype(np.float64), sigma, 0, seed,
-                               settings.generations)
+    optimiser = make_optimiser(settings.optimiser, start.reshape(-1).astype(np.float64),
+                               sigma0=float(np.std(start)) * 0.1, seed=seed, max_generations=settings.generations)
     k = min(n_neighbors, len(start))
 
-    def score(population: np.ndarray) -> np.ndarray:
+    def evaluate(population: np.ndarray, split: Split | None = None) -> Scores:
         banks = torch.as_tensor(population, dtype=torch.float32).reshape(len(population), *start.shape)
-        votes, distances, idx = knn_vote(q.expand(len(population), *q.shape), banks, y_bank, n_classes, k)
-        return -knn_quality(votes, distances, y_bank[idx], y_q).numpy()
+        votes, distances, idx = knn_vote(q.expand(len(population), *q.shape), banks, y_bank, n_classes=n_classes,
+                                         n_neighbors=k)
+        return _quality_scores(*knn_quality(votes, distances, y_bank[idx], y_q))
 
-    start_score = score(start.reshape(1, -1))[0]
-    while not optimiser.stop():
-        population = optimiser.ask()
-        optimiser.tell(population, score(population))
+    start_score = evaluate(start.reshape(1, -1)).fitness[0]
+    for _ in run_generations(optimiser, evaluate):
+        pass
     best = optimiser.recommendation()
-    return (best if score(best[None])[0] < start_score else start.reshape(-1)).reshape(start.shape).astype(np.float32)
+    return (best if evaluate(best[None]).fitness[0] < start_score else start.reshape(-1)).reshape(
+        start.shape).astype(np.float32)
 
 
-def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
+@dataclass(frozen=True)
+class BankProblem:
+    """Candidate last layers scored against a fixed bank: the joint condensation's problem, for
+    ``evaluators.TorchEvaluator``. Each candidate's features of the scored images, post-processed as
+    the engine does, are voted on by the engine's bank; fitness is minus (accuracy + smooth score)."""
+
+    engine: Engine
+    x_train: torch.Tensor  # normalised images [N, 1, H, W]
+    y_train: torch.Tensor  # int64 [N]
+    rows: torch.Tensor  # the images scored
+
+    @property
+    def spec(self) -> TrunkSpec:
+        return self.engine.spec
+
+    def scored_rows(self, split: Split | None) -> torch.Tensor:
+        return self.rows
+
+    def score(self, features: torch.Tensor, split: Split | None) -> Scores:
+        head = self.engine.bank_head
+        votes, distances, idx = knn_vote(self.engine.post(features), head.bank, head.bank_labels,
+                                         n_classes=head.n_classes, n_neighbors=head.n_neighbors, metric=head.metric)
+        return _quality_scores(*knn_quality(votes, distances, head.bank_labels[idx], self.y_train[self.rows]))
+
+
+def raw_features(engine: Engine, images: np.ndarray) -> torch.Tensor:
+    return features(normalise_images(images, engine.input_mean, engine.input_std), engine.spec, engine.weights)
+
+
+def pca_projection(raw: torch.Tensor, mean: torch.Tensor, dims: int) -> torch.Tensor:
+    """[D, dims] principal directions of the centred features."""
+    centred = (raw - mean).double()
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return v[:dims].T.float().contiguous()
+
+
+def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *, seed: int,
                   raw: torch.Tensor | None = None, n_neighbors: int | None = None) -> Engine:
     """A compact engine from ``engine``'s trunk and the given training images."""
-    if engine.head != "knn":
-        raise InputError("condense needs a k-NN engine (from 'slicenet optimise' or 'baseline --head knn')")
+    source = engine.bank_head
     raw = raw_features(engine, images) if raw is None else raw
     mean = raw.mean(0)
     projection = None
     if settings.dims and settings.dims < raw.shape[1]:
         projection = pca_projection(raw, mean, settings.dims)
+    post = PostProcessing(engine.post.method, mean, projection)
+    points = post(raw).numpy()
+    k = n_neighbors or settings.n_neighbors or source.n_neighbors
+    bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed=seed, queries=points,
+                                    query_labels=labels, n_neighbors=k)
     # A compact bank is voted on by majority, one view per query: its k and prototypes are tuned for that.
-    compact = dataclasses.replace(engine, feature_mean=mean, projection=projection, vote="majority",
-                                  query_shifts=0)
-    points = compact.postprocess(raw).numpy()
-    k = n_neighbors or settings.n_neighbors or engine.n_neighbors
-    bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed, points, labels, k)
-    compact.bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
-    compact.bank_labels = torch.from_numpy(bank_labels.astype(np.int64))
-    compact.n_neighbors = min(k, len(bank))
-    compact.metric = settings.metric or engine.metric
+    head = MajorityHead(n_neighbors=min(k, len(bank)), metric=settings.metric or source.metric,
+                        bank=torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)),
+                        bank_labels=torch.from_numpy(bank_labels.astype(np.int64)), classes=engine.n_classes)
+    compact = dataclasses.replace(engine, post=post, head=head, views=Views(0))
     if settings.method == "joint":
-        compact = tune_jointly(compact, images, labels, settings, seed)
+        compact = tune_jointly(compact, images, labels, settings, seed=seed)
     return compact.with_storage(settings.precision, settings.precision)
 
 
-def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings,
+def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *,
                  seed: int) -> Engine:
     """The bank and the trunk's last layer fitted to each other, without gradients.
 
@@ -296,43 +390,42 @@ def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, setting
     wants features that fall near *its* prototypes. Each of ``JOINT_ROUNDS`` rounds (block coordinate
     ascent): the registered optimiser (``settings.optimiser``) moves the last layer's kernels and
     biases, the bank held, to maximise k-NN accuracy plus a smooth score of ``JOINT_SEARCH_IMAGES``
-    training images against the bank (the whole population in one grouped convolution, as the trunk
-    search does); then LVQ2.1 refits the prototypes to the new features, starting from the old ones.
-    The feature mean and projection are held, so every round's engine is a complete engine. A round
-    is kept only if it raises the k-NN accuracy on all the training images it was given.
+    training images against the bank (``BankProblem``, scored by the search's own evaluator: the whole
+    population in one grouped convolution); then LVQ2.1 refits the prototypes to the new features,
+    starting from the old ones. The feature mean and projection are held, so every round's engine is
+    a complete engine. A round is kept only if it raises the k-NN accuracy on all the training images
+    it was given.
     """
+    from .evaluators import TorchEvaluator
     from .optimisers import make_optimiser
-    from .trunk import flatten_layer, forward, population_features, unflatten_layer
+    from .search import run_generations
+    from .trunk import unflatten_layer
 
     if not engine.spec.layers:
         raise InputError("method joint tunes the trunk's last convolution: this trunk has none (preset pixels)")
-    index = len(engine.spec.layers) - 1
-    layer_input = forward(normalise_images(images, engine.input_mean, engine.input_std), engine.spec,
-                          engine.weights, 0, index)
+    block = Block(len(engine.spec.layers) - 1, None)
     rng = np.random.default_rng(seed)
     search = torch.from_numpy(rng.choice(len(images), min(len(images), JOINT_SEARCH_IMAGES), replace=False))
-    y_search = torch.from_numpy(labels)[search]
-    k, on_sphere = engine.n_neighbors, bool(torch.allclose(engine.bank.norm(dim=1), torch.ones(1), atol=1e-3))
+    x = normalise_images(images, engine.input_mean, engine.input_std)
+    on_sphere = bool(torch.allclose(engine.bank_head.bank.norm(dim=1), torch.ones(1), atol=1e-3))
 
     best, best_accuracy = engine, accuracy(engine, images, labels)
     for round_index in range(JOINT_ROUNDS):
-        start = flatten_layer(*best.weights[index])
-        sigma = JOINT_SIGMA * float(np.std(start))
-        optimiser = make_optimiser(settings.optimiser, start, sigma, 0, seed + round_index, settings.generations)
-        while not optimiser.stop():
-            population = optimiser.ask()
-            raw = population_features(layer_input[search], best.spec, best.weights, index,
-                                      torch.as_tensor(population, dtype=torch.float32))
-            votes, distances, idx = knn_vote(best.postprocess(raw), best.bank, best.bank_labels, best.n_classes, k,
-                                             best.metric)
-            optimiser.tell(population, -knn_quality(votes, distances, best.bank_labels[idx], y_search).numpy())
+        start = block.vector(best.weights)
+        optimiser = make_optimiser(settings.optimiser, start, sigma0=JOINT_SIGMA * float(np.std(start)),
+                                   seed=seed + round_index, max_generations=settings.generations)
+        problem = BankProblem(best, x, torch.from_numpy(labels), search)
+        with TorchEvaluator(problem) as evaluator:
+            for _ in run_generations(optimiser, evaluator.bind(best.weights, block)):
+                pass
         weights = list(best.weights)
-        weights[index] = unflatten_layer(optimiser.recommendation(), best.spec, index)
+        weights[block.layer] = unflatten_layer(optimiser.recommendation(), best.spec, block.layer)
         candidate = dataclasses.replace(best, weights=weights)
         points = candidate.embed(images).numpy()
-        candidate.bank = torch.from_numpy(lvq21(candidate.bank.numpy(), candidate.bank_labels.numpy(), points,
-                                                labels, settings.epochs, seed + round_index,
-                                                window=settings.window or LVQ_WINDOW, sphere=on_sphere))
+        head = candidate.bank_head
+        refitted = lvq21(head.bank.numpy(), head.bank_labels.numpy(), points, labels, epochs=settings.epochs,
+                         seed=seed + round_index, window=settings.window or LVQ_WINDOW, sphere=on_sphere)
+        candidate = candidate.with_head(dataclasses.replace(head, bank=torch.from_numpy(refitted)))
         candidate_accuracy = accuracy(candidate, images, labels)
         if candidate_accuracy <= best_accuracy:
             break
@@ -345,8 +438,16 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean())
 
 
-def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, validation_fraction: float, seed: int,
-               shifts: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]:
+def with_vote(engine: Engine, *, n_neighbors: int, metric: str) -> Engine:
+    """The same compact engine voting with another k and metric."""
+    return engine.with_head(dataclasses.replace(engine.bank_head, n_neighbors=n_neighbors, metric=metric))
+
+
+FitSplit = tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]
+
+
+def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, *, validation_fraction: float, seed: int,
+               shifts: int) -> FitSplit:
     """(fit images, their labels, their raw features, validation indices): the fit part of a stratified
     split, with ``shifts`` pixels of shifted copies; the validation images stay plain, so none is
     scored against its own shifted twin."""
@@ -355,24 +456,25 @@ def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, validatio
     return fit_images, fit_labels, raw_features(engine, fit_images), val
 
 
-def _validation_accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray,
-                         splits: list[tuple[np.ndarray, np.ndarray, torch.Tensor, np.ndarray]],
+def _validation_accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray, splits: list[FitSplit],
                          settings: CompactSettings, seed: int) -> float:
     """Mean validation accuracy of the engine ``settings`` build, over ``_fit_split`` splits."""
-    return float(np.mean([accuracy(build_compact(engine, fit_images, fit_labels, settings, seed, raw_fit,
-                                                 settings.n_neighbors), images[val], labels[val])
+    return float(np.mean([accuracy(build_compact(engine, fit_images, fit_labels, settings, seed=seed, raw=raw_fit,
+                                                 n_neighbors=settings.n_neighbors), images[val], labels[val])
                           for fit_images, fit_labels, raw_fit, val in splits]))
 
 
-def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, seed: int,
-                     validation_fraction: float = 0.25, shifts: int = 0) -> tuple[Engine, float, CompactSettings]:
+def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *,
+                     seed: int, validation_fraction: float = 0.25, shifts: int = 0
+                     ) -> tuple[Engine, float, CompactSettings]:
     """Pick k and the metric by validation (where not given), then build on all the images.
 
     Returns (engine, validation accuracy, the settings used, k, metric and LVQ window filled in). With ``shifts``
     the prototypes are fitted to the images and their shifted copies (the bank of a source run built
     with ``--bank-shifts``); the validation images are never shifted copies of fitted ones."""
-    fit_images, fit_labels, raw_fit, val = _fit_split(engine, images, labels, validation_fraction, seed, shifts)
-    candidates = [settings.n_neighbors] if settings.n_neighbors else [1, 3, 5, 9]
+    split = _fit_split(engine, images, labels, validation_fraction=validation_fraction, seed=seed, shifts=shifts)
+    fit_images, fit_labels, raw_fit, val = split
+    candidates = [settings.n_neighbors] if settings.n_neighbors else list(GRID_NEIGHBORS)
     metrics = [settings.metric] if settings.metric else list(COMPACT_METRICS)
     # joint: k, metric and window are chosen for the LVQ engine it starts from; then that one engine's
     # last layer is tuned, and kept tuned only where validation accuracy beats the LVQ engine.
@@ -385,25 +487,24 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
             key = (k if method == "optimised" else 0, window)
             if key not in built:
                 built[key] = build_compact(engine, fit_images, fit_labels,
-                                           dataclasses.replace(settings, window=window, method=method), seed,
-                                           raw_fit, k)
-            trial = dataclasses.replace(built[key], n_neighbors=min(k, len(built[key].bank)))
+                                           dataclasses.replace(settings, window=window, method=method), seed=seed,
+                                           raw=raw_fit, n_neighbors=k)
+            trial = built[key]
             for preference, metric in enumerate(metrics):
-                scored.append((accuracy(dataclasses.replace(trial, metric=metric), images[val], labels[val]),
-                               -k, -preference, window, k, metric))
+                voting = with_vote(trial, n_neighbors=min(k, len(trial.bank_head.bank)), metric=metric)
+                scored.append((accuracy(voting, images[val], labels[val]), -k, -preference, window, k, metric))
     val_accuracy, _, _, window, k, metric = max(scored)
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window, method=method)
     if settings.method == "joint":
         tuned = dataclasses.replace(chosen, method="joint")
-        tuned_accuracy = _validation_accuracy(engine, images, labels, [(fit_images, fit_labels, raw_fit, val)], tuned,
-                                              seed)
+        tuned_accuracy = _validation_accuracy(engine, images, labels, [split], tuned, seed)
         if tuned_accuracy > val_accuracy:
             chosen, val_accuracy = tuned, tuned_accuracy
-    return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed, n_neighbors=k), \
+    return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed=seed, n_neighbors=k), \
         val_accuracy, chosen
 
 
-def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget_bytes: int, seed: int,
+def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, budget_bytes: int, seed: int,
                   method: str = "lvq", on_trial: Callable[[dict], None] | None = None,
                   validation_fraction: float = 0.25, metrics: tuple[str, ...] = COMPACT_METRICS,
                   epochs: int = CompactSettings.epochs, shifts: int = 0,
@@ -420,7 +521,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     within 74 KB, 3 splits pick the same engine as one.)
     ``shifts`` as for ``choose_and_build``; ``generations`` per round of joint's layer search.
     """
-    data = [_fit_split(engine, images, labels, validation_fraction, seed + split, shifts) for split in range(splits)]
+    data = [_fit_split(engine, images, labels, validation_fraction=validation_fraction, seed=seed + split,
+                       shifts=shifts) for split in range(splits)]
     n_features = data[0][2].shape[1]
     trunk_macs = engine.spec.multiply_adds(engine.image_size)
     class_sizes = np.bincount(data[0][1], minlength=engine.n_classes)
@@ -429,8 +531,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
     grid_method = "lvq" if method == "joint" else method
     windows = LVQ_WINDOWS if grid_method == "lvq" else (0.0,)
     trials: list[dict[str, Any]] = []
-    for prototypes in (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 300, 500):
-        for dims in (0, 128, 64, 32, 16, 8):
+    for prototypes in GRID_PROTOTYPES:
+        for dims in GRID_DIMS:
             if dims >= n_features:
                 continue
             # The bank alone, at one byte a number, is a lower bound of the engine's size, and its
@@ -445,18 +547,19 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                 costs: dict[str, tuple[int, int]] = {}
                 for fit_images, fit_labels, raw_fit, val in data:
                     base = build_compact(engine, fit_images, fit_labels,
-                                         CompactSettings(grid_method, prototypes, dims, "fp32", 1, epochs=epochs,
-                                                         window=window), seed, raw_fit, 1)
-                    for precision in ("fp32", "fp16", "int8"):
+                                         CompactSettings(method=grid_method, prototypes=prototypes, dims=dims,
+                                                         precision="fp32", n_neighbors=1, epochs=epochs,
+                                                         window=window), seed=seed, raw=raw_fit, n_neighbors=1)
+                    for precision in PRECISIONS:
                         stored = base.with_storage(precision, precision)
                         costs[precision] = (stored.engine_bytes, stored.multiply_adds)  # whatever k and metric
                         if costs[precision][0] > budget_bytes:  # engine_bytes serialises the engine: once
                             continue
-                        for k in (1, 3, 5, 9):
-                            if k > len(base.bank):
+                        for k in GRID_NEIGHBORS:
+                            if k > len(base.bank_head.bank):
                                 continue
                             for metric in metrics:
-                                trial_engine = dataclasses.replace(stored, n_neighbors=k, metric=metric)
+                                trial_engine = with_vote(stored, n_neighbors=k, metric=metric)
                                 scores.setdefault((precision, k, metric), []).append(
                                     accuracy(trial_engine, images[val], labels[val]))
                 for (precision, k, metric), values in scores.items():
@@ -479,8 +582,9 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
                          "multiply-adds); raise --budget-kb or --budget-macs")
     best = max(trials, key=lambda t: (t["validation_accuracy"], -t["engine_bytes"], -t["multiply_adds"],
                                       -COMPACT_METRICS.index(t["metric"])))
-    settings = CompactSettings(grid_method, best["prototypes"], best["dims"], best["precision"], best["n_neighbors"],
-                               metric=best["metric"], epochs=epochs, window=best["window"])
+    settings = CompactSettings(method=grid_method, prototypes=best["prototypes"], dims=best["dims"],
+                               precision=best["precision"], n_neighbors=best["n_neighbors"], metric=best["metric"],
+                               epochs=epochs, window=best["window"])
     if method == "joint":
         tuned = dataclasses.replace(settings, method="joint", generations=generations)
         tuned_accuracy = _validation_accuracy(engine, images, labels, data, tuned, seed)
@@ -488,7 +592,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, budget
             best = {**best, "method": "joint", "validation_accuracy": tuned_accuracy,
                     "lvq_validation_accuracy": best["validation_accuracy"]}
             settings = tuned
-    final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed,
+    final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed=seed,
                           n_neighbors=best["n_neighbors"])
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
         raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")
@@ -507,3 +611,62 @@ def frontier(trials: list[dict], cost: str = "engine_bytes", value: str = "valid
             best_so_far = trial[value]
             points.append(trial)
     return points
+
+
+def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: CondenseConfig, *,
+             source_bank_shifts: int = 0, on_trial: Callable[[dict], None] | None = None) -> tuple[Engine, dict]:
+    """``slicenet condense`` without its files: the compact engine ``config`` asks for, from training
+    ``images``, and what its metrics.json records about how it was chosen (``compact``, the validation
+    accuracy, and for a budget its frontier)."""
+    check_source(engine, config)
+    shifts = source_bank_shifts if config.bank_shifts == -1 else config.bank_shifts
+    if config.budget_kb is None:
+        compact, validation, chosen = choose_and_build(engine, images, labels, config, seed=config.seed,
+                                                       shifts=shifts)
+        return compact, {"validation_accuracy": validation, "compact": {**chosen.compact_fields(),
+                                                                        "bank_shifts": shifts}}
+    compact, best, trials = budget_search(
+        engine, images, labels, budget_bytes=int(config.budget_kb * 1000), seed=config.seed, method=config.method,
+        on_trial=on_trial, metrics=(config.metric,) if config.metric else COMPACT_METRICS, epochs=config.epochs,
+        shifts=shifts, budget_macs=config.budget_macs, splits=config.splits, generations=config.generations)
+    extra: dict[str, Any] = {"budget_bytes": int(config.budget_kb * 1000), "frontier": frontier(trials),
+                             "validation_accuracy": best["validation_accuracy"],
+                             "compact": {**best, "bank_shifts": shifts}, "trials": len(trials)}
+    if config.budget_macs is not None:
+        extra["budget_macs"] = config.budget_macs
+    if config.splits > 1:
+        extra["validation_splits"] = config.splits
+    return compact, extra
+
+
+def check_source(engine: Engine, config: CondenseConfig) -> None:
+    """Fail before any work if ``config`` cannot condense ``engine``."""
+    config.validate()
+    engine.bank_head  # noqa: B018 -- a one-line error for an engine without a bank
+    if config.method == "joint" and not engine.spec.layers:
+        raise InputError("--method joint tunes the trunk's last convolution, and this engine has none (preset "
+                         "pixels): choose another --method")
+
+
+def budget_grid_size(engine: Engine, config: CondenseConfig) -> int:
+    """An upper bound of the trials a budget search makes (for a progress bar)."""
+    n_features = engine.spec.n_features(engine.image_size)
+    dims = [d for d in GRID_DIMS if d < n_features]
+    windows = len(LVQ_WINDOWS) if config.method in ("lvq", "joint") else 1
+    metrics = 1 if config.metric else len(COMPACT_METRICS)
+    return len(GRID_PROTOTYPES) * len(dims) * windows * len(PRECISIONS) * len(GRID_NEIGHBORS) * metrics
+
+
+SOURCE_KEYS = ("method", "dataset", "preset", "granularity", "random_init_test_accuracy", "evaluations", "n_train",
+               "n_test", "seed")  # what a compact engine's metrics.json copies from its source run's
+
+
+def compact_metrics(compact: Engine, dataset: Any, *, source: dict, extra: dict, source_run: str) -> dict:
+    """A compact engine's metrics.json: the engine's own (``pipeline.engine_metrics``), its source run's
+    search, how it was chosen (``extra``, from ``condense``) and what the full bank scored."""
+    from .pipeline import engine_metrics
+
+    return {**{key: source[key] for key in SOURCE_KEYS if key in source}, **extra,
+            **engine_metrics(compact, dataset, kind="compact"),
+            "full_bank_test_accuracy": source["test_accuracy"], "full_bank_engine_bytes": source["engine_bytes"],
+            "condensed_from": source_run}

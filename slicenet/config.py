@@ -1,90 +1,192 @@
-"""Run configuration: one frozen dataclass with commented defaults, loadable from TOML, overridable
-from the command line, and saved (resolved) beside every result.
+"""Configuration: frozen dataclasses with commented defaults, loadable from TOML, overridable from the
+command line, and saved (resolved) beside every result.
+
+Each field is written once, with ``option(default, help)``: the default, the one-line help that the
+CLI shows for its flag (``--population-size`` for ``population_size``), and nothing else. Each
+class's ``checks`` lists its own rules; ``make_config`` applies overrides and runs them, so a TOML
+file, a flag and a library caller all meet the same checks with the same messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomllib
 
 from .errors import InputError
 
 AUTO_SHIFTS_MAX_TRAIN = 10_000  # bank_shifts = -1: shifted copies for training sets up to this size
+Config = TypeVar("Config")
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    dataset: str = "mnist"  # mnist | mnist:<dir> | fashion-mnist[:<dir>] | digits | folder:<dir>
-    method: str = "cma"  # optimiser: cma | pso | ga
-    preset: str = "auto"  # trunk: auto | default | radu | tiny
-    granularity: str = "layer"  # serial search unit: a whole layer, or one filter at a time
-    generations: tuple[int, ...] = (100, 400)  # generation budget per layer (filters share their layer's)
-    sweeps: int = 1  # passes over the layers; later passes re-tune each layer given the others
-    population_size: int = 0  # candidates per generation; 0 = the method's default for the dimension
-    sigma_scale: float = 0.5  # initial search spread, as a multiple of the layer's He-init std
-    n_neighbors: int = 9  # k of the k-NN head (the reference's k=9)
-    vote: str = "majority"  # k-NN head: majority of the k nearest | local-mean (of each class's k nearest)
-    fitness_vote: str = "majority"  # the head the search scores kernels with: majority | local-mean (about
-    # twice the time per generation)
-    metric: str = "euclidean"  # k-NN distance: euclidean | sqeuclidean | cosine | manhattan
-    postprocessing: str = "centre_l2"  # features: centre_l2 | l2 | none (part of the engine)
-    validation_fraction: float = 0.25  # share of the scored images held out as k-NN queries (holdout)
-    scoring: str = "loo"  # loo: every scored image vs all the others | holdout: queries vs the rest
-    search_images: int = 1000  # training images scored per generation, a fresh stratified subset; 0 = all
-    soft_weight: float = 1.0  # weight of the smooth k-NN score that breaks accuracy ties
-    soft_score: str = "knn"  # smooth score: knn (softmax over the k neighbours) | nca (over the whole bank)
-    temperature: float = 0.05  # softmax temperature of that smooth score
-    image_size: int = 28  # folder datasets only: images are resized to this square size
-    prototypes: int = 0  # k-means prototypes per class in the final bank; 0 = every training image
-    bank_shifts: int = -1  # bank copies shifted by 1..n pixels (4 per step); 0 = none; -1 = auto: 1 for
-    # training sets of at most AUTO_SHIFTS_MAX_TRAIN images of 16 pixels or more, else 0
-    query_shifts: int = 0  # test-time views: each query and its copies shifted by 1..n pixels (4 per step),
-    # the head's votes summed over the views; 0 = the query alone. Pairs with bank_shifts >= n
-    seed: int = 0  # seeds initial weights, validation split and optimiser: same seed, same run
-    threads: int = 0  # torch CPU threads; 0 = torch's default (all cores)
+def option(default: Any, help: str) -> Any:  # noqa: A002 (argparse's word)
+    """A dataclass field with its default and the help line of its command-line flag."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(cls: type, name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
+class Checked:
+    """A configuration that validates itself: ``checks`` yields (ok, message) pairs."""
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return []
+
+    def validate(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise InputError(f"bad configuration: {message}")
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+                for key, value in dataclasses.asdict(self).items()}  # type: ignore[call-overload]
+
+
+def vote_checks(key: str, vote: str, metric: str) -> list[tuple[bool, str]]:
+    """The checks of a k-NN vote setting (``vote`` or ``fitness_vote``): a registered bank head, and
+    one whose metric it can rank by (the local-mean rule is Euclidean)."""
+    from .heads import BANK_HEADS
+
+    if vote not in BANK_HEADS:
+        return [(False, f"{key} {vote!r}: expected one of {', '.join(BANK_HEADS)}")]
+    head = BANK_HEADS[vote]
+    return [(metric in head.METRICS,
+             f"{key} {vote} is {head.METRICS_NAME}: expected metric {head.METRICS[0]}, got {metric}")]
+
+
+def _postprocessing_checks(config: Any) -> list[tuple[bool, str]]:
+    from .knn import METRICS, POSTPROCESSING
+
+    return [(config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
+            (config.postprocessing in POSTPROCESSING,
+             f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}")]
 
 
 @dataclass(frozen=True)
-class BaselineConfig:
-    """A backprop-trained network with the same trunk: the baseline the k-NN engines are judged by."""
+class RunConfig(Checked):
+    """``slicenet optimise``: a gradient-free search of the trunk, then a k-NN engine."""
 
-    dataset: str = "mnist"  # as for optimise
-    preset: str = "auto"  # the same trunk presets as optimise
-    hidden: tuple[int, ...] = (128,)  # width of the dense hidden layer; several widths = one run each
-    head: str = "dense"  # dense: the trained network as is; knn: trained trunk + k-NN head ("k-NN slicing")
-    epochs: int = 5  # maximum epochs (early stopping may end sooner)
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9, step learning-rate schedule)
-    learning_rate: float = 0.001  # Adam's default; use about 0.05 with sgd
-    lr_step: int = 5  # sgd: epochs between learning-rate drops
-    lr_gamma: float = 0.1  # sgd: factor of each drop
-    batch_size: int = 64
-    patience: int = 3  # early stopping: epochs without a better validation accuracy
-    augment: bool = False  # random shifts (up to 2 px) and rotations (up to 10 degrees)
-    validation_fraction: float = 0.1  # training images held out for early stopping
-    n_neighbors: int = 9  # head = knn: k
-    vote: str = "majority"  # head = knn: majority | local-mean
-    metric: str = "euclidean"  # head = knn: distance
-    postprocessing: str = "centre_l2"  # head = knn: feature post-processing
-    image_size: int = 28  # folder datasets only
-    seed: int = 0
-    threads: int = 0
+    dataset: str = option("mnist", "mnist (default), mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>")
+    method: str = option("cma", "optimiser: cma (default), pso, ga")
+    preset: str = option("auto", "trunk preset: auto (default), default, lenet, wide, radu, tiny, pixels")
+    granularity: str = option("layer", "serial search unit: layer (default) or filter (one filter at a time)")
+    generations: tuple[int, ...] = option((100, 400), "generation budget per layer: one number for all, or one "
+                                          "per layer (filters share their layer's)")
+    sweeps: int = option(1, "passes over the layers; later passes re-tune each layer given the others")
+    population_size: int = option(0, "candidates per generation (0 = the method's default for the dimension)")
+    sigma_scale: float = option(0.5, "initial search spread, as a multiple of the layer's He-init std")
+    n_neighbors: int = option(9, "k of the k-NN head (the reference's k=9)")
+    vote: str = option("majority", "k-NN head: majority (of the k nearest) or local-mean (nearest mean of each "
+                       "class's k nearest)")
+    fitness_vote: str = option("majority", "the head the search scores kernels with: majority or local-mean "
+                               "(about twice the time per generation)")
+    metric: str = option("euclidean", "k-NN distance: euclidean, sqeuclidean, cosine, manhattan")
+    postprocessing: str = option("centre_l2", "feature post-processing, part of the engine: centre_l2, l2, none")
+    validation_fraction: float = option(0.25, "holdout scoring: share of the scored images held out as queries")
+    scoring: str = option("loo", "loo (every scored image vs all the others) or holdout (queries vs the rest)")
+    search_images: int = option(1000, "training images scored per generation, a fresh stratified subset "
+                                "(0 = all)")
+    soft_weight: float = option(1.0, "weight of the smooth k-NN score that breaks accuracy ties")
+    soft_score: str = option("knn", "smooth score: knn (softmax over the k neighbours) or nca (over the bank)")
+    temperature: float = option(0.05, "softmax temperature of that smooth score")
+    image_size: int = option(28, "folder datasets only: images are resized to this square size")
+    prototypes: int = option(0, "LVQ prototypes per class in the final bank (k-means start, LVQ2.1 refined, "
+                             "as 'slicenet condense'); 0 = every training image")
+    bank_shifts: int = option(-1, "bank copies shifted by 1..n pixels (4 per step); 0 = none; -1 = auto: 1 for "
+                              f"up to {AUTO_SHIFTS_MAX_TRAIN:,} training images of 16 pixels or more")
+    query_shifts: int = option(0, "test-time views: each query and its copies shifted 1..n px vote together "
+                               "(0 = the query alone); pair with --bank-shifts n")
+    seed: int = option(0, "seeds initial weights, splits and optimiser: same seed, same run")
+    threads: int = option(0, "torch CPU threads (0 = torch's default: all cores)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+    def checks(self) -> list[tuple[bool, str]]:
+        from .data import MAX_SHIFTS
+        from .optimisers import REGISTRY
+
+        return [
+            (self.method in REGISTRY, f"method {self.method!r}: expected one of {', '.join(REGISTRY)}"),
+            (self.granularity in ("layer", "filter"),
+             f"granularity {self.granularity!r}: expected layer or filter"),
+            *_postprocessing_checks(self),
+            (self.sweeps >= 1, f"sweeps must be at least 1, got {self.sweeps}"),
+            (self.n_neighbors >= 1, f"n_neighbors must be at least 1, got {self.n_neighbors}"),
+            *vote_checks("vote", self.vote, self.metric),
+            *vote_checks("fitness_vote", self.fitness_vote, self.metric),
+            (self.population_size == 0 or self.population_size >= 2,
+             f"population_size must be 0 (auto) or at least 2, got {self.population_size}"),
+            (self.sigma_scale > 0, f"sigma_scale must be positive, got {self.sigma_scale}"),
+            (0 < self.validation_fraction < 1,
+             f"validation_fraction must be between 0 and 1, got {self.validation_fraction}"),
+            (self.soft_weight >= 0, f"soft_weight must be non-negative, got {self.soft_weight}"),
+            (self.soft_score in ("knn", "nca"), f"soft_score {self.soft_score!r}: expected knn or nca"),
+            (self.scoring in ("holdout", "loo"), f"scoring {self.scoring!r}: expected holdout or loo"),
+            (self.temperature > 0, f"temperature must be positive, got {self.temperature}"),
+            (self.image_size >= 4, f"image_size must be at least 4, got {self.image_size}"),
+            (self.search_images == 0 or self.search_images >= 20,
+             f"search_images must be 0 (all) or at least 20, got {self.search_images}"),
+            (self.threads >= 0, f"threads must be 0 (auto) or positive, got {self.threads}"),
+            (self.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {self.prototypes}"),
+            (self.prototypes == 0 or self.vote == "majority",
+             "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
+            (-1 <= self.bank_shifts <= MAX_SHIFTS,
+             f"bank_shifts must be -1 (auto) or between 0 and {MAX_SHIFTS} pixels, got {self.bank_shifts}"),
+            (0 <= self.query_shifts <= MAX_SHIFTS,
+             f"query_shifts must be between 0 and {MAX_SHIFTS} pixels, got {self.query_shifts}"),
+            (self.query_shifts == 0 or self.prototypes == 0,
+             "test-time views (query_shifts) need the full bank: drop --prototypes or --query-shifts"),
+        ]
 
 
+@dataclass(frozen=True)
+class BaselineConfig(Checked):
+    """``slicenet baseline``: the same trunk trained by backprop, the baseline the k-NN engines are judged by."""
+
+    dataset: str = option("mnist", "as for optimise (default mnist)")
+    preset: str = option("auto", "trunk preset, as for optimise")
+    hidden: tuple[int, ...] = option((128,), "width of the dense hidden layer; several widths = one run each")
+    head: str = option("dense", "dense: the trained network as is; knn: the trained trunk + a k-NN head "
+                       "(\"k-NN slicing\")")
+    epochs: int = option(5, "maximum epochs (early stopping may end sooner)")
+    optimizer: str = option("adam", "adam or sgd (momentum 0.9, step learning-rate schedule)")
+    learning_rate: float = option(0.001, "learning rate (Adam's default; about 0.05 with sgd)")
+    lr_step: int = option(5, "sgd: epochs between learning-rate drops")
+    lr_gamma: float = option(0.1, "sgd: factor of each drop")
+    batch_size: int = option(64, "mini-batch size")
+    patience: int = option(3, "early stopping: epochs without a better validation accuracy")
+    augment: bool = option(False, "random shifts (up to 2 px) and rotations (up to 10 degrees)")
+    validation_fraction: float = option(0.1, "training images held out for early stopping")
+    n_neighbors: int = option(9, "head knn: k")
+    vote: str = option("majority", "head knn: majority or local-mean")
+    metric: str = option("euclidean", "head knn: distance")
+    postprocessing: str = option("centre_l2", "head knn: feature post-processing")
+    image_size: int = option(28, "folder datasets only: images are resized to this square size")
+    seed: int = option(0, "seed for init, split and batches")
+    threads: int = option(0, "torch CPU threads (0 = all cores)")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.head in ("dense", "knn"), f"head {self.head!r}: expected dense or knn"),
+            (self.optimizer in ("adam", "sgd"), f"optimizer {self.optimizer!r}: expected adam or sgd"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}"),
+            (self.lr_step >= 1 and 0 < self.lr_gamma <= 1, "lr_step must be >= 1 and lr_gamma in (0, 1]"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (0 < self.validation_fraction < 1,
+             f"validation_fraction must be between 0 and 1, got {self.validation_fraction}"),
+            (self.n_neighbors >= 1, f"n_neighbors must be at least 1, got {self.n_neighbors}"),
+            *vote_checks("vote", self.vote, self.metric),
+            *_postprocessing_checks(self),
+            (self.threads >= 0, f"threads must be 0 (auto) or positive, got {self.threads}"),
+        ]
 
 
-def _coerce(name: str, value: Any, cls: type = RunConfig) -> Any:
+def _coerce(cls: type, name: str, value: Any) -> Any:
     default = getattr(cls(), name)
     if isinstance(default, bool):
         if not isinstance(value, bool):
@@ -95,99 +197,28 @@ def _coerce(name: str, value: Any, cls: type = RunConfig) -> Any:
         if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
             raise InputError(f"config {name}: expected one or more positive integers, got {value!r}")
         return tuple(items)
+    if default is None:  # an optional number (condense's budgets)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise InputError(f"config {name}: expected a number, got {value!r}")
+        return value
     if not isinstance(value, type(default)) and not (
             isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
         raise InputError(f"config {name}: expected {type(default).__name__}, got {value!r}")
     return type(default)(value)
 
 
-def make_config(base: Any = None, cls: type = RunConfig, **overrides: Any) -> Any:
-    """A config of ``cls`` from ``base`` (default: the defaults) with ``overrides`` applied and checked."""
-    names = [f.name for f in fields(cls)]
+def make_config(base: Config | None = None, cls: type[Config] = RunConfig,  # type: ignore[assignment]
+                **overrides: Any) -> Config:
+    """A config of ``cls`` from ``base`` (default: the defaults) with ``overrides`` (``None`` values
+    skipped: a flag not given) applied, coerced and checked."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise InputError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
-    values = {name: _coerce(name, value, cls) for name, value in overrides.items() if value is not None}
-    config = dataclasses.replace(base or cls(), **values)
-    (validate if cls is RunConfig else validate_baseline)(config)
+    values = {name: _coerce(cls, name, value) for name, value in overrides.items() if value is not None}
+    config = dataclasses.replace(base or cls(), **values)  # type: ignore[type-var]
+    config.validate()  # type: ignore[attr-defined]
     return config
-
-
-def vote_checks(key: str, vote: str, metric: str) -> list[tuple[bool, str]]:
-    """The checks of a k-NN vote setting (``vote`` or ``fitness_vote``): known, and Euclidean if local-mean."""
-    from .knn import VOTES
-
-    return [(vote in VOTES, f"{key} {vote!r}: expected one of {', '.join(VOTES)}"),
-            (vote == "majority" or metric in ("euclidean", "sqeuclidean"),
-             f"{key} local-mean is Euclidean: expected metric euclidean, got {metric}")]
-
-
-def validate_baseline(config: BaselineConfig) -> None:
-    from .knn import METRICS, POSTPROCESSING
-
-    checks = [
-        (config.head in ("dense", "knn"), f"head {config.head!r}: expected dense or knn"),
-        (config.optimizer in ("adam", "sgd"), f"optimizer {config.optimizer!r}: expected adam or sgd"),
-        (config.epochs >= 1, f"epochs must be at least 1, got {config.epochs}"),
-        (config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}"),
-        (config.lr_step >= 1 and 0 < config.lr_gamma <= 1, "lr_step must be >= 1 and lr_gamma in (0, 1]"),
-        (config.batch_size >= 1, f"batch_size must be at least 1, got {config.batch_size}"),
-        (config.patience >= 1, f"patience must be at least 1, got {config.patience}"),
-        (0 < config.validation_fraction < 1,
-         f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
-        (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
-        *vote_checks("vote", config.vote, config.metric),
-        (config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
-        (config.postprocessing in POSTPROCESSING,
-         f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
-        (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InputError(f"bad configuration: {message}")
-
-
-def validate(config: RunConfig) -> None:
-    from .data import MAX_SHIFTS
-    from .knn import METRICS, POSTPROCESSING
-    from .optimisers import REGISTRY
-
-    checks = [
-        (config.method in REGISTRY, f"method {config.method!r}: expected one of {', '.join(REGISTRY)}"),
-        (config.granularity in ("layer", "filter"), f"granularity {config.granularity!r}: expected layer or filter"),
-        (config.metric in METRICS, f"metric {config.metric!r}: expected one of {', '.join(METRICS)}"),
-        (config.postprocessing in POSTPROCESSING,
-         f"postprocessing {config.postprocessing!r}: expected one of {', '.join(POSTPROCESSING)}"),
-        (config.sweeps >= 1, f"sweeps must be at least 1, got {config.sweeps}"),
-        (config.n_neighbors >= 1, f"n_neighbors must be at least 1, got {config.n_neighbors}"),
-        *vote_checks("vote", config.vote, config.metric),
-        *vote_checks("fitness_vote", config.fitness_vote, config.metric),
-        (config.population_size == 0 or config.population_size >= 2,
-         f"population_size must be 0 (auto) or at least 2, got {config.population_size}"),
-        (config.sigma_scale > 0, f"sigma_scale must be positive, got {config.sigma_scale}"),
-        (0 < config.validation_fraction < 1,
-         f"validation_fraction must be between 0 and 1, got {config.validation_fraction}"),
-        (config.soft_weight >= 0, f"soft_weight must be non-negative, got {config.soft_weight}"),
-        (config.soft_score in ("knn", "nca"), f"soft_score {config.soft_score!r}: expected knn or nca"),
-        (config.scoring in ("holdout", "loo"), f"scoring {config.scoring!r}: expected holdout or loo"),
-        (config.temperature > 0, f"temperature must be positive, got {config.temperature}"),
-        (config.image_size >= 4, f"image_size must be at least 4, got {config.image_size}"),
-        (config.search_images == 0 or config.search_images >= 20,
-         f"search_images must be 0 (all) or at least 20, got {config.search_images}"),
-        (config.threads >= 0, f"threads must be 0 (auto) or positive, got {config.threads}"),
-        (config.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {config.prototypes}"),
-        (config.prototypes == 0 or config.vote == "majority",
-         "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
-        (-1 <= config.bank_shifts <= MAX_SHIFTS,
-         f"bank_shifts must be -1 (auto) or between 0 and {MAX_SHIFTS} pixels, got {config.bank_shifts}"),
-        (0 <= config.query_shifts <= MAX_SHIFTS,
-         f"query_shifts must be between 0 and {MAX_SHIFTS} pixels, got {config.query_shifts}"),
-        (config.query_shifts == 0 or config.prototypes == 0,
-         "test-time views (query_shifts) need the full bank: drop --prototypes or --query-shifts"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InputError(f"bad configuration: {message}")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -202,7 +233,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def config_from_toml(path: str | Path, cls: type = RunConfig, **overrides: Any) -> Any:
+def config_from_toml(path: str | Path, cls: type[Config] = RunConfig,  # type: ignore[assignment]
+                     **overrides: Any) -> Config:
     """A config from a TOML file (flat keys, as written beside every run), then ``overrides``."""
     data = load_toml(path)
     data.pop("slicenet", None)  # provenance table written beside runs
@@ -216,7 +248,7 @@ def config_from_toml(path: str | Path, cls: type = RunConfig, **overrides: Any) 
 def to_toml(config: Any, provenance: dict[str, str] | None = None) -> str:
     import tomli_w
 
-    document: dict[str, Any] = dict(config.to_dict())
+    document: dict[str, Any] = {key: value for key, value in config.to_dict().items() if value is not None}
     if provenance:
         document["slicenet"] = provenance
     return tomli_w.dumps(document)

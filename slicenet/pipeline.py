@@ -1,4 +1,5 @@
-"""The optimise pipeline as pure functions: prepare -> search -> build the engine -> evaluate.
+"""The optimise pipeline as pure functions: prepare -> search -> build the engine -> evaluate; and the
+metrics every kind of run reports.
 
 No printing and no files here; ``runs`` persists what these return and the CLI drives both.
 """
@@ -12,12 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import __version__
 from .config import AUTO_SHIFTS_MAX_TRAIN, RunConfig
 from .data import Dataset, load_dataset, shifted_copies
 from .engine import Engine, normalise_images
+from .errors import InputError
+from .evaluators import Evaluator
 from .fitness import Problem
+from .heads import bank_head
 from .search import SearchSettings, SearchState, serial_search
 from .trunk import TrunkSpec, init_weights, resolve_preset
+
+KINDS = ("search", "compact", "backprop-dense", "backprop-knn", "pixels")  # what a run's engine is
 
 
 @dataclass(frozen=True)
@@ -42,49 +49,43 @@ def resolve_bank_shifts(requested: int, n_train: int, image_size: tuple[int, int
     return 1 if n_train <= AUTO_SHIFTS_MAX_TRAIN and min(image_size) >= 16 else 0
 
 
-def load_inputs(dataset_spec: str, preset_name: str, image_size: int, threads: int
+def load_inputs(dataset_spec: str, *, preset: str, image_size: int, threads: int
                 ) -> tuple[Dataset, str, TrunkSpec, float, float]:
     """Dataset, resolved preset and input standardisation (from the training images only)."""
     if threads:
         torch.set_num_threads(threads)
     dataset = load_dataset(dataset_spec, image_size)
-    preset, spec = resolve_preset(preset_name, dataset.image_size)
+    name, spec = resolve_preset(preset, dataset.image_size)
     scaled = dataset.x_train.astype(np.float64) / 255.0
-    return dataset, preset, spec, float(scaled.mean()), float(scaled.std()) or 1.0
+    return dataset, name, spec, float(scaled.mean()), float(scaled.std()) or 1.0
 
 
-def check_vote(vote: str, n_neighbors: int, dataset: Dataset, flag: str = "--vote") -> None:
+def check_vote(dataset: Dataset, *, vote: str, n_neighbors: int, flag: str = "--vote") -> None:
     """Fail before any search or training if the k-NN head's vote cannot work on this training set
-    (``Engine.check_vote`` would, but only once the engine is built)."""
+    (the head's own check would, but only once the engine is built)."""
     smallest = int(np.bincount(dataset.y_train, minlength=dataset.n_classes).min())
     if vote == "local-mean" and smallest < n_neighbors:
-        from .errors import InputError
-
         raise InputError(f"the local-mean vote needs k={n_neighbors} training images of every class; "
                          f"the smallest class has {smallest}: lower --n-neighbors or use {flag} majority")
 
 
 def prepare(config: RunConfig) -> Prepared:
-    dataset, preset, spec, mean, std = load_inputs(config.dataset, config.preset, config.image_size,
-                                                   config.threads)
+    dataset, preset, spec, mean, std = load_inputs(config.dataset, preset=config.preset,
+                                                   image_size=config.image_size, threads=config.threads)
     if config.n_neighbors > len(dataset.y_train) * (1 - config.validation_fraction):
-        from .errors import InputError
-
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
-    check_vote(config.vote, config.n_neighbors, dataset)
-    check_vote(config.fitness_vote, config.n_neighbors, dataset, "--fitness-vote")
+    check_vote(dataset, vote=config.vote, n_neighbors=config.n_neighbors)
+    check_vote(dataset, vote=config.fitness_vote, n_neighbors=config.n_neighbors, flag="--fitness-vote")
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
-        validation_fraction=config.validation_fraction, resample=True, seed=config.seed,
-        search_images=config.search_images,
-        n_neighbors=config.n_neighbors, metric=config.metric, postprocessing=config.postprocessing,
-        soft_weight=config.soft_weight, soft_score=config.soft_score, vote=config.fitness_vote,
-        temperature=config.temperature, leave_one_out=config.scoring == "loo")
+        head=bank_head(config.fitness_vote, n_neighbors=config.n_neighbors, metric=config.metric),
+        postprocessing=config.postprocessing, validation_fraction=config.validation_fraction, resample=True,
+        seed=config.seed, search_images=config.search_images, soft_weight=config.soft_weight,
+        soft_score=config.soft_score, temperature=config.temperature, leave_one_out=config.scoring == "loo")
     return Prepared(config, dataset, spec, preset, problem, mean, std,
-                    resolve_bank_shifts(config.bank_shifts, len(dataset.y_train),
-                                        dataset.image_size))
+                    resolve_bank_shifts(config.bank_shifts, len(dataset.y_train), dataset.image_size))
 
 
 def search_settings(config: RunConfig) -> SearchSettings:
@@ -98,22 +99,23 @@ def initial_state(prepared: Prepared) -> SearchState:
     return SearchState.start(init_weights(prepared.spec, prepared.config.seed))
 
 
-def run_search(prepared: Prepared, state: SearchState,
+def run_search(prepared: Prepared, state: SearchState, *, evaluator: Evaluator | None = None,
                on_generation: Callable[[dict], None] | None = None,
                on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
-    return serial_search(prepared.problem, search_settings(prepared.config), state, on_generation,
-                         on_checkpoint)
+    return serial_search(prepared.problem, search_settings(prepared.config), state, evaluator=evaluator,
+                         on_generation=on_generation, on_checkpoint=on_checkpoint)
 
 
-def build_engine(prepared: Prepared, state: SearchState, images: np.ndarray | None = None,
+def build_engine(prepared: Prepared, state: SearchState, *, images: np.ndarray | None = None,
                  labels: np.ndarray | None = None, info: dict | None = None) -> Engine:
     """The engine of a search state, its bank the given images (default: all training images)."""
     config, dataset = prepared.config, prepared.dataset
     images, labels = shifted_copies(dataset.x_train if images is None else images,
                                     dataset.y_train if labels is None else labels, prepared.bank_shifts)
-    return Engine.build(prepared.spec, state.torch_weights(), images, labels, prepared.input_mean,
-                        prepared.input_std, config.postprocessing, config.n_neighbors, config.metric,
-                        dataset.class_names, info, vote=config.vote, query_shifts=config.query_shifts)
+    return Engine.build(prepared.spec, state.torch_weights(), images, labels, input_mean=prepared.input_mean,
+                        input_std=prepared.input_std, class_names=dataset.class_names,
+                        head=bank_head(config.vote, n_neighbors=config.n_neighbors, metric=config.metric),
+                        postprocessing=config.postprocessing, query_shifts=config.query_shifts, info=info)
 
 
 def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -136,7 +138,7 @@ def validation_accuracy(prepared: Prepared, state: SearchState) -> float:
     """Accuracy on the run's fixed validation split, with the bank built from the rest of the training set."""
     fit, val = (index.numpy() for index in prepared.problem.split())
     dataset = prepared.dataset
-    engine = build_engine(prepared, state, dataset.x_train[fit], dataset.y_train[fit])
+    engine = build_engine(prepared, state, images=dataset.x_train[fit], labels=dataset.y_train[fit])
     return evaluate(engine, dataset.x_train[val], dataset.y_train[val])["accuracy"]
 
 
@@ -154,35 +156,67 @@ def machine_info() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "system": platform.system()}
 
 
-def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dict:
-    """The metrics every run reports; accuracies are fractions in [0, 1]."""
-    dataset, config = prepared.dataset, prepared.config
+def engine_metrics(engine: Engine, dataset: Dataset, *, kind: str) -> dict:
+    """What every run reports about its engine, whatever made it: the test split's accuracy, per-class
+    accuracy and confusion matrix, its head and kind (as data: the report never parses a label), its
+    size and cost, and where it was measured. Accuracies are fractions in [0, 1]."""
+    assert kind in KINDS, kind
     test = evaluate(engine, dataset.x_test, dataset.y_test)
-    baseline = build_engine(prepared, initial_state(prepared))
+    bank = getattr(engine.head, "bank", None)
     return {
-        "method": config.method,
+        "kind": kind,
+        "head": engine.head.kind,
+        "head_settings": engine.head.settings(),
         "dataset": dataset.name,
-        "preset": prepared.preset,
-        "granularity": config.granularity,
         "test_accuracy": test["accuracy"],
-        "validation_accuracy": validation_accuracy(prepared, state),
-        "random_init_test_accuracy": evaluate(baseline, dataset.x_test, dataset.y_test)["accuracy"],
         "per_class_accuracy": test["per_class_accuracy"],
         "confusion_matrix": test["confusion_matrix"],
         "parameters": engine.parameters,
-        "n_features": prepared.spec.n_features(dataset.image_size),
-        "bank_size": int(engine.bank.shape[0]),
-        "bank_shifts": prepared.bank_shifts,
+        "bank_size": 0 if bank is None else int(bank.shape[0]),
+        "query_shifts": engine.views.shifts,
         "engine_bytes": engine.engine_bytes,
         "multiply_adds": engine.multiply_adds,
-        "evaluations": state.evaluations,
-        "search_seconds": round(state.search_seconds, 3),
         "n_train": int(len(dataset.y_train)),
         "n_test": int(len(dataset.y_test)),
+        "slicenet_version": __version__,
+        "machine": machine_info(),
+    }
+
+
+def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dict:
+    """The metrics of an optimise run: the engine's, then the search's."""
+    dataset, config = prepared.dataset, prepared.config
+    baseline = build_engine(prepared, initial_state(prepared))
+    return {
+        **engine_metrics(engine, dataset, kind="pixels" if not prepared.spec.layers else "search"),
+        "method": config.method,
+        "preset": prepared.preset,
+        "granularity": config.granularity,
+        "validation_accuracy": validation_accuracy(prepared, state),
+        "random_init_test_accuracy": evaluate(baseline, dataset.x_test, dataset.y_test)["accuracy"],
+        "n_features": prepared.spec.n_features(dataset.image_size),
+        "bank_shifts": prepared.bank_shifts,
+        "evaluations": state.evaluations,
+        "search_seconds": round(state.search_seconds, 3),
         "n_neighbors": config.n_neighbors,
         "vote": config.vote,
         "fitness_vote": config.fitness_vote,
-        "query_shifts": config.query_shifts,
         "seed": config.seed,
-        "machine": machine_info(),
     }
+
+
+def final_engine(prepared: Prepared, state: SearchState, *, info: dict) -> tuple[Engine, dict]:
+    """The run's engine and what its metrics add about it: the full bank of every training image, or
+    with ``prototypes`` an LVQ bank of that many per class (``condense``'s, chosen by validation), whose
+    full bank's test accuracy is recorded beside it."""
+    engine = build_engine(prepared, state, info=info)
+    config, dataset = prepared.config, prepared.dataset
+    if not config.prototypes:
+        return engine, {}
+    from .condense import CompactSettings, accuracy, choose_and_build
+
+    full_bank = accuracy(engine, dataset.x_test, dataset.y_test)
+    compact, _, _ = choose_and_build(engine, dataset.x_train, dataset.y_train,
+                                     CompactSettings(method="lvq", prototypes=config.prototypes),
+                                     seed=config.seed, shifts=prepared.bank_shifts)
+    return compact, {"full_bank_test_accuracy": full_bank}

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .data import copies_per_image
 from .runs import ENGINE, HISTORY, load_config, load_engine, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
@@ -37,9 +35,55 @@ REFERENCE_ENGINE_BYTES = {"dense 128": 4.5e6, "dense 64": 0.5e6, "dense 32": 273
 
 LEVEL_BAND = 0.03  # p50 ratios this close to 1 are reported as level: runs of the same bundles move this much
 
-COLUMNS = ["run", "network", "method", "dataset", "preset", "granularity", "parameters", "engine_bytes",
-           "multiply_adds", "test_accuracy", "random_init_test_accuracy", "validation_accuracy", "evaluations",
-           "wall_seconds", "seed", "cpu", "cores", "command"]
+COLUMNS = ["run", "network", "kind", "head", "method", "dataset", "preset", "granularity", "parameters",
+           "engine_bytes", "multiply_adds", "test_accuracy", "random_init_test_accuracy", "validation_accuracy",
+           "evaluations", "wall_seconds", "seed", "cpu", "cores", "command"]
+ENGINE_KINDS = {  # a run's kind (metrics.json) -> legend entry and marker of the accuracy / size plot
+    "search": ("k-NN, gradient-free search", "o"),
+    "compact": ("k-NN, compact bank", "s"),
+    "backprop-knn": ("backprop trunk + k-NN", "^"),
+    "backprop-dense": ("backprop, dense head", "D"),
+    "pixels": ("k-NN on raw pixels", "v"),
+}
+
+
+def run_kind(metrics: dict) -> str:
+    """What made a run's engine (``pipeline.KINDS``), as metrics.json records it; runs written before it
+    was recorded say it in their other fields."""
+    if "kind" in metrics:
+        return str(metrics["kind"])
+    if "hidden" in metrics:
+        return "backprop-knn" if metrics.get("head") == "knn" else "backprop-dense"
+    if metrics.get("compact"):
+        return "compact"
+    return "pixels" if metrics.get("preset") == "pixels" else "search"
+
+
+def run_head(metrics: dict, config: dict) -> dict:
+    """The engine's head settings (``Head.settings``), as metrics.json records them; for older runs, from
+    what their config asked for (a condensed bank always votes by majority, with its own k)."""
+    if "head_settings" in metrics:
+        return dict(metrics["head_settings"])
+    kind = run_kind(metrics)
+    if kind == "backprop-dense":
+        return {"kind": "dense", "layers": 2}
+    if kind == "compact":
+        return {"kind": "majority", "n_neighbors": metrics["compact"]["n_neighbors"],
+                "metric": metrics["compact"].get("metric") or config.get("metric", "euclidean")}
+    return {"kind": config.get("vote", "majority"), "n_neighbors": config.get("n_neighbors", 9),
+            "metric": config.get("metric", "euclidean")}
+
+
+def head_label(settings: dict, query_shifts: int = 0) -> str:
+    """The head's own label (``Head.label``) from its settings, with the engine's test-time views."""
+    from .heads import BankHead, head_class
+    from .views import Views
+
+    cls = head_class(settings["kind"])
+    if not issubclass(cls, BankHead):
+        return settings["kind"]
+    head = cls(n_neighbors=int(settings["n_neighbors"]), metric=str(settings.get("metric", "euclidean")))
+    return head.label(Views(int(query_shifts)))
 
 
 def bank_shifts(metrics: dict, config: dict) -> int:
@@ -55,30 +99,18 @@ def shifts_label(shifts: int) -> str:
     return f", bank + {shifts}-px shifts" if shifts else ""
 
 
-def knn_head(k: int, vote: str, query_shifts: int = 0) -> str:
-    """"k-NN (k=9)"; with the local-mean vote "k-NN (k=9, local mean)", and with test-time views
-    "k-NN (k=9, 5 views)" (the query and its copies shifted 1 px, votes summed)."""
-    views = f", {copies_per_image(query_shifts)} views" if query_shifts else ""
-    return f"k-NN (k={k}{', local mean' if vote == 'local-mean' else ''}{views})"
-
-
-def run_head(config: dict) -> str:
-    """The k-NN head a run's config asks for (``knn_head``)."""
-    return knn_head(config.get("n_neighbors", 9), config.get("vote", "majority"), config.get("query_shifts", 0))
-
-
 def network_name(metrics: dict, config: dict) -> str:
-    """The row label, matching the reference's names where the network is the same kind."""
-    if "hidden" in metrics:  # a baseline run
+    """The row label, matching the reference's names where the network is the same kind. Built from
+    the run's kind and head (data), never parsed back."""
+    kind, views = run_kind(metrics), int(metrics.get("query_shifts", config.get("query_shifts", 0)))
+    head = head_label(run_head(metrics, config), 0 if kind == "compact" else views)
+    if kind.startswith("backprop"):
         epochs = "" if config.get("epochs", 5) == 5 else f", {config['epochs']} epochs max"
-        if metrics.get("head") == "knn":
-            return f"backprop trunk + {run_head(config)}{epochs}"
+        if kind == "backprop-knn":
+            return f"backprop trunk + {head}{epochs}"
         return f"dense {metrics['hidden']}{epochs}"
-    if metrics.get("preset") == "pixels":
-        return f"{run_head(config)} on raw pixels"
-    compact = metrics.get("compact")
-    # A condensed engine has its own k, and always the majority vote.
-    head = knn_head(compact["n_neighbors"], "majority") if compact else run_head(config)
+    if kind == "pixels":
+        return f"{head} on raw pixels"
     name = f"{head}, {metrics['method'].upper()}"
     if config.get("granularity", "layer") != "layer":
         name += ", per filter"
@@ -89,11 +121,31 @@ def network_name(metrics: dict, config: dict) -> str:
     name += shifts_label(bank_shifts(metrics, config))
     if config.get("scoring", "holdout") != RunConfig().scoring:
         name += f", {config.get('scoring', 'holdout')} scoring"
+    compact = metrics.get("compact")
     if compact:
         name += (f", compact: {compact['method']} {compact['prototypes']}/class, dims {compact['dims'] or 'all'}, "
                  f"{compact['precision']}")
         name += f", {compact['metric']}" if compact.get("metric") else ""
     return name
+
+
+def reference_key(metrics: dict, config: dict) -> str | None:
+    """The reference paper's row for the same network: a dense baseline of its widths (5 epochs), or
+    the k=9 majority-vote engine searched layer by layer by CMA-ES or PSO (whatever its bank's shifted
+    copies or scoring; the paper's figures are MNIST's)."""
+    kind = run_kind(metrics)
+    if kind == "backprop-dense" and config.get("epochs", 5) == 5:
+        key = f"dense {metrics['hidden']}"
+    elif kind == "search" and metrics.get("method") in ("cma", "pso"):
+        head = run_head(metrics, config)
+        plain = (head["kind"] == "majority" and int(head["n_neighbors"]) == 9
+                 and not int(metrics.get("query_shifts", config.get("query_shifts", 0)))
+                 and config.get("granularity", "layer") == "layer" and config.get("sweeps", 1) == 1
+                 and config.get("fitness_vote", "majority") == "majority")
+        key = f"k-NN (k=9), {metrics['method'].upper()}" if plain else ""
+    else:
+        key = ""
+    return key if key in REFERENCE else None
 
 
 def collect(run_dirs: list[Path]) -> list[dict]:
@@ -106,12 +158,14 @@ def collect(run_dirs: list[Path]) -> list[dict]:
         row = {key: metrics.get(key, "") for key in COLUMNS}
         if row["multiply_adds"] == "" and (run_dir / ENGINE).is_file():  # older runs did not record it
             row["multiply_adds"] = load_engine(run_dir).multiply_adds
+        head = run_head(metrics, config)
+        views = int(metrics.get("query_shifts", config.get("query_shifts", 0)))
         row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
-                   network=network_name(metrics, config), path=Path(run_dir), kind="hidden" in metrics,
+                   network=network_name(metrics, config), path=Path(run_dir), kind=run_kind(metrics),
+                   head=head["kind"], head_label=head_label(head, views), reference=reference_key(metrics, config),
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
-                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config),
-                   head=run_head(config))
+                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         rows.append(row)
@@ -147,15 +201,15 @@ def groups(rows: list[dict]) -> list[dict]:
             "wall_max": max(m["wall_seconds"] for m in members),
             "evaluations": statistics.median(m["evaluations"] for m in members),
             "command": first["command"], "best_run": max(members, key=lambda m: m["test_accuracy"])["path"],
-            "derived": False,
+            "derived": False, "kind": first["kind"], "reference": first["reference"],
         })
     # The random-init trunk of a (preset, seed) is the same whatever the search did next: one row each
     # per bank (plain or with shifted copies) and k-NN head, condensed runs left out (they copy their
     # source's).
     random_init: dict[tuple, dict] = {}
     for row in rows:
-        if not row["kind"] and row["preset"] != "pixels" and row["evaluations"] and not row["compact"]:
-            random_init.setdefault((row["dataset"], row["preset"], row["shifts"], row["head"], row["seed"]), row)
+        if row["kind"] == "search" and row["evaluations"]:
+            random_init.setdefault((row["dataset"], row["preset"], row["shifts"], row["head_label"], row["seed"]), row)
     by_preset: dict[tuple, list[dict]] = {}
     for (dataset, preset, shifts, head, _), row in random_init.items():
         by_preset.setdefault((dataset, preset, shifts, head), []).append(row)
@@ -163,12 +217,13 @@ def groups(rows: list[dict]) -> list[dict]:
         accuracy = [m["random_init_test_accuracy"] for m in members]
         first = members[0]
         summary.append({
-            "network": f"{first['head']} on a random-init trunk" + shifts_label(first["shifts"]),
+            "network": f"{first['head_label']} on a random-init trunk" + shifts_label(first["shifts"]),
             "dataset": first["dataset"], "preset": first["preset"],
             "parameters": first["parameters"], "engine_bytes": first["engine_bytes"],
             "multiply_adds": first["multiply_adds"], "runs": len(members),
             "test_median": statistics.median(accuracy), "test_min": min(accuracy), "test_max": max(accuracy),
             "wall_median": 0.0, "wall_max": 0.0, "evaluations": 0, "best_run": first["path"], "derived": True,
+            "kind": "search", "reference": None,
             "command": "measured by the runs above before their search (metrics.json random_init_test_accuracy)",
         })
     return sorted(summary, key=lambda g: (g["dataset"], g["preset"], -g["test_median"]))
@@ -176,8 +231,8 @@ def groups(rows: list[dict]) -> list[dict]:
 
 def _reference_cells(group: dict) -> str:
     # The paper's figures are MNIST's; a shifted bank or another fitness scoring is still the same
-    # network (the bank's copies are counted in the engine bytes column).
-    ref = REFERENCE.get(re.sub(r", (bank \+ \d+-px shifts|\w+ scoring)", "", group["network"]))
+    # network (the bank's copies are counted in the engine bytes column): ``reference_key``.
+    ref = REFERENCE.get(group["reference"] or "")
     if ref is None or not str(group["dataset"]).startswith("mnist"):
         return "| | | | | |"
     return f"| {ref['params']} | {ref['engine']} | {ref['acc_4k_5']} | {ref['acc_60k_5']} | {ref['acc_4k_20']} |"
@@ -291,7 +346,7 @@ def latency_tables(bench: list[dict]) -> list[str]:
     return lines
 
 
-def render_markdown(rows: list[dict], command: str, plots: list[str], bench: list[dict] | None = None) -> str:
+def render_markdown(rows: list[dict], *, command: str, plots: list[str], bench: list[dict] | None = None) -> str:
     lines = [
         "# slicenet results", "",
         f"Generated by `{command}` from {len(rows)} run directories: every measured figure comes from a run's",
@@ -343,27 +398,7 @@ def reference_points(ax) -> None:
                marker="x", color="grey", label="reference, MNIST 4k/1k (weights only)")
 
 
-ENGINE_KINDS = {  # legend entry -> marker of the accuracy / size plot
-    "k-NN, gradient-free search": "o",
-    "k-NN, compact bank": "s",
-    "backprop trunk + k-NN": "^",
-    "backprop, dense head": "D",
-    "k-NN on raw pixels": "v",
-}
-
-
-def engine_kind(network: str) -> str:
-    """The ``ENGINE_KINDS`` entry of a row label (as ``network_name`` writes it)."""
-    if network.startswith("dense"):
-        return "backprop, dense head"
-    if network.startswith("backprop trunk"):
-        return "backprop trunk + k-NN"
-    if "raw pixels" in network:
-        return "k-NN on raw pixels"
-    return "k-NN, compact bank" if "compact:" in network else "k-NN, gradient-free search"
-
-
-def finish_axes(ax, xlabel: str, ylabel: str, log_x: bool = False, legend: bool = True) -> None:
+def finish_axes(ax, xlabel: str, ylabel: str, *, log_x: bool = False, legend: bool = True) -> None:
     if log_x:
         from matplotlib.ticker import NullFormatter
 
@@ -407,11 +442,11 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
     fig, pairs = panels(datasets, height=5)
     for ax, dataset in pairs:
         mine = [g for g in summary if g["dataset"] == dataset]
-        for kind, marker in ENGINE_KINDS.items():
-            points = [g for g in mine if engine_kind(g["network"]) == kind]
+        for kind, (legend, marker) in ENGINE_KINDS.items():
+            points = [g for g in mine if g["kind"] == kind]
             if points:
                 ax.scatter([g["engine_bytes"] for g in points], [100 * g["test_median"] for g in points],
-                           marker=marker, label=kind)
+                           marker=marker, label=legend)
         # Only the engines that no smaller engine matches in accuracy are named; the tables list all.
         for g in frontier(mine, value="test_median"):
             ax.annotate(f"{g['network'].replace(' (k=9)', '')} [{g['preset']}]",
@@ -422,8 +457,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
         finish_axes(ax, "engine bytes (ours: all inference needs)", "test accuracy (%)", log_x=True)
     save(fig, "accuracy_vs_engine_size.png")
 
-    searches = [r for r in rows if not r["kind"] and not r["compact"] and r["evaluations"]
-                and (r["path"] / HISTORY).is_file()]
+    searches = [r for r in rows if r["kind"] == "search" and r["evaluations"] and (r["path"] / HISTORY).is_file()]
     if searches:
         # Per dataset, one curve per (method, trunk): its most accurate run, named, since the runs of
         # one trunk may differ in scoring or budget and only runs scored alike share a fitness scale.
@@ -495,7 +529,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14))
         save(fig, "size_frontier.png")
 
-    knn = [g for g in summary if g["network"].startswith("k-NN") and "pixels" not in g["network"]]
+    knn = [g for g in summary if g["kind"] in ("search", "compact")]
     if knn:
         best = max(knn, key=lambda g: g["test_median"])
         engine = Engine.load(best["best_run"] / "engine.safetensors")

@@ -101,7 +101,7 @@ def history_csv(history: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_results(path: Path, engine: Engine, metrics: dict, history: list[dict]) -> None:
+def write_results(path: Path, engine: Engine, *, metrics: dict, history: list[dict]) -> None:
     """Write the run's outputs; metrics.json last, since its presence marks a finished run."""
     write_bytes(path / ENGINE, engine.to_bytes())
     write_text(path / HISTORY, history_csv(history))

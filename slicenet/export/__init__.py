@@ -1,0 +1,155 @@
+"""Export an engine as one graph (image -> class, votes) for ONNX Runtime, OpenVINO, the Jetson Nano and
+the NCS2, check it against the target's rules, and verify it before declaring success.
+
+The graph is described once by the engine (``Engine.describe``: views, trunk, post-processing and
+head each describe their own part) and written by two writers: ``onnx_writer`` (opset 13 or 17, as
+the target says) and ``ir_writer`` (OpenVINO opset1 / opset3 operations, IR v11, FP16 for the NCS2).
+The targets (``targets``: one class each) choose writers, opset and rules; each bundle is written
+into a staging folder, verified over the test split, and moved into place whole.
+
+The graph: uint8 image [batch, 1, H, W] -> Cast -> (test-time views: one Gather and one Mul) ->
+(Conv -> Relu/Tanh -> MaxPool) per layer, with the normalisation folded into the first Conv (or a Mul
+and an Add before it when that layer pads) -> Reshape -> the head: for a k-NN head the
+post-processing (Sub mean, L2 normalise), distances to the bank as ``2 q.B^T - ||B||^2`` (bank norms
+precomputed), TopK of them (largest=1: TensorRT 8.2 ignores largest=0), a Gather of one-hot label
+rows and a ReduceSum (the votes); for the local-mean head one TopK per class over the regrouped
+scores; for a dense head MatMul/Add/Relu, Softmax -> (views summed) -> ArgMax (the class). No
+OneHot, static shapes, constant K.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..engine import Engine
+from ..errors import InputError
+from .ir_writer import write_ir
+from .onnx_writer import write_onnx
+from .targets import TARGETS, TENSORRT_MAX_K, Target, check_ir_opsets, check_onnx, target
+from .verify import OPENVINO_EXACT_CPU, Verification, near_ties, run_onnxruntime, run_openvino, verify
+
+MAX_BATCH = 4096
+
+
+def build_onnx(engine: Engine, opset: int, batch: int = 1):  # noqa: ANN201 -- an onnx.ModelProto
+    """The engine's graph as an ONNX model of ``opset``."""
+    return write_onnx(engine.describe(batch=batch), opset=opset)
+
+
+def build_ir(engine: Engine, batch: int = 1, *, fold_constants: bool = False):  # noqa: ANN201 -- an openvino.Model
+    """The engine's graph as an OpenVINO model of opset1 / opset3 operations (readable by 2022.3)."""
+    graph = engine.describe(batch=batch)
+    return write_ir(graph.fold_constants() if fold_constants else graph)
+
+
+build_ncs2_ir = build_ir  # the name earlier releases exported
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bundle_name(run_dir: Path) -> str:
+    """The run's folder name, prefixed by its parent's for runs nested in a group (baseline widths)."""
+    path = Path(run_dir).resolve()
+    return path.name if path.parent.name in ("runs", "") else f"{path.parent.name}-{path.name}"
+
+
+def bundle_folder(run_dir: Path, *, target_name: str, out_root: Path, batch: int = 1) -> Path:
+    return Path(out_root) / bundle_name(run_dir) / (target_name if batch == 1 else f"{target_name}-b{batch}")
+
+
+def board_runner() -> Path:
+    """``devices/run_engine.py``, the runner every bundle carries: shipped inside the package
+    (``slicenet/boards``, built from ``devices/``), or read from a checkout."""
+    from importlib import resources
+
+    try:
+        packaged = Path(str(resources.files("slicenet.boards") / "run_engine.py"))
+        if packaged.is_file():
+            return packaged
+    except (ModuleNotFoundError, TypeError):
+        pass
+    checkout = Path(__file__).resolve().parents[2] / "devices" / "run_engine.py"
+    if checkout.is_file():
+        return checkout
+    raise InputError("devices/run_engine.py is missing from this installation; reinstall slicenet "
+                     "(pip install slicenet) or export from a checkout")
+
+
+def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
+                  labels: np.ndarray, n_samples: int = 32, batch: int = 1) -> dict:
+    """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written)."""
+    chosen = target(target_name)
+    if not 1 <= batch <= MAX_BATCH:
+        raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
+    runner = board_runner()
+    name = bundle_name(run_dir)
+    bundle = bundle_folder(run_dir, target_name=target_name, out_root=out_root, batch=batch)
+    staging = bundle.with_name(f".{bundle.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        checks, verifications = chosen.write(engine, engine.describe(batch=batch), folder=staging, images=images,
+                                             labels=labels, batch=batch)
+        for v in verifications:
+            if v.precision == "fp32" and v.disagreements > v.near_ties:
+                raise InputError(f"target {target_name}: {v.runtime} disagrees with the torch engine on "
+                                 f"{v.disagreements} of {v.images} test images ({v.near_ties} of them numerical "
+                                 "near-ties); not exported")
+        manifest = _finish(engine, staging, chosen, checks, verifications, name=name, run_dir=run_dir,
+                           images=images, n_samples=n_samples, batch=batch, runner=runner)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    staging.rename(bundle)  # the bundle appears whole or not at all
+    return manifest
+
+
+def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verifications: list[Verification], *,
+            name: str, run_dir: Path, images: np.ndarray, n_samples: int, batch: int, runner: Path) -> dict:
+    """Samples, runner, README and manifest (with every file's sha256) into the staging folder."""
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
+    np.save(staging / "samples.npy", np.ascontiguousarray(images[pick][:, None]))
+    expected, expected_votes, _ = engine.predict(images[pick])
+    shutil.copy(runner, staging / "run_engine.py")
+    files = sorted(p.name for p in staging.iterdir() if p.is_file())
+    (staging / "README.md").write_text(chosen.readme_text(name=name, engine=engine, checks=checks))
+    head = engine.head
+    manifest = {
+        "format": "slicenet-bundle/1", "target": chosen.name, "slicenet_version": __version__, "run": str(run_dir),
+        "model": chosen.model,
+        "fallback_model": "engine.onnx" if chosen.model != "engine.onnx" and chosen.name == "ncs2" else None,
+        "onnx_model": "engine.onnx",  # every bundle carries the ONNX graph (the IR's source for OpenVINO)
+        "batch": batch,
+        "input": {"name": "image", "shape": [batch, 1, *engine.image_size], "dtype": "uint8",
+                  "normalisation": {"scale": 1.0 / 255.0, "mean": engine.input_mean, "std": engine.input_std,
+                                    "formula": "(image / 255 - mean) / std, inside the graph"}},
+        "outputs": {"class": f"int64 [{batch}]", "votes": f"float32 [{batch}, {engine.n_classes}]"},
+        "class_names": list(engine.class_names), "head": head.kind, "head_settings": head.settings(),
+        "k": getattr(head, "n_neighbors", 0), "metric": getattr(head, "metric", None),
+        "postprocessing": engine.post.method, "query_shifts": engine.views.shifts,
+        "parameters": engine.parameters, "engine_bytes": engine.engine_bytes, "multiply_adds": engine.multiply_adds,
+        "bank_size": int(len(getattr(head, "bank", ()))),
+        "checks": checks,
+        "verification": [v.__dict__ for v in verifications],
+        "samples": {"file": "samples.npy", "expected_classes": expected.tolist(),
+                    "expected_votes": np.round(expected_votes, 6).tolist()},
+        "sha256": {f: sha256(staging / f) for f in files},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+__all__ = ["TARGETS", "TENSORRT_MAX_K", "OPENVINO_EXACT_CPU", "Verification", "build_onnx", "build_ir", "build_ncs2_ir",
+           "bundle_folder", "bundle_name", "check_ir_opsets", "check_onnx", "export_bundle", "near_ties",
+           "run_onnxruntime", "run_openvino", "target", "verify", "board_runner"]

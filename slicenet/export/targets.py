@@ -1,0 +1,240 @@
+"""Export targets: one class each, with the rules its runtime imposes, the files it writes and how
+they are verified. The facts behind the rules are in docs/targets.md.
+
+Every target writes the same graph description (``Engine.describe``); a target differs only in the
+writers it uses, its ONNX opset, its rule check (which fails naming the operation and the target),
+and its board README.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import InputError
+from ..graph import Graph
+from .ir_writer import write_ir
+from .onnx_writer import write_onnx
+from .verify import Verification, verify
+
+TENSORRT_MAX_K = 3840
+# Operations TensorRT 8.2's ONNX importer and MYRIAD in OpenVINO 2022.3 both accept (docs/targets.md).
+BOARD_ONNX_OPS = frozenset({"Cast", "Mul", "Add", "Sub", "Conv", "MaxPool", "Relu", "Tanh", "Reshape", "ReduceSum",
+                            "Sqrt", "Max", "Div", "MatMul", "Gemm", "Neg", "TopK", "Gather", "ArgMax", "Softmax"})
+MYRIAD_IR_OPS = frozenset({"Parameter", "Result", "Const", "Convert", "Multiply", "Add", "Subtract", "Convolution",
+                           "MaxPool", "ReLU", "Tanh", "Reshape", "ReduceSum", "Sqrt", "Maximum", "Divide", "MatMul",
+                           "Negative", "TopK", "Gather", "SoftMax"})  # IR layer type names
+
+
+class Target:
+    """Plain ONNX for ONNX Runtime: any operation of a current opset."""
+
+    name: ClassVar[str] = "onnx"
+    onnx_opset: ClassVar[int] = 17
+    allowed_ops: ClassVar[frozenset[str] | None] = None  # None: any operation of the opset
+    model: ClassVar[str] = "engine.onnx"  # what run_engine.py runs
+    readme: ClassVar[str] = """# {name}: ONNX (opset {opset}) for ONNX Runtime
+
+    python3 run_engine.py --runtime onnxruntime      # checks sha256, runs the samples, writes result.json
+    onnxruntime_perf_test -I -m times -r 1000 engine.onnx
+"""
+
+    def check_onnx(self, model: Any) -> None:
+        """Fail, naming the operation and the target, if the ONNX graph breaks the target's rules."""
+        for node in model.graph.node:
+            if self.allowed_ops is not None and node.op_type not in self.allowed_ops:
+                raise InputError(f"operation {node.op_type} (node {node.name}) is not supported by target {self.name}")
+        for value in list(model.graph.input) + list(model.graph.output):
+            if any(not d.HasField("dim_value") for d in value.type.tensor_type.shape.dim):
+                raise InputError(f"target {self.name} needs static shapes; {value.name} has a dynamic dimension")
+
+    def write(self, engine: Engine, graph: Graph, *, folder: Path, images: np.ndarray, labels: np.ndarray,
+              batch: int) -> tuple[dict, list[Verification]]:
+        """Write the target's files into ``folder``; return (the checks passed, the verifications)."""
+        import onnx
+
+        model = write_onnx(graph, opset=self.onnx_opset)
+        self.check_onnx(model)
+        onnx.save_model(model, str(folder / "engine.onnx"))
+        checks = {"onnx_opset": self.onnx_opset, "onnx_ops": sorted({n.op_type for n in model.graph.node}),
+                  "operations": {"description": len(graph.nodes), "onnx": len(model.graph.node)}}
+        return checks, self.verify(engine, folder=folder, images=images, labels=labels, batch=batch)
+
+    def verify(self, engine: Engine, *, folder: Path, images: np.ndarray, labels: np.ndarray, batch: int
+               ) -> list[Verification]:
+        return [verify(engine, folder / "engine.onnx", images=images, labels=labels, runtime="onnxruntime",
+                       precision="fp32", batch=batch)]
+
+    def readme_text(self, *, name: str, engine: Engine, checks: dict) -> str:
+        return self.readme.format(name=name, opset=self.onnx_opset, k=getattr(engine.head, "n_neighbors", ""),
+                                  ir_version=checks.get("ir", {}).get("ir_version", ""))
+
+
+class OpenvinoTarget(Target):
+    """Current OpenVINO on a CPU: an FP32 IR from the IR writer, beside its ONNX source."""
+
+    name = "openvino"
+    model = "engine.xml"
+    readme = """# {name}: OpenVINO IR (FP32) for current OpenVINO on CPU
+
+    python3 run_engine.py --runtime openvino --device CPU
+    benchmark_app -m engine.xml -d CPU -hint latency -infer_precision f32
+"""
+
+    def write(self, engine: Engine, graph: Graph, *, folder: Path, images: np.ndarray, labels: np.ndarray,
+              batch: int) -> tuple[dict, list[Verification]]:
+        # The ONNX file is kept beside the IR: its source, and the cost model's.
+        checks, _ = super().write(engine, graph, folder=folder, images=images, labels=labels, batch=batch)
+        checks["ir"] = self.write_ir(graph, folder)
+        checks["operations"]["ir"] = checks["ir"]["layers"]
+        return checks, [verify(engine, folder / "engine.xml", images=images, labels=labels, runtime="openvino",
+                               precision=checks["ir"]["precision"], batch=batch)]
+
+    def verify(self, engine: Engine, *, folder: Path, images: np.ndarray, labels: np.ndarray, batch: int
+               ) -> list[Verification]:
+        return []  # the IR is what this target runs: verified in write
+
+    def write_ir(self, graph: Graph, folder: Path) -> dict:
+        import openvino as ov
+
+        ov.save_model(write_ir(graph), str(folder / "engine.xml"), compress_to_fp16=False)
+        return {**ir_summary(folder / "engine.xml"), "precision": "fp32"}
+
+
+class BoardTarget(Target):
+    """What both boards' toolchains read: ONNX opset <= 13 (TensorRT 8.2; OpenVINO 2022.3's model
+    optimizer), static shapes, constant K, no OneHot, and only ``BOARD_ONNX_OPS``."""
+
+    onnx_opset = 13
+    allowed_ops = BOARD_ONNX_OPS
+
+    def check_onnx(self, model: Any) -> None:
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset > 13:
+            raise InputError(f"target {self.name}: ONNX opset {opset} is above 13, which TensorRT 8.2 / OpenVINO "
+                             "2022.3's model optimizer accept")
+        for node in model.graph.node:
+            if node.op_type == "OneHot":
+                raise InputError(f"operation OneHot is not supported by target {self.name}")
+        super().check_onnx(model)
+        constants = {i.name for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type == "TopK" and node.input[1] not in constants:
+                raise InputError(f"target {self.name} needs a constant K for TopK (node {node.name})")
+
+
+class JetsonTarget(BoardTarget):
+    """NVIDIA Jetson Nano: TensorRT 8.2 ignores TopK's largest=0 and takes K <= 3840."""
+
+    name = "jetson"
+    readme = """# {name}: NVIDIA Jetson Nano (JetPack 4.6.x, TensorRT 8.2.1, Python 3.6)
+
+`engine.onnx` is ONNX opset 13 with static shapes, K={k} <= 3840, no OneHot, and the nearest
+neighbours found as TopK(largest=1) of the negated distance (TensorRT 8.2 ignores largest=0).
+
+    sudo nvpmodel -m 0 && sudo jetson_clocks          # 10 W MAXN (use -m 1 for the 5 W mode)
+    /usr/src/tensorrt/bin/trtexec --onnx=engine.onnx --fp16 --saveEngine=engine.plan
+    /usr/src/tensorrt/bin/trtexec --loadEngine=engine.plan --useSpinWait --noDataTransfers \\
+        --warmUp=500 --duration=10 --percentile=99
+    python3 run_engine.py --runtime onnxruntime       # onnxruntime-gpu 1.11.0 (Jetson Zoo, cp36) or CPU
+    tegrastats --interval 100                         # board power: POM_5V_IN
+
+Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
+"""
+
+    def check_onnx(self, model: Any) -> None:
+        from onnx import numpy_helper
+
+        super().check_onnx(model)
+        constants = {i.name: i for i in model.graph.initializer}
+        for node in model.graph.node:
+            if node.op_type != "TopK":
+                continue
+            if next((a.i for a in node.attribute if a.name == "largest"), 1) == 0:
+                raise InputError("operation TopK with largest=0 is not supported by target jetson "
+                                 "(TensorRT 8.2 ignores it); use TopK of the negated distance")
+            if int(numpy_helper.to_array(constants[node.input[1]]).reshape(-1)[0]) > TENSORRT_MAX_K:
+                raise InputError(f"TopK K above {TENSORRT_MAX_K} is not supported by target jetson")
+
+
+class Ncs2Target(BoardTarget):
+    """Intel Neural Compute Stick 2: an FP16 IR of opset1 / opset3 operations for OpenVINO 2022.3's MYRIAD
+    plugin, and an opset-13 ONNX fallback for 2022.3's own model optimizer."""
+
+    name = "ncs2"
+    model = "engine.xml"
+    readme = """# {name}: Intel Neural Compute Stick 2 (MYRIAD, OpenVINO 2022.3 LTS)
+
+`engine.xml` / `engine.bin` are an FP16 IR (v{ir_version}) built from opset1/opset3 operations only,
+static shapes, MYRIAD-supported layers. MYRIAD ships only in the 2022.3 archive installers (not pip):
+
+    source /opt/intel/openvino_2022/setupvars.sh
+    compile_tool -m engine.xml -d MYRIAD -o engine.blob          # no stick attached: add -c myriad.conf
+    benchmark_app -m engine.xml -d MYRIAD -hint latency
+    python3 run_engine.py --runtime openvino --device MYRIAD
+
+`myriad.conf` holds `MYRIAD_ENABLE_MX_BOOT NO`. Fallback: `engine.onnx` (opset 13) converts with
+2022.3's own model optimizer: `mo --input_model engine.onnx --compress_to_fp16`.
+Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
+"""
+
+    def write(self, engine: Engine, graph: Graph, *, folder: Path, images: np.ndarray, labels: np.ndarray,
+              batch: int) -> tuple[dict, list[Verification]]:
+        import openvino as ov
+
+        checks, verifications = super().write(engine, graph, folder=folder, images=images, labels=labels, batch=batch)
+        # The stick computes in FP16 whatever the file holds: a stored int8 or fp16 bank is decoded to
+        # constants, which the FP16 compression stores (one decompression step fewer on the stick).
+        ov.save_model(write_ir(graph.fold_constants()), str(folder / "engine.xml"), compress_to_fp16=True)
+        checks["ir"] = check_ir_opsets(folder / "engine.xml")
+        checks["operations"]["ir"] = checks["ir"]["layers"]
+        if "f16" not in checks["ir"]["const_precisions"]:
+            raise InputError("the NCS2 IR has no FP16 weights; MYRIAD needs an FP16 model")
+        (folder / "myriad.conf").write_text("MYRIAD_ENABLE_MX_BOOT NO\n")
+        verifications.append(verify(engine, folder / "engine.xml", images=images, labels=labels, runtime="openvino",
+                                    precision="fp16-weights", batch=batch))
+        return checks, verifications
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (Target(), OpenvinoTarget(), JetsonTarget(), Ncs2Target())}
+
+
+def target(name: str) -> Target:
+    if name not in TARGETS:
+        raise InputError(f"unknown target {name!r}: expected one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def check_onnx(model: Any, name: str) -> None:
+    """``target(name).check_onnx(model)``."""
+    target(name).check_onnx(model)
+
+
+def ir_summary(xml_path: Path) -> dict:
+    """IR version, layers (operations: Parameter, Result and Const left out) and constant precisions."""
+    text = xml_path.read_text()
+    version = re.search(r'<net [^>]*version="(\d+)"', text)
+    types = re.findall(r'<layer [^>]*type="([^"]+)"', text)
+    precisions = set(re.findall(r'<layer [^>]*type="Const"[^>]*>\s*<data [^>]*element_type="([^"]+)"', text))
+    return {"ir_version": int(version.group(1)) if version else 0,
+            "layers": sum(t not in ("Parameter", "Result", "Const") for t in types),
+            "const_precisions": sorted(precisions)}
+
+
+def check_ir_opsets(xml_path: Path, max_opset: int = 10) -> dict:
+    """Every layer of an IR must come from opset1..``max_opset`` and be a MYRIAD-supported type."""
+    summary = ir_summary(xml_path)
+    if summary["ir_version"] not in (10, 11):
+        raise InputError(f"IR version {summary['ir_version']}: OpenVINO 2022.3 reads IR v10 and v11 only")
+    for op_type, version in re.findall(r'<layer [^>]*type="([^"]+)"[^>]*version="([^"]+)"', xml_path.read_text()):
+        number = int(version[5:]) if version.startswith("opset") else None
+        if number is None or number > max_opset:
+            raise InputError(f"operation {op_type} ({version}) is not supported by target ncs2: "
+                             f"OpenVINO 2022.3 reads opset1..opset{max_opset} only")
+        if op_type not in MYRIAD_IR_OPS:
+            raise InputError(f"operation {op_type} is not supported by target ncs2 (MYRIAD)")
+    return summary
