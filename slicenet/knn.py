@@ -41,7 +41,7 @@ def count_votes(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
         -1, labels, torch.ones_like(labels))
 
 
-def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
+def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, *, n_classes: int,
              n_neighbors: int, metric: str = "euclidean", chunk_elements: int = 2**25
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k nearest neighbours and their votes, chunked over queries to bound memory.
@@ -71,7 +71,7 @@ def class_slots(bank_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return slots
 
 
-def nearest_per_class(queries: torch.Tensor, bank: torch.Tensor, slots: torch.Tensor, k: int,
+def nearest_per_class(queries: torch.Tensor, bank: torch.Tensor, slots: torch.Tensor, *, k: int,
                       chunk_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
     """Each class's k nearest prototypes (Euclidean) for queries [Q, D], given ``class_slots``: (their
     distances [Q, C, k], nearest first, inf where a class has fewer; their bank indices [Q, C, k]).
@@ -95,7 +95,7 @@ def nearest_per_class(queries: torch.Tensor, bank: torch.Tensor, slots: torch.Te
     return torch.cat(distances), torch.cat(indices)
 
 
-def local_mean_scores(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor,
+def local_mean_scores(queries: torch.Tensor, bank: torch.Tensor, indices: torch.Tensor, *,
                       chunk_elements: int = 2**25) -> torch.Tensor:
     """Minus the distance [Q, C] from each query [Q, D] to the mean of its chosen prototypes per class
     (``indices`` [Q, C, k] into the bank), in chunks that bound the gathered [q, C, k, D] vectors."""
@@ -104,7 +104,7 @@ def local_mean_scores(queries: torch.Tensor, bank: torch.Tensor, indices: torch.
                       for chunk, idx in zip(queries.split(per_chunk), indices.split(per_chunk), strict=True)])
 
 
-def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, n_classes: int,
+def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, *, n_classes: int,
                     n_neighbors: int, chunk_elements: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
     """The local-mean rule (Mitani and Hamamoto 2006): the k nearest prototypes *of each class* are
     averaged, and the query goes to the class whose local mean is nearest (Euclidean).
@@ -117,8 +117,8 @@ def local_mean_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torc
     slots = class_slots(bank_labels, n_classes)
     if int((slots >= 0).sum(1).min()) < n_neighbors:
         raise ValueError(f"the local-mean vote needs at least k={n_neighbors} prototypes of every class")
-    _, indices = nearest_per_class(queries, bank, slots, n_neighbors, chunk_elements)
-    return local_mean_scores(queries, bank, indices, chunk_elements), indices
+    _, indices = nearest_per_class(queries, bank, slots, k=n_neighbors, chunk_elements=chunk_elements)
+    return local_mean_scores(queries, bank, indices, chunk_elements=chunk_elements), indices
 
 
 def postprocess(features: torch.Tensor, mean: torch.Tensor | None, method: str) -> torch.Tensor:
@@ -172,7 +172,8 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was fitted with "
                              f"{self.n_features_in_} features")
         return knn_vote(torch.from_numpy(np.ascontiguousarray(X)), self._bank, self._labels,
-                        len(self.classes_), self.n_neighbors, self.metric, self.batch_elements)
+                        n_classes=len(self.classes_), n_neighbors=self.n_neighbors, metric=self.metric,
+                        chunk_elements=self.batch_elements)
 
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
         _, distances, indices = self._votes(X)

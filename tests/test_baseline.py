@@ -18,7 +18,8 @@ def test_one_epoch_gives_a_valid_run_directory(tmp_path):
         assert key in metrics, key
     assert metrics["epochs"] == 1 and metrics["head"] == "dense"
     engine = Engine.load(out / "engine.safetensors")
-    assert engine.head == "dense" and engine.parameters == metrics["parameters"]
+    assert engine.head.kind == "dense" and engine.parameters == metrics["parameters"]
+    assert metrics["kind"] == "backprop-dense" and metrics["head_settings"] == {"kind": "dense", "layers": 2}
     assert metrics["engine_bytes"] == (out / "engine.safetensors").stat().st_size
     assert main(["evaluate", str(out), "--json"]) == 0
 
@@ -56,7 +57,8 @@ def test_knn_head_on_the_trained_trunk(tmp_path):
     assert main([*FAST, "--epochs", "2", "--head", "knn", "--optimizer", "sgd", "--learning-rate", "0.05",
                  "--out", str(out)]) == 0
     engine = Engine.load(out / "engine.safetensors")
-    assert engine.head == "knn" and engine.bank.shape[0] > 0
+    assert engine.head.family == "knn" and engine.head.bank.shape[0] > 0
+    assert json.loads((out / "metrics.json").read_text())["kind"] == "backprop-knn"
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.8
 
 

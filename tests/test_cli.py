@@ -169,7 +169,9 @@ def test_report_from_runs(run_dir, tmp_path, capsys):
     text = (out / "REPORT.md").read_text()
     assert "slicenet optimise --dataset digits" in text and "| k-NN (k=9), CMA | digits | tiny |" in text
     assert (out / "accuracy_vs_engine_size.png").stat().st_size > 1000
-    assert (out / "runs.csv").read_text().startswith("run,network,method,dataset")
+    csv_text = (out / "runs.csv").read_text()
+    assert csv_text.startswith("run,network,kind,head,method,dataset")  # what the engine is, as data
+    assert ',"k-NN (k=9), CMA",search,majority,cma,digits,' in csv_text
     # Every engine's multiply-adds per image, recorded by the run and listed beside its bytes.
     macs = json.loads((run_dir / "metrics.json").read_text())["multiply_adds"]
     assert macs == Engine.load(run_dir / "engine.safetensors").multiply_adds
@@ -206,7 +208,7 @@ def test_report_row_names_follow_the_resolved_bank():
 
 def test_the_size_plot_names_only_engines_no_smaller_one_matches():
     from slicenet.condense import frontier
-    from slicenet.report import engine_kind
+    from slicenet.report import run_kind
 
     points = [{"engine_bytes": b, "test_median": a, "name": n} for b, a, n in
               [(10, 0.80, "small"), (10, 0.70, "small, worse"), (20, 0.75, "larger, worse"),
@@ -214,8 +216,11 @@ def test_the_size_plot_names_only_engines_no_smaller_one_matches():
     assert [p["name"] for p in frontier(points, value="test_median")] == ["small", "largest, best"]
     timed = [{"p50_ms": t, "accuracy": a} for t, a in [(0.02, 86.0), (0.03, 85.0), (1.4, 86.8)]]
     assert frontier(timed, cost="p50_ms", value="accuracy") == [timed[0], timed[2]]
-    assert engine_kind("dense 128, 20 epochs max") == "backprop, dense head"
-    assert engine_kind("backprop trunk + k-NN (k=9)") == "backprop trunk + k-NN"
-    assert engine_kind("k-NN (k=9) on raw pixels") == "k-NN on raw pixels"
-    assert engine_kind("k-NN (k=1), CMA, compact: lvq 5/class, dims all, int8") == "k-NN, compact bank"
-    assert engine_kind("k-NN (k=9), CMA, 2 sweeps") == "k-NN, gradient-free search"
+    # What a run is comes from its metrics (``kind``), or for runs written before that was recorded,
+    # from their other fields: never from the label.
+    assert run_kind({"kind": "compact", "hidden": 128}) == "compact"
+    assert run_kind({"hidden": 128, "head": "dense"}) == "backprop-dense"
+    assert run_kind({"hidden": 128, "head": "knn"}) == "backprop-knn"
+    assert run_kind({"preset": "pixels"}) == "pixels"
+    assert run_kind({"compact": {"method": "lvq"}}) == "compact"
+    assert run_kind({"preset": "default"}) == "search"

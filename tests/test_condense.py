@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from slicenet.cli import main
-from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, lvq21, reduce_bank
-from slicenet.engine import Engine, quantise_round_trip
+from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, lvq21, reduce_bank, with_vote
+from slicenet.engine import Engine, PostProcessing, quantise_round_trip
 from slicenet.errors import InputError
+from slicenet.heads import DenseHead, MajorityHead
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def engine_and_data(run):
 @pytest.mark.parametrize("prototypes", [1, 4])
 def test_each_method_keeps_the_requested_count_per_class(engine_and_data, method, prototypes):
     engine, data = engine_and_data
-    settings = CompactSettings(method, prototypes, 0, "fp32", 1, generations=3)
+    settings = CompactSettings(method=method, prototypes=prototypes, n_neighbors=1, generations=3)
     compact = build_compact(engine, data.x_train, data.y_train, settings, seed=0)
-    counts = np.bincount(compact.bank_labels.numpy(), minlength=10)
+    counts = np.bincount(compact.head.bank_labels.numpy(), minlength=10)
     assert counts.tolist() == [prototypes] * 10  # never drops a class
 
 
@@ -42,7 +43,8 @@ def test_lvq21_follows_kohonens_rule():
     moved = lvq21(prototypes, np.array([0, 1, 0]), x, np.array([0]), epochs=1, seed=0, rate=0.1)
     np.testing.assert_allclose(moved, [[0.1, 0.0], [2.2 + 0.1 * 1.2, 0.0], [0.0, 5.0]], rtol=1e-6)
     # Far from the border (ratio 1/4 < 0.7/1.3) nothing moves.
-    far = lvq21(np.array([[0.0, 0.0], [5.0, 0.0]], dtype=np.float32), np.array([0, 1]), x, np.array([0]), 1, 0)
+    far = lvq21(np.array([[0.0, 0.0], [5.0, 0.0]], dtype=np.float32), np.array([0, 1]), x, np.array([0]),
+                epochs=1, seed=0)
     np.testing.assert_array_equal(far, [[0.0, 0.0], [5.0, 0.0]])
 
 
@@ -58,8 +60,8 @@ def test_lvq_places_prototypes_where_the_classes_meet():
         nearest = ((points[:, None] - bank[None]) ** 2).sum(-1).argmin(1)
         return (bank_labels[nearest] == labels).mean()
 
-    kmeans = reduce_bank(points, labels, 2, CompactSettings("kmeans", 2), seed=0)
-    lvq = reduce_bank(points, labels, 2, CompactSettings("lvq", 2, epochs=10), seed=0)
+    kmeans = reduce_bank(points, labels, 2, CompactSettings(method="kmeans", prototypes=2), seed=0)
+    lvq = reduce_bank(points, labels, 2, CompactSettings(method="lvq", prototypes=2, epochs=10), seed=0)
     assert np.bincount(lvq[1]).tolist() == [2, 2]
     assert accuracy(*lvq) > accuracy(*kmeans)
 
@@ -70,7 +72,7 @@ def test_optimise_with_prototypes_writes_a_condensed_run(tmp_path):
                  "--prototypes", "3", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     engine = Engine.load(out / "engine.safetensors")
-    assert np.bincount(engine.bank_labels.numpy()).tolist() == [3] * 10
+    assert np.bincount(engine.head.bank_labels.numpy()).tolist() == [3] * 10
     assert metrics["bank_size"] == 30 and 0 < metrics["test_accuracy"] <= 1 and "full_bank_test_accuracy" in metrics
 
 
@@ -78,21 +80,21 @@ def test_a_small_class_keeps_all_it_has():
     rng = np.random.default_rng(0)
     points = rng.normal(size=(23, 4)).astype(np.float32)
     labels = np.array([0] * 20 + [1] * 3)
-    bank, bank_labels = reduce_bank(points, labels, 2, CompactSettings("kmeans", 5), seed=0)
+    bank, bank_labels = reduce_bank(points, labels, 2, CompactSettings(method="kmeans", prototypes=5), seed=0)
     assert np.bincount(bank_labels).tolist() == [5, 3]
 
 
 def test_budget_search_never_returns_an_engine_over_budget(engine_and_data):
     engine, data = engine_and_data
     for budget in (8_000, 20_000):
-        compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget, seed=0)
+        compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget_bytes=budget, seed=0)
         assert compact.engine_bytes <= budget and chosen["engine_bytes"] <= budget
         assert all(t["engine_bytes"] <= budget for t in trials)
         points = frontier(trials)
         assert [p["engine_bytes"] for p in points] == sorted(p["engine_bytes"] for p in points)
         assert [p["validation_accuracy"] for p in points] == sorted(p["validation_accuracy"] for p in points)
     with pytest.raises(InputError, match="no engine fits"):
-        budget_search(engine, data.x_train, data.y_train, 100, seed=0)
+        budget_search(engine, data.x_train, data.y_train, budget_bytes=100, seed=0)
 
 
 @pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-3), ("int8", 1.0 / 127 + 1e-6)])
@@ -105,10 +107,13 @@ def test_round_trips_stay_within_stated_tolerances(precision, tolerance):
 
 def test_storage_round_trip_through_the_file_is_exact(engine_and_data, tmp_path):
     engine, data = engine_and_data
-    compact = build_compact(engine, data.x_train, data.y_train, CompactSettings("kmeans", 5, 16, "int8", 3), 0)
+    compact = build_compact(engine, data.x_train, data.y_train,
+                            CompactSettings(method="kmeans", prototypes=5, dims=16, precision="int8", n_neighbors=3),
+                            seed=0)
     (tmp_path / "e.safetensors").write_bytes(compact.to_bytes())
     again = Engine.load(tmp_path / "e.safetensors")
-    assert torch.equal(again.bank, compact.bank) and torch.equal(again.projection, compact.projection)
+    assert torch.equal(again.head.bank, compact.head.bank)
+    assert torch.equal(again.post.projection, compact.post.projection)
     assert np.array_equal(again.predict(data.x_test)[0], compact.predict(data.x_test)[0])
     assert compact.engine_bytes < engine.engine_bytes / 10
 
@@ -177,9 +182,9 @@ def test_prototypes_can_fit_a_shifted_bank(engine_and_data, run, tmp_path):
 
     engine, data = engine_and_data
     # More prototypes than images: the bank is every fitted point, the images and 4 shifted copies each.
-    compact, _, _ = choose_and_build(engine, data.x_train, data.y_train, CompactSettings("kmeans", 10_000), 0,
-                                     shifts=1)
-    assert len(compact.bank) == 5 * len(data.x_train)
+    compact, _, _ = choose_and_build(engine, data.x_train, data.y_train,
+                                     CompactSettings(method="kmeans", prototypes=10_000), seed=0, shifts=1)
+    assert len(compact.head.bank) == 5 * len(data.x_train)
     out = tmp_path / "shifted"
     assert main(["condense", str(run), "--prototypes", "3", "--bank-shifts", "1", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -201,10 +206,11 @@ def test_the_lvq_window_is_chosen_by_validation_unless_given(engine_and_data):
     from slicenet.condense import LVQ_WINDOWS, choose_and_build
 
     engine, data = engine_and_data
-    _, _, chosen = choose_and_build(engine, data.x_train, data.y_train, CompactSettings("lvq", 2, n_neighbors=1), 0)
+    _, _, chosen = choose_and_build(engine, data.x_train, data.y_train,
+                                    CompactSettings(method="lvq", prototypes=2, n_neighbors=1), seed=0)
     assert chosen.window in LVQ_WINDOWS
     _, _, given = choose_and_build(engine, data.x_train, data.y_train,
-                                   CompactSettings("lvq", 2, n_neighbors=1, window=0.25), 0)
+                                   CompactSettings(method="lvq", prototypes=2, n_neighbors=1, window=0.25), seed=0)
     assert given.window == 0.25
 
 
@@ -213,11 +219,12 @@ def test_budget_search_keeps_within_a_multiply_add_budget(engine_and_data):
     trunk = engine.spec.multiply_adds(engine.image_size)
     # Room for a projection to 8 dimensions and 2 prototypes per class there, or fewer.
     budget = trunk + engine.spec.n_features(engine.image_size) * 8 + 10 * 2 * 8
-    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 50_000, seed=0, budget_macs=budget)
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget_bytes=50_000, seed=0,
+                                            budget_macs=budget)
     assert compact.multiply_adds <= budget and all(t["multiply_adds"] <= budget for t in trials)
     assert {t["window"] for t in trials} == {0.1, 0.2, 0.3}
     with pytest.raises(InputError, match="multiply-adds"):
-        budget_search(engine, data.x_train, data.y_train, 50_000, seed=0, budget_macs=trunk)
+        budget_search(engine, data.x_train, data.y_train, budget_bytes=50_000, seed=0, budget_macs=trunk)
 
 
 def test_multiply_adds_count_the_convolutions_and_the_head():
@@ -228,32 +235,34 @@ def test_multiply_adds_count_the_convolutions_and_the_head():
     spec = TrunkSpec((LayerSpec(4, 5, pool=2), LayerSpec(8, 5, pool=2)))
     assert spec.multiply_adds((28, 28)) == 108_800
     weights = init_weights(spec, 0)
-    dense = Engine.build_dense(spec, weights, [(torch.zeros(128, 128), torch.zeros(128)),
-                                              (torch.zeros(10, 128), torch.zeros(10))], 0.0, 1.0,
-                               tuple("0123456789"), (28, 28))
+    dense = Engine(spec, weights, 0.0, 1.0, PostProcessing("none"),
+                   DenseHead([(torch.zeros(128, 128), torch.zeros(128)), (torch.zeros(10, 128), torch.zeros(10))]),
+                   tuple("0123456789"), (28, 28))
     assert dense.multiply_adds == 108_800 + 128 * 128 + 128 * 10
     images = np.zeros((30, 28, 28), dtype=np.uint8)
-    knn = Engine.build(spec, weights, images, np.arange(30) % 10, 0.0, 1.0, "centre_l2", 1, "cosine",
-                       tuple("0123456789"))
+    knn = Engine.build(spec, weights, images, np.arange(30) % 10, input_mean=0.0, input_std=1.0,
+                       head=MajorityHead(n_neighbors=1, metric="cosine"), class_names=tuple("0123456789"))
     assert knn.multiply_adds == 108_800 + 30 * 128  # one product per prototype and feature
-    projected = dataclasses.replace(knn, projection=torch.zeros(128, 16), bank=torch.zeros(30, 16))
+    projected = dataclasses.replace(knn, post=PostProcessing("centre_l2", knn.post.mean, torch.zeros(128, 16)),
+                                    head=dataclasses.replace(knn.head, bank=torch.zeros(30, 16)))
     assert projected.multiply_adds == 108_800 + 128 * 16 + 30 * 16
 
 
 def test_lvq_keeps_prototypes_on_the_sphere_of_normalised_features(engine_and_data):
     engine, data = engine_and_data
-    compact = build_compact(engine, data.x_train, data.y_train, CompactSettings("lvq", 3, 0, "fp32", 1), seed=0)
-    np.testing.assert_allclose(compact.bank.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    compact = build_compact(engine, data.x_train, data.y_train,
+                            CompactSettings(method="lvq", prototypes=3, n_neighbors=1), seed=0)
+    np.testing.assert_allclose(compact.head.bank.norm(dim=1).numpy(), 1.0, atol=1e-5)
     # On the sphere euclidean and cosine distances rank the prototypes alike.
-    euclidean, _, _ = dataclasses.replace(compact, metric="euclidean").predict(data.x_test)
-    cosine, _, _ = dataclasses.replace(compact, metric="cosine").predict(data.x_test)
+    euclidean, _, _ = with_vote(compact, n_neighbors=1, metric="euclidean").predict(data.x_test)
+    cosine, _, _ = with_vote(compact, n_neighbors=1, metric="cosine").predict(data.x_test)
     assert (euclidean == cosine).mean() > 0.99
 
 
 def test_budget_search_can_rank_by_the_mean_of_several_splits(engine_and_data):
     engine, data = engine_and_data
-    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 6_000, seed=0, method="kmeans",
-                                            splits=2)
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget_bytes=6_000, seed=0,
+                                            method="kmeans", splits=2)
     assert compact.engine_bytes <= 6_000 and trials
     for trial in trials:
         assert len(trial["validation_splits"]) == 2
@@ -269,21 +278,24 @@ def test_joint_tunes_the_last_layer_only_where_it_pays(engine_and_data):
 
     engine, data = engine_and_data
     images, labels = data.x_train, data.y_train
-    start = build_compact(engine, images, labels, CompactSettings("lvq", 3, 0, "fp32", 1, window=0.3), seed=0)
-    tuned = tune_jointly(start, images, labels, CompactSettings("joint", 3, 0, "fp32", 1, generations=5, window=0.3),
+    start = build_compact(engine, images, labels,
+                          CompactSettings(method="lvq", prototypes=3, n_neighbors=1, window=0.3), seed=0)
+    tuned = tune_jointly(start, images, labels,
+                         CompactSettings(method="joint", prototypes=3, n_neighbors=1, generations=5, window=0.3),
                          seed=0)
     for (w0, b0), (w1, b1) in zip(start.weights[:-1], tuned.weights[:-1], strict=True):
         assert torch.equal(w0, w1) and torch.equal(b0, b1)  # earlier layers untouched
-    assert tuned.bank.shape == start.bank.shape and torch.equal(tuned.bank_labels, start.bank_labels)
+    assert tuned.head.bank.shape == start.head.bank.shape
+    assert torch.equal(tuned.head.bank_labels, start.head.bank_labels)
 
     def train_accuracy(e):
         return (e.predict(images)[0] == labels).mean()
 
     assert train_accuracy(tuned) >= train_accuracy(start)
-    settings = CompactSettings("joint", 3, 0, "fp32", 1, generations=5, window=0.3)
-    compact, val_accuracy, chosen = choose_and_build(engine, images, labels, settings, 0)
+    settings = CompactSettings(method="joint", prototypes=3, n_neighbors=1, generations=5, window=0.3)
+    compact, val_accuracy, chosen = choose_and_build(engine, images, labels, settings, seed=0)
     assert chosen.method in ("lvq", "joint")
-    lvq_only = choose_and_build(engine, images, labels, dataclasses.replace(settings, method="lvq"), 0)[1]
+    lvq_only = choose_and_build(engine, images, labels, dataclasses.replace(settings, method="lvq"), seed=0)[1]
     assert val_accuracy >= lvq_only and (chosen.method == "lvq") == (val_accuracy == lvq_only)
 
 
@@ -293,10 +305,11 @@ def test_joint_needs_a_convolution():
     from slicenet.trunk import TrunkSpec
 
     data = load_dataset("digits")
-    pixels = Engine.build(TrunkSpec(()), [], data.x_train[:50], data.y_train[:50], 0.3, 0.4, "centre_l2", 1,
-                          "euclidean", data.class_names)
+    pixels = Engine.build(TrunkSpec(()), [], data.x_train[:50], data.y_train[:50], input_mean=0.3, input_std=0.4,
+                          head=MajorityHead(n_neighbors=1), class_names=data.class_names)
     with pytest.raises(InputError, match="last convolution"):
-        tune_jointly(pixels, data.x_train[:50], data.y_train[:50], CompactSettings("joint", 1), seed=0)
+        tune_jointly(pixels, data.x_train[:50], data.y_train[:50], CompactSettings(method="joint", prototypes=1),
+                     seed=0)
 
 
 def test_condense_joint_refuses_a_trunk_without_convolutions(tmp_path, capsys):
@@ -310,8 +323,8 @@ def test_condense_joint_refuses_a_trunk_without_convolutions(tmp_path, capsys):
 
 def test_budget_search_with_joint_tunes_only_its_pick(engine_and_data):
     engine, data = engine_and_data
-    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, 20_000, seed=0, method="joint",
-                                            generations=3)
+    compact, chosen, trials = budget_search(engine, data.x_train, data.y_train, budget_bytes=20_000, seed=0,
+                                            method="joint", generations=3)
     assert all(t["method"] == "lvq" for t in trials)  # the grid is searched with LVQ
     assert compact.engine_bytes <= 20_000
     if chosen["method"] == "joint":

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -6,21 +8,31 @@ from sklearn.neighbors import KNeighborsClassifier
 from slicenet.data import load_dataset
 from slicenet.engine import Engine
 from slicenet.errors import InputError
+from slicenet.heads import LocalMeanHead, MajorityHead
 from slicenet.trunk import PRESETS, init_weights
+from slicenet.views import Views
 
 
 @pytest.fixture(scope="module")
 def engine_and_data():
     data = load_dataset("digits")
     engine = Engine.build(PRESETS["tiny"], init_weights(PRESETS["tiny"], 0), data.x_train, data.y_train,
-                          0.3, 0.4, "centre_l2", 9, "euclidean", data.class_names, {"method": "test"})
+                          input_mean=0.3, input_std=0.4, head=MajorityHead(n_neighbors=9),
+                          class_names=data.class_names, info={"method": "test"})
     return engine, data
+
+
+def with_head(engine, cls, **settings):
+    """The same bank under another head (or other settings of one)."""
+    head = engine.head
+    merged = {"n_neighbors": head.n_neighbors, "metric": head.metric, **settings}
+    return engine.with_head(cls(bank=head.bank, bank_labels=head.bank_labels, classes=head.classes, **merged))
 
 
 def test_predictions_match_scikit_learn_on_engine_features(engine_and_data):
     engine, data = engine_and_data
     predicted, votes, _ = engine.predict(data.x_test)
-    ref = KNeighborsClassifier(n_neighbors=9, algorithm="brute").fit(engine.bank.numpy(), data.y_train)
+    ref = KNeighborsClassifier(n_neighbors=9, algorithm="brute").fit(engine.head.bank.numpy(), data.y_train)
     assert np.array_equal(predicted, ref.predict(engine.embed(data.x_test).numpy()))
     assert votes.sum(1).tolist() == [9] * len(data.x_test)
 
@@ -31,7 +43,7 @@ def test_round_trip_is_exact_and_size_is_the_file(engine_and_data, tmp_path):
     (tmp_path / "e.safetensors").write_bytes(blob)
     again = Engine.load(tmp_path / "e.safetensors")
     assert engine.engine_bytes == len(blob)
-    assert torch.equal(again.bank, engine.bank) and again.class_names == engine.class_names
+    assert torch.equal(again.head.bank, engine.head.bank) and again.class_names == engine.class_names
     assert np.array_equal(again.predict(data.x_test)[0], engine.predict(data.x_test)[0])
     assert again.info == {"method": "test"}
 
@@ -50,34 +62,33 @@ def test_wrong_image_shape(engine_and_data):
 
 
 def test_local_mean_engine_round_trips_and_votes_by_its_rule(engine_and_data, tmp_path):
-    import dataclasses
 
     from slicenet.knn import local_mean_vote
 
     engine, data = engine_and_data
-    local = dataclasses.replace(engine, vote="local-mean")
+    local = with_head(engine, LocalMeanHead)
     (tmp_path / "e.safetensors").write_bytes(local.to_bytes())
     again = Engine.load(tmp_path / "e.safetensors")
-    assert again.vote == "local-mean" and Engine.from_bytes(engine.to_bytes()).vote == "majority"
+    assert again.head.kind == "local-mean" and Engine.from_bytes(engine.to_bytes()).head.kind == "majority"
     predicted, scores, neighbours = again.predict(data.x_test)
-    expected, _ = local_mean_vote(engine.embed(data.x_test), engine.bank, engine.bank_labels, 10, 9)
+    expected, _ = local_mean_vote(engine.embed(data.x_test), engine.head.bank, engine.head.bank_labels,
+                                  n_classes=10, n_neighbors=9)
     assert np.array_equal(predicted, expected.argmax(-1).numpy()) and np.allclose(scores, expected.numpy())
     # The neighbours returned are the winning class's k nearest.
-    assert (engine.bank_labels.numpy()[neighbours] == predicted[:, None]).all() and neighbours.shape[1] == 9
+    assert (engine.head.bank_labels.numpy()[neighbours] == predicted[:, None]).all() and neighbours.shape[1] == 9
 
 
 @pytest.mark.parametrize("vote", ["majority", "local-mean"])
 def test_test_time_views_sum_each_shifted_querys_votes(engine_and_data, tmp_path, vote):
     """query_shifts=1: the votes are the sum over the query and its four 1-px shifted copies (zero
     fill, as the bank's shifted copies), each voted alone; the neighbours are the query's own."""
-    import dataclasses
 
     engine, data = engine_and_data
-    single = dataclasses.replace(engine, vote=vote)
-    views = dataclasses.replace(single, query_shifts=1)
+    single = with_head(engine, LocalMeanHead if vote == "local-mean" else MajorityHead)
+    views = dataclasses.replace(single, views=Views(1))
     (tmp_path / "e.safetensors").write_bytes(views.to_bytes())
     again = Engine.load(tmp_path / "e.safetensors")
-    assert again.query_shifts == 1 and again.n_views == 5
+    assert again.views.shifts == 1 and again.n_views == 5
     images = data.x_test[:50]
     expected = 0
     for dy, dx in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
@@ -93,16 +104,43 @@ def test_test_time_views_sum_each_shifted_querys_votes(engine_and_data, tmp_path
 
 
 @pytest.mark.parametrize("change,match", [
-    (dict(metric="cosine"), "local-mean vote is Euclidean"),
-    (dict(n_neighbors=500), "needs k=500 prototypes of every class"),
-    (dict(vote="median"), "unknown vote 'median'"),
-    (dict(query_shifts=7), "query_shifts=7: expected 0 to 4"),
+    ({"head": {"kind": "local-mean", "n_neighbors": 9, "metric": "cosine"}}, "local-mean vote is Euclidean"),
+    ({"head": {"kind": "local-mean", "n_neighbors": 500, "metric": "euclidean"}},
+     "needs k=500 prototypes of every class"),
+    ({"head": {"kind": "median", "n_neighbors": 9, "metric": "euclidean"}}, "unknown head 'median'"),
+    ({"views": {"query_shifts": 7}}, "query_shifts=7: expected 0 to 4"),
+    ({"format": "slicenet-engine/9"}, "a newer slicenet may have written it"),
 ])
-def test_a_vote_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_path, change, match):
-    import dataclasses
+def test_a_head_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_path, change, match):
+    """A damaged or hand-edited header: one line naming what is wrong."""
+    import json
+
+    from safetensors.torch import save
 
     engine, _ = engine_and_data
-    (tmp_path / "e.safetensors").write_bytes(dataclasses.replace(engine, **{"vote": "local-mean", **change})
-                                             .to_bytes())
+    metadata = engine._metadata()
+    metadata.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in change.items()})
+    (tmp_path / "e.safetensors").write_bytes(save(engine._tensors(), metadata))
     with pytest.raises(InputError, match=match):
         Engine.load(tmp_path / "e.safetensors")
+
+
+def test_every_head_is_registered_and_round_trips(engine_and_data, tmp_path):
+    """The registry the file format, the CLI and the tests share: each head's settings and tensors
+    survive the file, and its label and multiply-adds are its own."""
+    from slicenet.heads import HEADS, DenseHead
+
+    engine, data = engine_and_data
+    dense = DenseHead([(torch.randn(16, 64), torch.randn(16)), (torch.randn(10, 16), torch.randn(10))])
+    engines = {"majority": engine, "local-mean": with_head(engine, LocalMeanHead),
+               "dense": dataclasses.replace(engine, head=dense)}
+    assert set(engines) == set(HEADS)
+    for kind, candidate in engines.items():
+        (tmp_path / f"{kind}.safetensors").write_bytes(candidate.to_bytes())
+        again = Engine.load(tmp_path / f"{kind}.safetensors")
+        assert again.head.kind == kind and again.head.settings() == candidate.head.settings()
+        assert np.array_equal(again.predict(data.x_test)[0], candidate.predict(data.x_test)[0])
+        assert again.multiply_adds == candidate.multiply_adds
+    assert engines["local-mean"].head.label() == "k-NN (k=9, local mean)"
+    assert engine.head.label(Views(1)) == "k-NN (k=9, 5 views)" and dense.label() == "dense 16"
+    assert dense.multiply_adds == 64 * 16 + 16 * 10 and engine.head.multiply_adds == engine.head.bank.numel()

@@ -218,7 +218,10 @@ def test_test_time_views_export_with_the_engines_votes(request, tmp_path, which,
     from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
 
     run = request.getfixturevalue(which)
-    engine = dataclasses.replace(Engine.load(run / "engine.safetensors"), query_shifts=1, **change)
+    from slicenet.views import Views
+
+    loaded = Engine.load(run / "engine.safetensors")
+    engine = dataclasses.replace(loaded, views=Views(1), head=dataclasses.replace(loaded.head, **change))
     images = load_dataset("digits").x_test[:40]
     expected_class, expected, _ = engine.predict(images)
     for batch in (1, 3):
@@ -260,9 +263,10 @@ def test_near_ties_are_counted_only_where_float_noise_can_swap_neighbours(tiny_r
     engine = Engine.load(tiny_run / "engine.safetensors")
     images = load_dataset("digits").x_test[:20]
     assert near_ties(engine, images) == 0
-    doubled = dataclasses.replace(engine, bank=torch.cat([engine.bank, engine.bank]),
-                                  bank_labels=torch.cat([engine.bank_labels, (engine.bank_labels + 1) % 10]),
-                                  n_neighbors=1)
+    head = engine.head
+    shifted = (head.bank_labels + 1) % 10
+    doubled = engine.with_head(dataclasses.replace(head, bank=torch.cat([head.bank, head.bank]),
+                                                   bank_labels=torch.cat([head.bank_labels, shifted]), n_neighbors=1))
     assert near_ties(doubled, images) == len(images)
 
 
@@ -278,8 +282,10 @@ def test_local_mean_near_ties_count_a_class_whose_kth_and_next_prototypes_tie(lo
 
     engine = Engine.load(local_mean_run / "engine.safetensors")
     images = load_dataset("digits").x_test[:20]
-    doubled = dataclasses.replace(engine, bank=torch.cat([engine.bank, engine.bank]),
-                                  bank_labels=torch.cat([engine.bank_labels, engine.bank_labels]), n_neighbors=1)
+    head = engine.head
+    doubled = engine.with_head(dataclasses.replace(head, bank=torch.cat([head.bank, head.bank]),
+                                                   bank_labels=torch.cat([head.bank_labels, head.bank_labels]),
+                                                   n_neighbors=1))
     assert near_ties(doubled, images) == len(images)
 
 
@@ -302,8 +308,9 @@ def test_normalisation_folds_into_an_unpadded_first_conv(padding, tmp_path):
     import torch
 
     from slicenet.data import load_dataset
-    from slicenet.engine import Engine
+    from slicenet.engine import Engine, PostProcessing
     from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
+    from slicenet.heads import DenseHead
     from slicenet.trunk import LayerSpec, TrunkSpec, init_weights
 
     data = load_dataset("digits")
@@ -311,7 +318,8 @@ def test_normalisation_folds_into_an_unpadded_first_conv(padding, tmp_path):
     generator = torch.Generator().manual_seed(0)
     n_features = spec.n_features(data.image_size)
     dense = [(torch.randn(10, n_features, generator=generator) * 0.3, torch.randn(10, generator=generator))]
-    engine = Engine.build_dense(spec, init_weights(spec, 0), dense, 0.3, 0.4, data.class_names, data.image_size)
+    engine = Engine(spec, init_weights(spec, 0), 0.3, 0.4, PostProcessing("none"), DenseHead(dense), data.class_names,
+                    data.image_size)
     images = data.x_test[:50]
     _, expected, _ = engine.predict(images)
 

@@ -4,8 +4,15 @@ import torch
 
 from slicenet.data import load_dataset
 from slicenet.engine import normalise_images
-from slicenet.fitness import Problem, fitness_one_by_one, population_fitness
-from slicenet.trunk import PRESETS, flatten_layer, forward, init_weights
+from slicenet.evaluators import TorchEvaluator
+from slicenet.fitness import Problem, fitness_one_by_one
+from slicenet.heads import LocalMeanHead
+from slicenet.trunk import PRESETS, Block, flatten_layer, init_weights
+
+
+def population_fitness(problem, weights, block, population, split=None):
+    """The search's evaluator: the whole population as one batch."""
+    return TorchEvaluator(problem).bind(weights, block)(population, split)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +36,10 @@ def test_batched_fitness_equals_one_by_one(problem, layer, filter_index, soft_sc
         base = flatten_layer(weights[layer][0][filter_index:filter_index + 1],
                              weights[layer][1][filter_index:filter_index + 1])
     population = base + 0.2 * rng.standard_normal((5, base.size))
-    layer_input = forward(problem.x_train, problem.spec, weights, stop=layer)
     split = problem.split((7, 1, 0))
-    batched = population_fitness(problem, layer_input, weights, layer, population, filter_index, split)
-    reference = fitness_one_by_one(problem, weights, layer, population, filter_index, split)
+    block = Block(layer, filter_index)
+    batched = population_fitness(problem, weights, block, population, split)
+    reference = fitness_one_by_one(problem, weights, block=block, population=population, split=split)
     np.testing.assert_allclose(batched.accuracy, reference.accuracy)
     np.testing.assert_allclose(batched.fitness, reference.fitness, rtol=1e-5, atol=1e-6)
     assert np.all((0 <= batched.accuracy) & (batched.accuracy <= 1))
@@ -43,7 +50,7 @@ def test_fitness_rewards_accuracy(problem):
     weights = init_weights(problem.spec, 0)
     base = flatten_layer(*weights[0])
     population = np.stack([base, np.zeros_like(base)])  # all-zero kernels: every image looks alike
-    scores = population_fitness(problem, problem.x_train, weights, 0, population)
+    scores = population_fitness(problem, weights, Block(0, None), population)
     assert scores.accuracy[0] > scores.accuracy[1] and scores.fitness[0] < scores.fitness[1]
 
 
@@ -66,7 +73,7 @@ def test_scores_against_a_plain_numpy_reference(problem):
     feats = torch.from_numpy(rng.normal(size=(2, 120, 6)).astype(np.float32))
     y_fit, y_val = torch.arange(90) % 3, torch.arange(30) % 3
     nca = Problem(**{**problem.__dict__, "soft_score": "nca", "n_classes": 3, "temperature": 0.3})
-    scores = score_features(nca, feats, y_fit, y_val)
+    scores = score_features(nca, feats, y_fit=y_fit, y_val=y_val)
     for p in range(2):
         bank, queries = feats[p, :90], feats[p, 90:]
         mean = bank.mean(0)
@@ -102,12 +109,13 @@ def test_leave_one_out_matches_scikit_learn(problem):
     x = postprocess(x, x.mean(0, keepdim=True), "centre_l2").numpy()
     y = loo.y_train[rows].numpy()
     # n_neighbors + 1 neighbours of each training point, then drop the point itself.
-    knn = KNeighborsClassifier(n_neighbors=loo.n_neighbors + 1).fit(x, y)
+    k = loo.head.n_neighbors
+    knn = KNeighborsClassifier(n_neighbors=k + 1).fit(x, y)
     _, idx = knn.kneighbors(x)
-    others = np.array([[j for j in row if j != i][: loo.n_neighbors] for i, row in enumerate(idx)])
+    others = np.array([[j for j in row if j != i][:k] for i, row in enumerate(idx)])
     votes = np.stack([np.bincount(y[o], minlength=10) for o in others])
     expected = (votes.argmax(1) == y).mean()
-    scores = population_fitness(loo, loo.x_train, weights, 0, flatten_layer(*weights[0])[None], split=(fit, val))
+    scores = population_fitness(loo, weights, Block(0, None), flatten_layer(*weights[0])[None], split=(fit, val))
     assert scores.accuracy[0] == pytest.approx(expected)
 
 
@@ -125,35 +133,34 @@ def test_local_mean_scores_against_the_engines_rule(problem, leave_one_out, n_im
     feats = torch.from_numpy(rng.normal(size=(3, n_images, 6)).astype(np.float32))
     y = torch.arange(n_images) % 4
     n_fit = 110
-    local = Problem(**{**problem.__dict__, "vote": "local-mean", "n_classes": 4, "n_neighbors": 5,
+    local = Problem(**{**problem.__dict__, "head": LocalMeanHead(n_neighbors=5), "n_classes": 4,
                        "temperature": 0.3, "leave_one_out": leave_one_out, "postprocessing": postprocessing})
-    scores = (score_features(local, feats, y, y) if leave_one_out
-              else score_features(local, feats, y[:n_fit], y[n_fit:]))
+    scores = (score_features(local, feats, y_fit=y, y_val=y) if leave_one_out
+              else score_features(local, feats, y_fit=y[:n_fit], y_val=y[n_fit:]))
     for p in range(3):
         if leave_one_out:
             points = postprocess(feats[p], feats[p].mean(0), postprocessing)
             others = [torch.arange(n_images) != i for i in range(n_images)]
-            rule = [local_mean_vote(points[i : i + 1], points[others[i]], y[others[i]], 4, 5)[0][0]
-                    for i in range(n_images)]
+            rule = [local_mean_vote(points[i : i + 1], points[others[i]], y[others[i]], n_classes=4,
+                                    n_neighbors=5)[0][0] for i in range(n_images)]
             class_scores, truth = torch.stack(rule), y
         else:
             mean = feats[p, :n_fit].mean(0)
             bank = postprocess(feats[p, :n_fit], mean, postprocessing)
             queries = postprocess(feats[p, n_fit:], mean, postprocessing)
-            class_scores, truth = local_mean_vote(queries, bank, y[:n_fit], 4, 5)[0], y[n_fit:]
+            class_scores, truth = local_mean_vote(queries, bank, y[:n_fit], n_classes=4, n_neighbors=5)[0], y[n_fit:]
         assert scores.accuracy[p] == pytest.approx((class_scores.argmax(-1) == truth).double().mean().item())
         soft = torch.softmax(class_scores.double() / 0.3, -1)[torch.arange(len(truth)), truth].mean().item()
         assert scores.soft[p] == pytest.approx(soft, rel=1e-5)
 
 
 def test_local_mean_fitness_batched_equals_one_by_one(problem):
-    local = Problem(**{**problem.__dict__, "vote": "local-mean", "leave_one_out": True})
+    local = Problem(**{**problem.__dict__, "head": LocalMeanHead(n_neighbors=9), "leave_one_out": True})
     weights = init_weights(local.spec, 0)
     base = flatten_layer(*weights[1])
     population = base + 0.2 * np.random.default_rng(0).standard_normal((4, base.size))
-    layer_input = forward(local.x_train, local.spec, weights, stop=1)
     split = local.split((2, 1, 0))
-    batched = population_fitness(local, layer_input, weights, 1, population, None, split)
-    reference = fitness_one_by_one(local, weights, 1, population, None, split)
+    batched = population_fitness(local, weights, Block(1, None), population, split)
+    reference = fitness_one_by_one(local, weights, block=Block(1, None), population=population, split=split)
     np.testing.assert_allclose(batched.accuracy, reference.accuracy)
     np.testing.assert_allclose(batched.fitness, reference.fitness, rtol=1e-5, atol=1e-6)

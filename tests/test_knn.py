@@ -48,7 +48,7 @@ def test_pipeline_and_cross_val_score(blobs):
 
 def test_ties_go_to_the_smallest_class():
     bank = torch.tensor([[0.0], [1.0], [-1.0], [2.0]])
-    votes, _, _ = knn_vote(torch.tensor([[0.1]]), bank, torch.tensor([1, 0, 1, 0]), 2, 4)
+    votes, _, _ = knn_vote(torch.tensor([[0.1]]), bank, torch.tensor([1, 0, 1, 0]), n_classes=2, n_neighbors=4)
     assert votes.tolist() == [[2, 2]] and votes.argmax(-1).item() == 0
 
 
@@ -84,7 +84,7 @@ def test_local_mean_vote_matches_the_rule_by_hand(blobs, k):
     X, y, Xq, _ = blobs
     bank, queries = torch.tensor(X, dtype=torch.float32), torch.tensor(Xq, dtype=torch.float32)
     # A small chunk budget: several chunks of queries, the same answer.
-    scores, indices = local_mean_vote(queries, bank, torch.tensor(y), 4, k, chunk_elements=500)
+    scores, indices = local_mean_vote(queries, bank, torch.tensor(y), n_classes=4, n_neighbors=k, chunk_elements=500)
     expected = np.stack([local_mean_by_hand(q, X, y, k) for q in Xq])
     np.testing.assert_allclose(-scores.numpy(), expected, rtol=1e-4, atol=1e-4)
     assert indices.shape == (len(Xq), 4, k)
@@ -97,8 +97,8 @@ def test_local_mean_differs_from_the_majority_where_it_should():
     bank = torch.tensor([[1.0], [1.5], [2.0], [0.2], [-0.2], [5.0], [6.0]])
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     query = torch.tensor([[0.0]])
-    votes, _, _ = knn_vote(query, bank, labels, 2, 5)
-    scores, _ = local_mean_vote(query, bank, labels, 2, 2)
+    votes, _, _ = knn_vote(query, bank, labels, n_classes=2, n_neighbors=5)
+    scores, _ = local_mean_vote(query, bank, labels, n_classes=2, n_neighbors=2)
     assert votes.argmax(-1).item() == 0 and scores.argmax(-1).item() == 1
 
 
@@ -106,4 +106,5 @@ def test_class_slots_and_the_k_requirement():
     slots = class_slots(torch.tensor([1, 0, 1, 1]), 3)
     assert slots.tolist() == [[1, -1, -1], [0, 2, 3], [-1, -1, -1]]
     with pytest.raises(ValueError, match="at least k=2 prototypes of every class"):
-        local_mean_vote(torch.zeros(1, 2), torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]), 2, 2)
+        local_mean_vote(torch.zeros(1, 2), torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]), n_classes=2,
+                        n_neighbors=2)

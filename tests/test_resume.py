@@ -53,7 +53,7 @@ def test_sigkill_then_resume_gives_the_same_engine(tmp_path, method, kill_after)
     b = Engine.load(killed / "engine.safetensors")
     for (wa, ba), (wb, bb) in zip(a.weights, b.weights, strict=True):
         assert torch.equal(wa, wb) and torch.equal(ba, bb)
-    assert torch.equal(a.bank, b.bank)
+    assert torch.equal(a.head.bank, b.head.bank)
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (reference, killed))
     assert ma["test_accuracy"] == mb["test_accuracy"] and ma["evaluations"] == mb["evaluations"]
     history = (killed / "history.csv").read_text()

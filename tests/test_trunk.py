@@ -64,9 +64,10 @@ def test_population_features_equal_one_trunk_each(layer, filter_index):
     held = None
     if filter_index is not None:
         from slicenet.trunk import layer_forward
-        held = layer_forward(layer_input, *weights[layer], spec.layers[layer])
+        held = layer_forward(layer_input, *weights[layer], layer=spec.layers[layer])
     population = torch.tensor(np.stack([v for v, _ in candidates]), dtype=torch.float32)
-    batched = population_features(layer_input, spec, weights, layer, population, filter_index, held)
+    batched = population_features(layer_input, spec, weights, index=layer, population=population,
+                                  filter_index=filter_index, held_output=held)
     for p, (_, expected) in enumerate(candidates):
         torch.testing.assert_close(batched[p], expected, rtol=1e-4, atol=1e-5)
 
