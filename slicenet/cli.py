@@ -90,7 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch", type=int, default=1, help="static batch of the exported graph (default 1)")
     export.add_argument("--verify-images", type=int, default=0,
                         help="test images to verify on (default 0: the whole test split)")
+    export.add_argument("--no-check-2022", dest="check_2022", action="store_false",
+                        help="target ncs2: skip the check by OpenVINO 2022.3.2's own runtime (on by default; the "
+                             "manifest then says 'not checked')")
     export.set_defaults(func=cmd_export)
+
+    check = commands.add_parser("check-2022", help="read, compile and run models with OpenVINO 2022.3.2, the NCS2's "
+                                "last release (its own runtime, from its pip wheel)")
+    check.add_argument("paths", nargs="+", type=Path, help="exported bundle folders (their IR and ONNX fallback, with "
+                       "their sample images) or model files (.xml, .onnx)")
+    check.add_argument("--device", default="CPU", help="2022.3 device to compile for (default CPU; MYRIAD needs "
+                       "the stick and 2022.3's archive install)")
+    check.set_defaults(func=cmd_check_2022)
 
     bench = commands.add_parser("bench", help="time exported bundles (interleaved), estimate board latency, "
                                 "or ingest a board result")
@@ -308,14 +319,41 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.verify_images:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
-                                    images=images, labels=labels, batch=args.batch)
+                                    images=images, labels=labels, batch=args.batch, check_2022=args.check_2022)
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "
               f"{100 * v['agreement']:.2f} % of {v['images']} test images; accuracy "
               f"{100 * v['accuracy_torch']:.2f} % -> {100 * v['accuracy_exported']:.2f} %")
+    if "openvino_2022" in manifest["checks"]:
+        from .export import ov2022
+
+        print(f"{args.target}: {ov2022.describe(manifest['checks']['openvino_2022'])}")
     print(f"bundle -> {bundle}")
     return 0
+
+
+def cmd_check_2022(args: argparse.Namespace) -> int:
+    from .export import ov2022
+
+    status = 0
+    for path in args.paths:
+        if path.is_dir():
+            manifest_path = path / "manifest.json"
+            if not manifest_path.is_file():
+                raise InputError(f"{path} is not an exported bundle (no manifest.json); pass a bundle folder or "
+                                 "model files")
+            manifest = json.loads(manifest_path.read_text())
+            models = [path / m for m in dict.fromkeys([manifest["model"], manifest["onnx_model"]])]
+            result = ov2022.check(models, samples=np.load(path / manifest["samples"]["file"]),
+                                  expected=manifest["samples"]["expected_classes"], device=args.device)
+        else:
+            result = ov2022.check([path], device=args.device)
+        if result["status"] == "not checked":
+            raise InputError(ov2022.describe(result))
+        print(f"{path}: {ov2022.describe(result)}")
+        status = max(status, 0 if result["status"] == "passed" else 1)
+    return status
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

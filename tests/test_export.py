@@ -335,3 +335,81 @@ def test_normalisation_folds_into_an_unpadded_first_conv(padding, tmp_path):
     ov.save_model(ir, tmp_path / "engine.xml", compress_to_fp16=False)
     _, votes = run_openvino(tmp_path / "engine.xml", images)
     assert abs(votes - expected).max() < 1e-5
+
+
+def _newer_opset_ir(path):
+    """An IR of what today's OpenVINO writes for a TopK: opset11, which 2022.3 cannot read."""
+    import openvino as ov
+    import openvino.opset11 as opset11
+
+    x = ov.opset1.parameter([1, 10], np.float32, name="image")
+    ov.save_model(ov.Model([opset11.topk(x, np.int64(3), 1, "max", "value", "i32").output(0)], [x], "newer"),
+                  str(path))
+    return path
+
+
+def test_every_ncs2_export_is_read_and_run_by_openvino_2022(tiny_run, tmp_path):
+    """The IR and its ONNX fallback are read (IR and ONNX frontends), compiled for the CPU plugin and
+    classify the samples with OpenVINO 2022.3.2's own runtime; the manifest records it."""
+    assert main(["export", str(tiny_run), "--target", "ncs2", "--out", str(tmp_path)]) == 0
+    check = json.loads((tmp_path / bundle_name(tiny_run) / "ncs2" / "manifest.json").read_text())["checks"][
+        "openvino_2022"]
+    assert check["release"] == "2022.3.2" and check["status"] == "passed"
+    for name in ("engine.xml", "engine.onnx"):
+        assert check["models"][name]["read"] and check["models"][name]["compiled"]
+        if "samples" in check["models"][name]:  # where a CPython 3.10 runs 2022.3's Python API
+            assert check["models"][name]["samples_agree"] == check["models"][name]["samples"]
+    assert main(["export", str(tiny_run), "--target", "ncs2", "--no-check-2022", "--out", str(tmp_path / "n")]) == 0
+    skipped = json.loads((tmp_path / "n" / bundle_name(tiny_run) / "ncs2" / "manifest.json").read_text())
+    assert skipped["checks"]["openvino_2022"]["status"] == "not checked"
+
+
+def test_a_graph_of_a_newer_opset_fails_the_2022_check_naming_the_operation(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "check-2022",
+                             str(_newer_opset_ir(tmp_path / "newer.xml"))], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "TopK" in result.stdout and "opset11" in result.stdout
+
+
+def test_an_ncs2_export_that_2022_refuses_is_not_written(tiny_run, tmp_path, monkeypatch):
+    from slicenet.export import targets
+
+    import openvino as ov
+
+    newer = _newer_opset_ir(tmp_path / "newer.xml")
+    monkeypatch.setattr(targets, "write_ir", lambda graph: ov.Core().read_model(str(newer)))
+    monkeypatch.setattr(targets, "verify", lambda *args, **kwargs: targets.Verification(1, 1.0, 1.0, 1.0, "x", "y"))
+    monkeypatch.setattr(targets, "check_ir_opsets", lambda path: {"ir_version": 11, "layers": 1,
+                                                                  "const_precisions": ["f16"]})
+    with pytest.raises(InputError, match="TopK .* opset11"):
+        from slicenet.data import load_dataset
+        from slicenet.engine import Engine
+        from slicenet.export import export_bundle
+
+        data = load_dataset("digits")
+        export_bundle(Engine.load(tiny_run / "engine.safetensors"), run_dir=tiny_run, target_name="ncs2",
+                      out_root=tmp_path / "out", images=data.x_test[:20], labels=data.y_test[:20])
+    assert not (tmp_path / "out" / bundle_name(tiny_run) / "ncs2").exists()
+    assert not list((tmp_path / "out" / bundle_name(tiny_run)).iterdir())  # no staging folder left behind
+
+
+@pytest.mark.parametrize("case", ["no compiler", "no such model"])
+def test_the_2022_checks_own_errors_are_one_line(tmp_path, case):
+    import os
+    import shutil
+
+    from slicenet.export import ov2022
+
+    env = dict(os.environ)
+    if case == "no compiler":  # a fresh cache (the wheel reused, no reader built yet) and no g++
+        cache = tmp_path / "cache" / f"openvino-{ov2022.RELEASE}"
+        cache.mkdir(parents=True)
+        shutil.copytree(ov2022.cache_root() / "download", cache / "download")
+        env.update(SLICENET_CACHE=str(tmp_path / "cache"), CXX="no-such-compiler")
+        model = str(_newer_opset_ir(tmp_path / "m.xml"))
+    else:
+        model = str(tmp_path / "missing.xml")
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "check-2022", model], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert ("no C++ compiler" if case == "no compiler" else "no such model file") in result.stderr

@@ -84,8 +84,12 @@ def board_runner() -> Path:
 
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
-                  labels: np.ndarray, n_samples: int = 32, batch: int = 1) -> dict:
-    """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written)."""
+                  labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True) -> dict:
+    """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written).
+
+    With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
+    fallback) must be read and compiled by OpenVINO 2022.3.2's own runtime (``ov2022``); where that
+    check cannot run, the manifest says "not checked" and why."""
     chosen = target(target_name)
     if not 1 <= batch <= MAX_BATCH:
         raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
@@ -103,8 +107,13 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                 raise InputError(f"target {target_name}: {v.runtime} disagrees with the torch engine on "
                                  f"{v.disagreements} of {v.images} test images ({v.near_ties} of them numerical "
                                  "near-ties); not exported")
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
+        samples = np.ascontiguousarray(images[pick][:, None])
+        if chosen.ov2022_models:
+            checks["openvino_2022"] = _check_2022(engine, staging, chosen, samples, check_2022)
         manifest = _finish(engine, staging, chosen, checks, verifications, name=name, run_dir=run_dir,
-                           images=images, n_samples=n_samples, batch=batch, runner=runner)
+                           samples=samples, batch=batch, runner=runner)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -114,13 +123,24 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
     return manifest
 
 
+def _check_2022(engine: Engine, staging: Path, chosen: Target, samples: np.ndarray, wanted: bool) -> dict:
+    """OpenVINO 2022.3.2 reads, compiles and runs the target's files; a refusal fails the export."""
+    from . import ov2022
+
+    if not wanted:
+        return {"release": ov2022.RELEASE, "status": "not checked", "reason": "--no-check-2022 was given"}
+    result = ov2022.check([staging / m for m in chosen.ov2022_models], samples=samples,
+                          expected=engine.predict(samples[:, 0])[0].tolist())
+    if result["status"] == "failed":
+        raise InputError(f"target {chosen.name}: {ov2022.describe(result)}; not exported")
+    return result
+
+
 def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verifications: list[Verification], *,
-            name: str, run_dir: Path, images: np.ndarray, n_samples: int, batch: int, runner: Path) -> dict:
+            name: str, run_dir: Path, samples: np.ndarray, batch: int, runner: Path) -> dict:
     """Samples, runner, README and manifest (with every file's sha256) into the staging folder."""
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
-    np.save(staging / "samples.npy", np.ascontiguousarray(images[pick][:, None]))
-    expected, expected_votes, _ = engine.predict(images[pick])
+    np.save(staging / "samples.npy", samples)
+    expected, expected_votes, _ = engine.predict(samples[:, 0])
     shutil.copy(runner, staging / "run_engine.py")
     files = sorted(p.name for p in staging.iterdir() if p.is_file())
     (staging / "README.md").write_text(chosen.readme_text(name=name, engine=engine, checks=checks))

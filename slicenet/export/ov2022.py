@@ -144,6 +144,30 @@ def python_site(root: Path, python: str) -> Path:
     return site
 
 
+def reason(error: str) -> str:
+    """The line of a 2022.3 error that says what failed ("Cannot create TopK layer ... from unsupported
+    opset: opset11"), not the source location around it."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith("Check ") and "Converting input model" not in line]
+    return (telling or lines or [""])[-1]
+
+
+def describe(result: dict) -> str:
+    """One line for the screen: what 2022.3 made of a bundle's models."""
+    if result["status"] == "not checked":
+        return f"OpenVINO {RELEASE}: not checked ({result['reason']})"
+    models = result["models"]
+    if result["status"] == "failed":
+        bad = {name: row for name, row in models.items() if not row["compiled"]}
+        return f"OpenVINO {RELEASE}: " + "; ".join(
+            f"{name} {'does not compile' if row['read'] else 'cannot be read'}: {row['error']}"
+            for name, row in bad.items())
+    text = f"OpenVINO {RELEASE} (its own runtime) reads {' and '.join(models)} and compiles them for its CPU plugin"
+    agreed = [f"{name} {row['samples_agree']}/{row['samples']}" for name, row in models.items() if "samples" in row]
+    return text + (f"; sample classes agree with the torch engine: {', '.join(agreed)}" if agreed
+                   else f"; inference {result['inference']}")
+
+
 def check(models: list[Path], *, samples: np.ndarray | None = None, expected: list[int] | None = None,
           device: str = "CPU") -> dict:
     """Read and compile every model with OpenVINO 2022.3.2 and, where a Python 3.10 is available,
@@ -169,7 +193,7 @@ def check(models: list[Path], *, samples: np.ndarray | None = None, expected: li
                 "reason": f"the OpenVINO {RELEASE} reader stopped: {_last_line(result.stderr or result.stdout)}"}
     for model, row in zip(models, rows, strict=True):
         summary["models"][Path(model).name] = {"read": row["read"], "compiled": row["compiled"],
-                                               "error": row["error"]}
+                                               "error": reason(row["error"])}
     passed = all(row["compiled"] for row in rows)
     summary["status"] = "passed" if passed else "failed"
     summary["inference"] = "not run: a model did not compile"

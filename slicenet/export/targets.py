@@ -37,6 +37,7 @@ class Target:
     onnx_opset: ClassVar[int] = 17
     allowed_ops: ClassVar[frozenset[str] | None] = None  # None: any operation of the opset
     model: ClassVar[str] = "engine.onnx"  # what run_engine.py runs
+    ov2022_models: ClassVar[tuple[str, ...]] = ()  # files OpenVINO 2022.3.2 must read (export.ov2022)
     readme: ClassVar[str] = """# {name}: ONNX (opset {opset}) for ONNX Runtime
 
     python3 run_engine.py --runtime onnxruntime      # checks sha256, runs the samples, writes result.json
@@ -167,6 +168,7 @@ class Ncs2Target(BoardTarget):
 
     name = "ncs2"
     model = "engine.xml"
+    ov2022_models = ("engine.xml", "engine.onnx")  # the IR, and the fallback mo converts
     readme = """# {name}: Intel Neural Compute Stick 2 (MYRIAD, OpenVINO 2022.3 LTS)
 
 `engine.xml` / `engine.bin` are an FP16 IR (v{ir_version}) built from opset1/opset3 operations only,
