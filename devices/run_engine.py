@@ -6,7 +6,8 @@ onnxruntime) and on a host with only OpenVINO 2022.3 and numpy (NCS2: --device M
 neither torch nor slicenet, and keeps to Python 3.6 syntax (the tests check that with a tool).
 
     python3 run_engine.py --runtime onnxruntime [--providers CUDAExecutionProvider]
-    python3 run_engine.py --runtime openvino --device MYRIAD
+    python3 run_engine.py --runtime tensorrt [--precision fp16]     # Jetson: onnxruntime-gpu's TensorRT provider
+    python3 run_engine.py --runtime openvino --device MYRIAD [--model engine.blob]
 
 It checks the sha256 of every file against manifest.json, runs the shipped sample images, checks
 their predictions against the expected ones, times warm-up then timed single-image inferences, and
@@ -41,11 +42,23 @@ def check_files(folder, manifest):
             fail(f"{name} has sha256 {actual} but the manifest says {digest}: the copy is damaged")
 
 
-def onnxruntime_runner(model_path, providers):
-    import onnxruntime as ort
-
+def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=None):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        fail("onnxruntime is not installed: pip3 install onnxruntime (on the Jetson Nano: onnxruntime-gpu 1.11.0 "
+             "for JetPack 4.6, see the bundle's README)")
     available = ort.get_available_providers()
-    chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
+    if tensorrt:
+        if "TensorrtExecutionProvider" not in available:
+            fail("onnxruntime here has no TensorRT execution provider (it has " + ", ".join(available) + "): on the "
+                 "Jetson Nano install onnxruntime-gpu 1.11.0 for JetPack 4.6 (see the bundle's README)")
+        options = {"trt_fp16_enable": bool(fp16), "trt_engine_cache_enable": True,
+                   "trt_engine_cache_path": cache or "."}
+        chosen = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+        chosen = [p for p in chosen if (p[0] if isinstance(p, tuple) else p) in available]
+    else:
+        chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
     started = time.perf_counter()
     session = ort.InferenceSession(model_path, providers=chosen)
     created = time.perf_counter() - started
@@ -59,12 +72,20 @@ def onnxruntime_runner(model_path, providers):
 
 def openvino_runner(model_path, device):
     try:
-        from openvino.runtime import Core  # 2022.3
+        try:
+            from openvino.runtime import Core  # 2022.3
+        except ImportError:
+            from openvino import Core  # newer releases
+        import openvino
     except ImportError:
-        from openvino import Core  # newer releases
-    import openvino
+        fail("openvino is not installed: for the NCS2 install OpenVINO 2022.3 from its archive and source its "
+             "setupvars.sh (see the bundle's README)")
 
     core = Core()
+    if device != "CPU" and device not in core.available_devices:
+        fail("OpenVINO sees no " + device + " device (it sees " + (", ".join(core.available_devices) or "none") +
+             "): plug the stick in, install its USB rules (install_NCS_udev_rules.sh, see the bundle's README) and "
+             "run setupvars.sh of OpenVINO 2022.3, or use --device CPU")
     config = {"PERFORMANCE_HINT": "LATENCY"}
     if device == "CPU":
         # Compute what the graph says: no bf16 (the default on AMX CPUs) and, where the release has
@@ -76,7 +97,13 @@ def openvino_runner(model_path, device):
         except Exception:  # a release without the property list: nothing to turn off
             pass
     started = time.perf_counter()
-    compiled = core.compile_model(model_path, device, config)
+    if model_path.endswith(".blob"):  # compiled for the stick by compile_tool
+        import io
+
+        with open(model_path, "rb") as handle:
+            compiled = core.import_model(io.BytesIO(handle.read()), device, config)
+    else:
+        compiled = core.compile_model(model_path, device, config)
     created = time.perf_counter() - started
     request = compiled.create_infer_request()
     output = compiled.output("class")
@@ -113,7 +140,10 @@ def percentile(values, q):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
-    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], required=True)
+    parser.add_argument("--runtime", choices=["onnxruntime", "tensorrt", "openvino"], required=True,
+                        help="tensorrt: onnxruntime-gpu's TensorRT execution provider (the Jetson Nano)")
+    parser.add_argument("--precision", choices=["fp16", "fp32"], default="fp16",
+                        help="tensorrt: the precision TensorRT builds the engine in (default fp16, as trtexec --fp16)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU or MYRIAD")
     parser.add_argument("--providers", nargs="+", default=["CUDAExecutionProvider", "CPUExecutionProvider"])
     parser.add_argument("--model", help="model file inside the bundle (default: the manifest's)")
@@ -140,10 +170,24 @@ def main(argv=None):
         """``batch`` samples from ``start``, wrapping around the shipped samples."""
         return samples[[(start + i) % len(samples) for i in range(batch)]]
 
-    if args.runtime == "onnxruntime":
-        infer, created, runtime, version, where = onnxruntime_runner(model_path, args.providers)
+    if not os.path.isfile(model_path):
+        fail(args.model + " is not in the bundle: compile it first (see the bundle's README)" if args.model
+             else manifest["model"] + " is missing from the bundle; copy the whole folder")
+    if args.runtime in ("onnxruntime", "tensorrt"):
+        infer, created, runtime, version, where = onnxruntime_runner(
+            model_path, args.providers, tensorrt=args.runtime == "tensorrt", fp16=args.precision == "fp16",
+            cache=args.bundle)
+        if args.runtime == "tensorrt":
+            runtime = "onnxruntime-tensorrt"
     else:
         infer, created, runtime, version, where = openvino_runner(model_path, args.device)
+    if args.runtime == "tensorrt":
+        precision = args.precision
+    elif where == "MYRIAD" or manifest["target"] == "ncs2":
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    board = "MYRIAD" in where or ("Jetson" in device_name() and ("CUDA" in where or "Tensorrt" in where))
 
     started = time.perf_counter()
     predicted = infer(chunk(0))
@@ -162,14 +206,17 @@ def main(argv=None):
         latencies.append((time.perf_counter() - t0) * 1000.0)
     duration = time.perf_counter() - timed_start
     result = {
-        "format": "slicenet-board-result/1",
-        "bundle": os.path.basename(manifest["run"].rstrip("/")) + "/" + manifest["target"],
+        "format": "slicenet-board-result/2",
+        "bundle": os.path.basename(manifest["run"].rstrip("/")) + "/" + os.path.basename(os.path.abspath(args.bundle)),
         "target": manifest["target"],
-        "board": args.board or device_name(),
+        "model": os.path.basename(model_path),
+        "board": args.board or ("Intel Neural Compute Stick 2 (MYRIAD) on " + device_name() if "MYRIAD" in where
+                                else device_name()),
+        "measured_on": "board" if board else "host",
         "runtime": runtime,
         "runtime_version": str(version),
         "device": where,
-        "precision": "fp16" if manifest["target"] == "ncs2" else "fp32",
+        "precision": precision,
         "power_mode": power_mode(),
         "python": platform.python_version(),
         "batch": batch,
@@ -197,7 +244,8 @@ def main(argv=None):
         message = f"{len(expected) - matches} of {len(expected)} sample predictions differ from the expected ones"
         if result["precision"] == "fp32":
             fail(message)
-        sys.stderr.write("run_engine: warning: " + message + " (FP16 model; see the manifest's verification)\n")
+        sys.stderr.write("run_engine: warning: " + message + " (FP16: see the manifest's verification for the "
+                         "accuracy change FP16 weights bring)\n")
     return 0
 
 

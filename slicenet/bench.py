@@ -25,7 +25,7 @@ from .errors import InputError
 
 RUNTIMES = ("onnxruntime", "openvino", "torch")
 INGEST_FIELDS = ("board", "runtime", "runtime_version", "precision", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-                 "throughput_fps")
+                 "throughput_fps")  # what a board result must carry (trtexec gives no p90: None there)
 
 
 @dataclass
@@ -80,7 +80,7 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         raise InputError(f"{bundle} is exported for batch {exported}, not {batch}: "
                          f"run 'slicenet export RUN --target T --batch {batch}' and bench that bundle")
     sample = np.load(bundle / manifest["samples"]["file"])[:exported]
-    name = f"{bundle.resolve().parent.name}/{bundle.name}"
+    name = str(bundle).rstrip("/")  # as the user named it: two bundles of one run in other folders stay apart
     if runtime == "onnxruntime":
         model = bundle / manifest["onnx_model"]
         import onnxruntime as ort
@@ -174,6 +174,7 @@ def summarise(session: Session, latencies: list[float], *, threads: int, batch: 
     values = np.asarray(latencies)
     return {
         "name": session.name, "bundle": str(session.bundle), "runtime": session.runtime,
+        "run_bundle": Path(session.bundle).resolve().parent.name if session.runtime != "torch" else session.name,
         "runtime_version": session.runtime_version, "threads": threads, "batch": batch, "count": len(values),
         "duration_s": float(values.sum() / 1000.0),
         "p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
@@ -252,38 +253,122 @@ def load_profiles(path: Path) -> dict:
         raise InputError(f"cannot read board profiles {path}: {exc}") from None
 
 
-def estimates(cost: dict, profiles: dict, precision_bytes: float = 4.0) -> list[dict]:
-    """Roofline latency estimate per board and power mode: max(compute time, memory time)."""
+def estimates(cost: dict, profiles: dict, *, operations: int = 0) -> list[dict]:
+    """Latency estimate per board and power mode: the roofline max(compute time, memory time) plus the
+    per-inference overhead the profile states (``fixed_us``, and ``per_op_us`` for each of the graph's
+    ``operations``: a kernel launch on the Jetson, a layer dispatch on the stick), both scaled by the
+    mode's clock. Estimates, always labelled so; a measurement (``--ingest``) replaces them."""
     rows = []
     for board, profile in profiles.get("boards", {}).items():
         for mode, numbers in profile.get("modes", {}).items():
             scale = 0.5 if numbers.get("fp16") else 1.0  # FP16 halves the bytes moved
             compute_s = cost["flops"] / (numbers["peak_gflops"] * 1e9)
             memory_s = cost["bytes_moved"] * scale / (numbers["bandwidth_gbs"] * 1e9)
+            overhead_s = (numbers.get("fixed_us", 0.0) + numbers.get("per_op_us", 0.0) * operations) * 1e-6
             rows.append({"board": profile.get("name", board), "mode": mode, "kind": "estimate",
-                         "estimated_ms": 1000.0 * max(compute_s, memory_s),
-                         "bound": "compute" if compute_s >= memory_s else "memory",
+                         "estimated_ms": 1000.0 * (max(compute_s, memory_s) + overhead_s),
+                         "bound": "overhead" if overhead_s > max(compute_s, memory_s)
+                         else "compute" if compute_s >= memory_s else "memory",
+                         "roofline_ms": 1000.0 * max(compute_s, memory_s), "overhead_ms": 1000.0 * overhead_s,
                          "peak_gflops": numbers["peak_gflops"], "bandwidth_gbs": numbers["bandwidth_gbs"]})
     return rows
 
 
-def ingest(path: Path) -> dict:
-    """A board result written by devices/run_engine.py, checked field by field."""
+def parse_trtexec(text: str) -> dict:
+    """The performance summary of a ``trtexec`` run (TensorRT 8.x's format: "Throughput: 2130.5 qps",
+    "Latency: min = 0.41 ms, max = 1.2 ms, mean = 0.45 ms, median = 0.44 ms, percentile(99%) = 0.61 ms",
+    the same for "GPU Compute Time"), as the fields of a board result."""
+    import re
+
+    def summary(name: str) -> dict[str, float] | None:
+        match = re.search(rf"\] {re.escape(name)}: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, mean = ([\d.e+-]+) ms, "
+                          r"median = ([\d.e+-]+) ms, percentile\((\d+(?:\.\d+)?)%\) = ([\d.e+-]+) ms", text)
+        if match is None:
+            match = re.search(rf"^{re.escape(name)}: min = ([\d.e+-]+) ms, max = ([\d.e+-]+) ms, mean = ([\d.e+-]+) "
+                              r"ms, median = ([\d.e+-]+) ms, percentile\((\d+(?:\.\d+)?)%\) = ([\d.e+-]+) ms",
+                              text, re.M)
+        if match is None:
+            return None
+        low, high, mean, median, percent, value = match.groups()
+        return {"min_ms": float(low), "max_ms": float(high), "mean_ms": float(mean), "p50_ms": float(median),
+                "percentile": float(percent), "percentile_ms": float(value)}
+
+    latency = summary("Latency")
+    throughput = re.search(r"Throughput: ([\d.e+-]+) qps", text)
+    if latency is None or throughput is None:
+        raise ValueError("no trtexec performance summary (Throughput: ... qps and Latency: min = ...) in it")
+    queries = re.search(r"Timing trace has (\d+) queries over ([\d.e+-]+) s", text)
+    version = re.search(r"TensorRT version: ([\d.]+)|\[TensorRT v(\d+)\]", text)
+    precision = re.search(r"Precision: (\S+)", text)
+    result = {"runtime": "tensorrt", "runtime_version": next((g for g in version.groups() if g), "") if version else "",
+              "p50_ms": latency["p50_ms"], "mean_ms": latency["mean_ms"], "min_ms": latency["min_ms"],
+              "max_ms": latency["max_ms"], "throughput_fps": float(throughput.group(1)),
+              "p90_ms": None, "p99_ms": latency["percentile_ms"] if latency["percentile"] == 99 else None,
+              f"p{latency['percentile']:g}_ms": latency["percentile_ms"],
+              "precision": ("fp16" if "FP16" in precision.group(1) else "fp32") if precision else None,
+              "measured_on": "board", "device": "GPU (TensorRT)", "source": "trtexec"}
+    gpu = summary("GPU Compute Time")
+    if gpu is not None:
+        result["gpu_compute_p50_ms"] = gpu["p50_ms"]
+    if queries is not None:
+        result["count"], result["duration_s"] = int(queries.group(1)), float(queries.group(2))
+    return result
+
+
+def ingest(path: Path, *, bundle: Path | None = None, board: str | None = None, precision: str | None = None) -> dict:
+    """A board result, checked field by field: the result.json of devices/run_engine.py, or a trtexec log
+    (with ``bundle``, the exported bundle it timed). Results the runner measured on the host CPU (no
+    stick, no Jetson GPU) are kept as host results, never as a board's."""
     try:
-        data = json.loads(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise InputError(f"ingest file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"ingest file {path} is not valid JSON ({exc}); expected the result.json written "
-                         "by devices/run_engine.py") from None
-    if not isinstance(data, dict):
-        raise InputError(f"ingest file {path}: expected a JSON object written by devices/run_engine.py")
-    for field in INGEST_FIELDS:
-        if field not in data:
-            raise InputError(f"ingest file {path} lacks the field {field!r}; expected the result.json written "
-                             "by devices/run_engine.py")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read ingest file {path}: {exc}") from None
+    if "Throughput:" in text and "qps" in text:
+        if bundle is None:
+            raise InputError(f"{path} is a trtexec log: name the bundle it timed with --bundle export/<run>/jetson")
+        try:
+            data = parse_trtexec(text)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}; pass the output of trtexec --loadEngine=engine.plan ...") from None
+        manifest = _manifest(bundle)
+        data.update(bundle=f"{Path(bundle).resolve().parent.name}/{Path(bundle).name}", target=manifest["target"],
+                    board=board or "NVIDIA Jetson Nano", precision=precision or data["precision"] or "fp16")
+        if data["target"] != "jetson":
+            raise InputError(f"{bundle} is a {data['target']} bundle; trtexec results belong to a jetson bundle")
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"ingest file {path} is not valid JSON ({exc}); expected the result.json written "
+                             "by devices/run_engine.py, or a trtexec log") from None
+        if not isinstance(data, dict):
+            raise InputError(f"ingest file {path}: expected a JSON object written by devices/run_engine.py")
+        for field in INGEST_FIELDS:
+            if field not in data:
+                raise InputError(f"ingest file {path} lacks the field {field!r}; expected the result.json written "
+                                 "by devices/run_engine.py")
+        if board:
+            data["board"] = board
+        data.setdefault("measured_on", _measured_on(data))
     for field in INGEST_FIELDS[4:]:
-        if not isinstance(data[field], (int, float)) or data[field] < 0:
-            raise InputError(f"ingest file {path}: field {field!r} must be a non-negative number, "
-                             f"got {data[field]!r}")
-    return {**data, "kind": "measured"}
+        value = data.get(field)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise InputError(f"ingest file {path}: field {field!r} must be a non-negative number, got {value!r}")
+    return {**data, "kind": "measured" if data["measured_on"] == "board" else "host-runner",
+            "ingested_from": str(path)}
+
+
+def _measured_on(data: dict) -> str:
+    """For results of runners before they said: a MYRIAD device or a Jetson's GPU is a board."""
+    device, runtime = str(data.get("device", "")), str(data.get("runtime", ""))
+    on_gpu = "CUDA" in device or "Tensorrt" in device or "tensorrt" in runtime
+    return "board" if "MYRIAD" in device or ("Jetson" in str(data.get("board", "")) and on_gpu) else "host"
+
+
+def _manifest(bundle: Path) -> dict:
+    path = Path(bundle) / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{bundle} is not an exported bundle (no manifest.json)")
+    return json.loads(path.read_text())

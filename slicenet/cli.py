@@ -15,6 +15,7 @@ import json
 import re
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,43 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
+
+DEFAULT_REPORT = Path("report")  # the user's report and bench results; results/ holds the project's evidence
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a command; the message says what to do next."""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help that shows each option's default (where it has one worth showing) and keeps the examples'
+    line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, False, argparse.SUPPRESS, [], "") \
+                and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+EXAMPLES = {
+    "optimise": ["slicenet optimise --method cma",
+                 "slicenet optimise --method pso --dataset fashion-mnist --out runs/fm",
+                 "slicenet optimise --resume runs/fm"],
+    "baseline": ["slicenet baseline --hidden 128 64", "slicenet baseline --head knn --vote local-mean"],
+    "condense": ["slicenet condense runs/mnist-cma-s0 --budget-kb 74",
+                 "slicenet condense runs/mnist-cma-s0 --prototypes 5 --precision int8 --metric cosine"],
+    "export": ["slicenet export runs/mnist-cma-s0 --target ncs2", "slicenet export runs/mnist-cma-s0 --target jetson"],
+    "check-2022": ["slicenet check-2022 export/mnist-cma-s0/ncs2"],
+    "bench": ["slicenet bench export/mnist-cma-s0/onnx export/mnist-dense128/onnx --threads 1",
+              "slicenet bench --ingest result.json --bundle export/mnist-cma-s0/jetson"],
+    "evaluate": ["slicenet evaluate runs/mnist-cma-s0",
+                 "slicenet evaluate runs/mnist-cma-s0 --dataset folder:my-digits --class-map zero=0,one=1"],
+    "predict": ["slicenet predict runs/mnist-cma-s0 digit.png",
+                "slicenet predict runs/mnist-cma-s0 photo.png --invert"],
+    "report": ["slicenet report", "slicenet report runs/mnist-cma-s0 runs/mnist-dense128 --out report/mnist"],
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,9 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .condense import CondenseConfig
     from .config import BaselineConfig, RunConfig
 
-    parser = _Parser(prog="slicenet", description="Gradient-free, k-NN sliced CNNs for edge boards.")
+    parser = _Parser(prog="slicenet", description="Gradient-free, k-NN sliced CNNs for edge boards.",
+                     formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"slicenet {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    class Commands:  # every subcommand with the same help formatter and its examples at the end
+        @staticmethod
+        def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            examples = "\n".join(f"  {line}" for line in EXAMPLES.get(name, []))
+            kwargs.setdefault("epilog", f"examples:\n{examples}")
+            kwargs["description"] = textwrap.fill(kwargs.get("description") or kwargs.get("help") or "", 100)
+            return subparsers.add_parser(name, formatter_class=_Help, **kwargs)
+
+    commands = Commands()
 
     optimise = commands.add_parser("optimise", help="optimise a trunk without gradients; write a run directory")
     optimise.add_argument("--config", help="TOML file of options (flags override it)")
@@ -79,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--quiet", action="store_true", help="no progress bar")
 
     condense = commands.add_parser("condense", help="compact a run's engine: fewer prototypes, dimensions, bytes")
-    condense.add_argument("run", type=Path)
+    condense.add_argument("run", type=Path, help="the run directory whose engine to condense (runs/<name>)")
     condense.set_defaults(keys=add_config_flags(condense, CondenseConfig), func=cmd_condense)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
 
     export = commands.add_parser("export", help="export a run's engine for a target and verify it")
-    export.add_argument("run", type=Path)
+    export.add_argument("run", type=Path, help="the run directory to export (runs/<name>, not its engine file)")
     export.add_argument("--target", required=True, help="onnx, openvino, jetson or ncs2")
     export.add_argument("--out", type=Path, default=Path("export"), help="bundle root (default export/)")
     export.add_argument("--batch", type=int, default=1, help="static batch of the exported graph (default 1)")
@@ -117,26 +166,54 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=int, default=None,
                        help="images per inference: checked against the bundles (export them with --batch N)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
-    bench.add_argument("--results", type=Path, default=Path("results/bench"), help="per-run JSON folder")
+    bench.add_argument("--results", type=Path, default=DEFAULT_REPORT / "bench",
+                       help=f"folder for one JSON file per bundle timed (default {DEFAULT_REPORT}/bench, which "
+                            "'slicenet report' reads)")
     bench.add_argument("--profiles", type=Path, default=None, help="board profiles (default devices/profiles.toml)")
-    bench.add_argument("--ingest", type=Path, help="store a result.json written by devices/run_engine.py")
+    bench.add_argument("--ingest", type=Path, help="store a board result: the result.json of devices/run_engine.py, "
+                       "or the output of trtexec (with --bundle)")
+    bench.add_argument("--bundle", type=Path, help="with --ingest of a trtexec log: the bundle it timed")
+    bench.add_argument("--board", help="with --ingest: the board's name, if the result's is wrong")
+    bench.add_argument("--precision", help="with --ingest of a trtexec log: fp16 or fp32, where the log does not say")
     bench.set_defaults(func=cmd_bench)
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
-    evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--dataset", help="evaluate on this dataset's test split (default: the run's)")
+    evaluate.add_argument("run", type=Path, help="the run directory whose engine to evaluate")
+    evaluate.add_argument("--dataset", help="evaluate on this dataset (default: the run's own)")
+    evaluate.add_argument("--split", default="auto",
+                          help="auto (default: a folder: dataset whole, any other dataset's test split), test, all")
+    evaluate.add_argument("--class-map", default="",
+                          help="dataset class -> engine class, where their names differ: zero=0,one=1,...")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files with a run's engine")
-    predict.add_argument("run", type=Path)
-    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("run", type=Path, help="the run directory whose engine classifies")
+    predict.add_argument("images", nargs="+", type=Path, help="image files (PNG, JPEG, ...), resized to the engine's "
+                         "input and made grayscale")
+    predict.add_argument("--invert", action="store_true",
+                         help="invert the images first (a dark drawing on a light background, for an engine trained "
+                              "on light on dark, as MNIST's)")
     predict.add_argument("--json", action="store_true", help="print JSON")
     predict.set_defaults(func=cmd_predict)
 
-    report = commands.add_parser("report", help="regenerate results/ (REPORT.md, runs.csv) from run directories")
+    report = commands.add_parser(
+        "report", help="tables and plots of finished runs and benchmarks (written to report/ unless --out)",
+        description="Build REPORT.md, runs.csv and plots from run directories. Reads: the runs named (default: "
+        "every finished run under runs/), the benchmark results of --bench (default OUT/bench, where 'slicenet "
+        "bench' writes by default) and, with --bundles, exported bundles. Writes: OUT/REPORT.md, OUT/runs.csv and "
+        "OUT/*.png only, all at once once everything is built; nothing else. The project's committed evidence "
+        "in results/ is rewritten only when asked (--out results/...).",
+    )
     report.add_argument("runs", nargs="*", type=Path, help="run directories (default: every finished run in runs/)")
-    report.add_argument("--out", type=Path, default=Path("results"), help="output folder (default results/)")
+    report.add_argument("--out", type=Path, default=DEFAULT_REPORT, help=f"output folder (default {DEFAULT_REPORT}/)")
+    report.add_argument("--bench", type=Path, default=None,
+                        help="folder of 'slicenet bench' results to tabulate (default OUT/bench)")
+    report.add_argument("--bundles", type=Path, nargs="+", default=[],
+                        help="exported bundle folders to list with their operations and checks")
+    report.add_argument("--strict", action="store_true",
+                        help="a run or benchmark file that cannot be read is an error (default: skipped, with a "
+                             "warning naming it)")
     report.set_defaults(func=cmd_report)
     return parser
 
@@ -155,8 +232,11 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
     bar = tqdm(total=total, initial=done, unit="gen", disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
     def on_generation(event: dict) -> None:
+        # Both figures are the search's own: the best fitness of the block so far, and the best k-NN
+        # accuracy this generation scored on its sample of training images. Neither is validation accuracy.
         bar.set_description(event["label"])
-        bar.set_postfix(best_fitness=f"{event['best_so_far']:.4f}", val_acc=f"{event['best_accuracy']:.3f}")
+        bar.set_postfix(fitness_best_so_far=f"{event['best_so_far']:.4f}",
+                        this_gen_best_train_acc=f"{event['best_accuracy']:.3f}")
         bar.update(1)
 
     return bar, on_generation
@@ -190,6 +270,10 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     if state is None:
         runs.create_run_dir(run_dir, config, _command(args))
         state = pipeline.initial_state(prepared)
+    scored = f"{config.search_images:,}" if config.search_images else "all"
+    print(f"run directory: {run_dir} ({'resumed' if args.resume else 'new'}; each generation scores {scored} "
+          f"training images by {config.scoring} k-NN; the bar shows the block's best fitness so far and this "
+          "generation's best accuracy on those images, not validation accuracy)", file=sys.stderr)
 
     total = total_generations(pipeline.search_settings(config), prepared.spec)
     bar, on_generation = _progress(total, len(state.history), args.quiet)
@@ -197,8 +281,12 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     def on_checkpoint(current) -> None:  # noqa: ANN001
         runs.save_checkpoint(run_dir, current, previous_wall + time.perf_counter() - started)
 
-    with bar, _keep_freed_memory():
-        state = pipeline.run_search(prepared, state, on_generation=on_generation, on_checkpoint=on_checkpoint)
+    try:
+        with bar, _keep_freed_memory():
+            state = pipeline.run_search(prepared, state, on_generation=on_generation, on_checkpoint=on_checkpoint)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the search is checkpointed: continue with 'slicenet optimise --resume "
+                          f"{run_dir}'") from None
     info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
     engine, extra = pipeline.final_engine(prepared, state, info=info)
     engine_seconds = previous_wall + time.perf_counter() - started  # the engine exists: the rest is evaluation
@@ -210,6 +298,8 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     print(f"test accuracy {metrics['test_accuracy']:.4f} (random init {metrics['random_init_test_accuracy']:.4f}, "
           f"validation {metrics['validation_accuracy']:.4f}); engine {metrics['engine_bytes']:,} bytes; "
           f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s -> {run_dir}")
+    print(f"next: slicenet evaluate {run_dir} | slicenet export {run_dir} --target onnx (jetson, ncs2, openvino) | "
+          f"slicenet condense {run_dir} --budget-kb 74")
     return 0
 
 
@@ -272,9 +362,18 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already holds a finished run; choose another --out")
     condense.check_source(engine, settings)
     dataset = load_dataset(config.dataset, engine.image_size[0])
-    with _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
+    from tqdm import tqdm
+
+    bar = tqdm(desc="budget search", unit="cell", file=sys.stderr, disable=settings.budget_kb is None,
+               dynamic_ncols=True)
+
+    def on_cell(done: int, total: int) -> None:  # one (prototypes per class, dims) cell of the grid
+        bar.total = total
+        bar.update(done + 1 - bar.n)
+
+    with bar, _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
         compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
-                                           source_bank_shifts=int(source.get("bank_shifts", 0)))
+                                           source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell)
     compact.info = {**engine.info, "condensed_from": str(run)}
     metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
                "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}
@@ -357,22 +456,25 @@ def cmd_check_2022(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import onnx
-
     from . import bench
     from .atomic import write_json
+    from .extras import require
     from .pipeline import machine_info
     from .report import format_ratio
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.ingest is not None:
         if args.bundles:
-            raise InputError("--ingest takes no bundles; run it on its own")
-        result = bench.ingest(args.ingest)
-        path = args.results / f"board-{re.sub(r'[^A-Za-z0-9]+', '-', result['board']).strip('-')}-{stamp}.json"
+            raise InputError("--ingest takes no bundles; run it on its own (a trtexec log names its bundle with "
+                             "--bundle)")
+        result = bench.ingest(args.ingest, bundle=args.bundle, board=args.board, precision=args.precision)
+        where = "board" if result["kind"] == "measured" else "host"
+        name = re.sub(r"[^A-Za-z0-9]+", "-", f"{where}-{result['board']}-{result.get('bundle', '')}").strip("-")
+        path = args.results / f"{name}-{stamp}.json"
         write_json(path, result)
-        print(f"stored {result['board']} ({result['runtime']} {result['runtime_version']}, {result['precision']}, "
-              f"power mode {result.get('power_mode')}): p50 {result['p50_ms']:.3f} ms -> {path}")
+        print(f"stored {result.get('bundle', '?')} ({result.get('target', '?')}) on {result['board']}, measured on the "
+              f"{where}: {result['runtime']} {result['runtime_version']}, {result['precision']}, device "
+              f"{result.get('device')}, power mode {result.get('power_mode')}: p50 {result['p50_ms']:.3f} ms -> {path}")
         return 0
     if not args.bundles:
         raise InputError("name at least one exported bundle (export/<run>/<target>), or use --ingest FILE")
@@ -382,8 +484,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("--count must be at least 1 and --warmup at least 0")
     if not 1 <= args.rounds <= args.count:
         raise InputError(f"--rounds must be between 1 and --count ({args.count}), got {args.rounds}")
-    profiles_path = args.profiles or Path(__file__).resolve().parent.parent / "devices" / "profiles.toml"
-    profiles = bench.load_profiles(profiles_path)
+    require("onnx", *{"onnxruntime": ["onnxruntime"], "openvino": ["openvino"]}.get(args.runtime, []), purpose="bench")
+    import onnx
+
+    from .export import board_file
+
+    profiles = bench.load_profiles(args.profiles or board_file("profiles.toml"))
     sessions, latencies = bench.run_rounds(
         lambda: [bench.open_bundle(bundle, args.runtime, threads=args.threads, batch=args.batch)
                  for bundle in args.bundles], count=args.count, warmup=args.warmup, rounds=args.rounds)
@@ -398,12 +504,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        multiply_adds=metrics.get("multiply_adds"), cost=None, estimates=[])
         else:
             manifest = json.loads((session.bundle / "manifest.json").read_text())
-            cost = bench.graph_cost(onnx.load(str(session.bundle / manifest["onnx_model"])))
+            model = onnx.load(str(session.bundle / manifest["onnx_model"]))
+            cost = bench.graph_cost(model)
             row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
-            row["estimates"] = bench.estimates(cost, profiles)
+            row["estimates"] = bench.estimates(cost, profiles, operations=len(model.graph.node))
             row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
             row["engine_bytes"] = manifest["engine_bytes"]
             row["multiply_adds"] = manifest.get("multiply_adds")  # absent from bundles exported before it was recorded
+            row["target"] = manifest["target"]
         row["command"] = _command(args)
         row["machine"] = machine_info()
         results.append(row)
@@ -416,36 +524,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_json(args.results / f"{safe}-{row['runtime']}-{stamp}.json", row)
     if args.json:
         write_json(args.json, results)
-    print(f"{'bundle':40s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'fps':>9s} "
+    width = max(len("bundle"), *(len(row["name"]) for row in results))
+    print(f"{'bundle':{width}s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'mean ms':>8s} {'fps':>9s} "
           f"{'ratio':>6s} {'rounds':>11s} {'first ms':>8s}")
     for row in results:
         spread = f"{format_ratio(min(row['p50_ratio_rounds']))}-{format_ratio(max(row['p50_ratio_rounds']))}"
-        print(f"{row['name'][:40]:40s} {row['p50_ms']:8.4f} {row['p90_ms']:8.4f} {row['p99_ms']:8.4f} "
+        print(f"{row['name']:{width}s} {row['p50_ms']:8.4f} {row['p90_ms']:8.4f} {row['p99_ms']:8.4f} "
               f"{row['mean_ms']:8.4f} {row['throughput_fps']:9.0f} {format_ratio(row['p50_ratio_to_first']):>6s} "
               f"{spread:>11s} {row['first_inference_ms']:8.3f}")
     print(f"{args.runtime} {results[0]['runtime_version']}, {args.count} interleaved inferences per bundle; "
           f"JSON in {args.results}")
+    estimated = [(row["name"], e) for row in results for e in row.get("estimates", [])]
+    if estimated:
+        print("board latency ESTIMATES (devices/profiles.toml: roofline + assumed overheads; not measurements):")
+        for name, e in estimated:
+            print(f"  {name:{width}s} {e['board']}, {e['mode']}: {e['estimated_ms']:.3f} ms ({e['bound']}-bound; "
+                  f"roofline {e['roofline_ms']:.4f} ms + overhead {e['overhead_ms']:.3f} ms)")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import pipeline, runs
-    from .data import load_dataset
+    from .data import evaluation_set
 
     engine = runs.load_engine(args.run)
     spec = args.dataset or runs.load_config(args.run).dataset
-    dataset = load_dataset(spec, engine.image_size[0])
-    if dataset.image_size != engine.image_size:
-        raise InputError(f"dataset {spec!r} has {dataset.image_size[0]}x{dataset.image_size[1]} images but the "
-                         f"engine expects {engine.image_size[0]}x{engine.image_size[1]}")
-    if dataset.n_classes != engine.n_classes:
-        raise InputError(f"dataset {spec!r} has {dataset.n_classes} classes but the engine has {engine.n_classes}")
-    result = pipeline.evaluate(engine, dataset.x_test, dataset.y_test)
-    result["dataset"] = spec
+    class_map = dict(pair.split("=", 1) for pair in args.class_map.split(",") if "=" in pair)
+    if args.class_map and len(class_map) != len([p for p in args.class_map.split(",") if p]):
+        raise InputError(f"--class-map {args.class_map!r}: expected dataset=engine pairs, e.g. zero=0,one=1")
+    images, labels, names = evaluation_set(spec, engine.image_size[0], split=args.split)
+    if tuple(images.shape[1:]) != engine.image_size:
+        raise InputError(f"dataset {spec!r} has {images.shape[1]}x{images.shape[2]} images but the engine expects "
+                         f"{engine.image_size[0]}x{engine.image_size[1]}")
+    labels = pipeline.class_index(names, engine.class_names, class_map)[labels]  # matched by name
+    result = pipeline.evaluate(engine, images, labels)
+    result.update(dataset=spec, split="all" if args.split == "all" or (args.split == "auto" and spec.startswith(
+        "folder:")) else "test")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{spec}: test accuracy {result['accuracy']:.4f} on {result['n_images']} images")
+    print(f"{spec} ({'every image' if result['split'] == 'all' else 'test split'}): accuracy "
+          f"{result['accuracy']:.4f} on {result['n_images']} images")
     width = max(len(name) for name in engine.class_names)
     for name, accuracy in result["per_class_accuracy"].items():
         print(f"  {name:>{width}}  {accuracy:.4f}")
@@ -461,6 +580,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     engine = runs.load_engine(args.run)
     images = np.stack([load_image(path, engine.image_size) for path in args.images])
+    if args.invert:
+        images = 255 - images
+    hint = " (after --invert)" if args.invert else ": pass --invert to flip it"
+    for path, image in zip(args.images, images, strict=True):
+        if looks_inverted(image, engine.input_mean):
+            print(f"slicenet: warning: {path} looks inverted against the engine's training images (their mean "
+                  f"brightness {engine.input_mean:.2f}, this image's {image.mean() / 255:.2f}){hint}",
+                  file=sys.stderr)
     predicted, votes, _ = engine.predict(images)
     key, title, details = engine.head.details(votes, engine.class_names, engine.views)
     rows = [{"image": str(path), "class": int(p), "label": engine.class_names[p], key: detail}
@@ -472,6 +599,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{label}: {value}" for label, value in row[key].items())
             print(f"{row['image']}: {row['label']}  ({title} {shown})")
     return 0
+
+
+def looks_inverted(image: np.ndarray, training_mean: float) -> bool:
+    """An image whose brightness is nearer the training images' once inverted (a dark digit on a light
+    background, for an engine trained on MNIST's light digits on black), by a clear margin."""
+    mean = float(image.mean()) / 255.0
+    return abs((1.0 - mean) - training_mean) + 0.1 < abs(mean - training_mean)
 
 
 @contextlib.contextmanager
@@ -506,18 +640,27 @@ def _keep_freed_memory() -> Iterator[None]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
-    from .atomic import write_text
+    from .extras import require
 
+    require("matplotlib", "onnx", purpose="report")
     run_dirs = args.runs or sorted(p.parent for p in Path("runs").rglob("metrics.json"))
     if not run_dirs:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
-    rows = report.collect(run_dirs)
-    command = _command(args)
-    bench = report.load_bench(args.out / "bench")
-    plots = report.render_plots(rows, args.out, bench)
-    write_text(args.out / "runs.csv", report.render_csv(rows))
-    write_text(args.out / "REPORT.md", report.render_markdown(rows, command=command, plots=plots, bench=bench))
-    print(f"wrote {args.out / 'REPORT.md'}, runs.csv and {len(plots)} plots from {len(rows)} runs")
+    rows, skipped = report.collect(run_dirs, strict=args.strict)
+    bench_folder = args.bench or args.out / "bench"
+    bench, skipped_bench = report.load_bench(bench_folder)
+    if args.strict and skipped_bench:
+        path, why = skipped_bench[0]
+        raise InputError(f"{path} is not a readable bench result ({why}); --strict: nothing was written")
+    bundles = report.load_bundles(args.bundles)
+    for path, why in [*skipped, *skipped_bench]:
+        print(f"slicenet: warning: skipped {path}: {why}", file=sys.stderr)
+    if not rows:
+        raise InputError("none of the runs named could be read; nothing was written")
+    written = report.write_report(args.out, rows, command=_command(args), bench=bench, bench_folder=bench_folder,
+                                  bundles=bundles)
+    print(f"wrote {len(written)} files to {args.out}/ (REPORT.md, runs.csv, {len(written) - 2} plots) from "
+          f"{len(rows)} runs and {len(bench)} bench results in {bench_folder}")
     return 0
 
 
@@ -531,6 +674,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"slicenet: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"slicenet: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("slicenet: interrupted (an optimise run continues with --resume DIR)", file=sys.stderr)
         return 130

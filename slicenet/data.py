@@ -54,6 +54,25 @@ def load_dataset(spec: str, image_size: int = 28) -> Dataset:
 
     ``image_size`` applies to ``folder:`` datasets only, whose images are resized to it.
     """
+    return _load(spec, image_size)
+
+
+def evaluation_set(spec: str, image_size: int = 28, *, split: str = "auto") -> tuple[np.ndarray, np.ndarray,
+                                                                                      tuple[str, ...]]:
+    """(images, labels, class names) to evaluate an engine on: the test split of a dataset with one
+    (``split="test"``, the default for every dataset but folders), or every image (``"all"``: the
+    default for a folder of the user's own images, which was never split for training)."""
+    if split not in ("auto", "test", "all"):
+        raise InputError(f"--split {split!r}: expected auto, test or all")
+    dataset = _load(spec, image_size)
+    whole = split == "all" or (split == "auto" and spec.startswith("folder:"))
+    if whole:
+        return (np.concatenate([dataset.x_train, dataset.x_test]), np.concatenate([dataset.y_train, dataset.y_test]),
+                dataset.class_names)
+    return dataset.x_test, dataset.y_test, dataset.class_names
+
+
+def _load(spec: str, image_size: int) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "mnist" and not arg:
         return _mnist_5k()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.validation import check_is_fitted
 
 METRICS = ("euclidean", "sqeuclidean", "cosine", "manhattan")
 VOTES = ("majority", "local-mean")  # how the k nearest prototypes decide the class
@@ -141,48 +141,79 @@ def postprocess(features: torch.Tensor, mean: torch.Tensor | None, method: str) 
 class KNNClassifier(ClassifierMixin, BaseEstimator):
     """k-nearest-neighbour classifier with torch distances, computed in batches.
 
-    Parameters follow scikit-learn: ``n_neighbors`` (k), ``metric`` (one of ``METRICS``) and
-    ``batch_elements`` (how many distance entries a batch may hold: a memory bound, not a result
-    changer). Learned attributes: ``classes_``, ``n_features_in_``.
+    Follows scikit-learn's developer guide: ``__init__`` only stores the parameters, ``fit`` validates
+    its input and returns ``self``, learned attributes end in ``_``, and errors say how to fix the
+    input. So it slots into ``Pipeline``, ``cross_val_score`` and ``GridSearchCV``.
+
+    Parameters: ``n_neighbors`` (k); ``metric`` (one of ``METRICS``); ``vote``: ``"majority"`` (of the k
+    nearest, ties to the smallest class, as ``KNeighborsClassifier``) or ``"local-mean"`` (Mitani and
+    Hamamoto 2006: the class whose k nearest prototypes have the nearest mean; Euclidean; every class
+    needs k training samples); ``temperature``: local-mean's ``predict_proba`` is the softmax over
+    classes of minus the local-mean distances divided by it; ``batch_elements``: how many distance
+    entries a batch may hold (a memory bound, not a result changer).
+    Learned attributes: ``classes_``, ``n_features_in_``, ``bank_``, ``bank_labels_``.
     """
 
-    def __init__(self, n_neighbors: int = 9, metric: str = "euclidean", batch_elements: int = 2**25):
+    def __init__(self, n_neighbors: int = 9, metric: str = "euclidean", vote: str = "majority",
+                 temperature: float = 0.05, batch_elements: int = 2**25):
         self.n_neighbors = n_neighbors
         self.metric = metric
+        self.vote = vote
+        self.temperature = temperature
         self.batch_elements = batch_elements
 
     def fit(self, X, y) -> KNNClassifier:  # noqa: N803 (scikit-learn's argument names)
-        X, y = check_X_y(X, y, dtype=np.float32)
+        from sklearn.utils.validation import validate_data
+
+        X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         if self.metric not in METRICS:
             raise ValueError(f"metric={self.metric!r} is not supported; use one of {', '.join(METRICS)}")
+        if self.vote not in VOTES:
+            raise ValueError(f"vote={self.vote!r} is not supported; use one of {', '.join(VOTES)}")
+        if self.vote == "local-mean" and self.metric not in ("euclidean", "sqeuclidean"):
+            raise ValueError(f"vote='local-mean' is Euclidean; use metric='euclidean', not {self.metric!r}")
         if not 1 <= self.n_neighbors <= len(X):
-            raise ValueError(f"n_neighbors={self.n_neighbors} must be between 1 and the number of "
-                             f"training samples ({len(X)})")
+            raise ValueError(f"n_neighbors={self.n_neighbors} must be between 1 and n_samples = {len(X)}; "
+                             "use a smaller n_neighbors")
         self.classes_, encoded = np.unique(y, return_inverse=True)
-        self.n_features_in_ = X.shape[1]
-        self._bank = torch.from_numpy(np.ascontiguousarray(X))
-        self._labels = torch.from_numpy(encoded.astype(np.int64))
+        if self.vote == "local-mean":
+            smallest = int(np.bincount(encoded).min())
+            if smallest < self.n_neighbors:
+                raise ValueError(f"vote='local-mean' needs n_neighbors={self.n_neighbors} samples of every class; "
+                                 f"the smallest class has {smallest}: lower n_neighbors")
+        self.bank_ = torch.from_numpy(np.ascontiguousarray(X))
+        self.bank_labels_ = torch.from_numpy(encoded.astype(np.int64))
         return self
 
-    def _votes(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _queries(self, X) -> torch.Tensor:  # noqa: N803
+        from sklearn.utils.validation import validate_data
+
         check_is_fitted(self, "classes_")
-        X = check_array(X, dtype=np.float32)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was fitted with "
-                             f"{self.n_features_in_} features")
-        return knn_vote(torch.from_numpy(np.ascontiguousarray(X)), self._bank, self._labels,
-                        n_classes=len(self.classes_), n_neighbors=self.n_neighbors, metric=self.metric,
-                        chunk_elements=self.batch_elements)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        return torch.from_numpy(np.ascontiguousarray(X))
+
+    def _votes(self, X) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: N803
+        return knn_vote(self._queries(X), self.bank_, self.bank_labels_, n_classes=len(self.classes_),
+                        n_neighbors=self.n_neighbors, metric=self.metric, chunk_elements=self.batch_elements)
+
+    def _scores(self, X) -> torch.Tensor:  # noqa: N803
+        """[Q, n_classes], larger is likelier: votes, or minus the local-mean distances."""
+        if self.vote == "local-mean":
+            return local_mean_vote(self._queries(X), self.bank_, self.bank_labels_, n_classes=len(self.classes_),
+                                   n_neighbors=self.n_neighbors, chunk_elements=self.batch_elements)[0]
+        return self._votes(X)[0].double()
 
     def kneighbors(self, X) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
         _, distances, indices = self._votes(X)
         return distances.numpy(), indices.numpy()
 
     def predict_proba(self, X) -> np.ndarray:  # noqa: N803
-        votes, _, _ = self._votes(X)
-        return votes.double().numpy() / self.n_neighbors
+        scores = self._scores(X)
+        if self.vote == "local-mean":
+            return torch.softmax(scores.double() / self.temperature, -1).numpy()
+        return scores.numpy() / self.n_neighbors
 
     def predict(self, X) -> np.ndarray:  # noqa: N803
-        votes, _, _ = self._votes(X)
-        return self.classes_[votes.argmax(-1).numpy()]
+        best = self._scores(X).argmax(-1).numpy()  # checks that it is fitted first
+        return self.classes_[best]

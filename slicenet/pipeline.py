@@ -134,6 +134,24 @@ def evaluate(engine: Engine, images: np.ndarray, labels: np.ndarray) -> dict:
     }
 
 
+def class_index(names: tuple[str, ...], engine_names: tuple[str, ...], class_map: dict[str, str] | None = None
+                ) -> np.ndarray:
+    """For each of a dataset's class names, the index of the engine's class of that name (after
+    ``class_map``, dataset name -> engine name); a name the engine lacks is a one-line error listing both."""
+    class_map = class_map or {}
+    unknown_keys = sorted(set(class_map) - set(names))
+    if unknown_keys:
+        raise InputError(f"--class-map names {', '.join(unknown_keys)}, which the dataset's classes "
+                         f"({', '.join(names)}) do not include")
+    mapped = [class_map.get(name, name) for name in names]
+    missing = [name for name, target in zip(names, mapped, strict=True) if target not in engine_names]
+    if missing:
+        raise InputError(f"the dataset's classes ({', '.join(names)}) do not match the engine's "
+                         f"({', '.join(engine_names)}): no class for {', '.join(missing)}; rename the folders, or "
+                         f"pass --class-map {missing[0]}={engine_names[0]},...")
+    return np.array([engine_names.index(target) for target in mapped], dtype=np.int64)
+
+
 def validation_accuracy(prepared: Prepared, state: SearchState) -> float:
     """Accuracy on the run's fixed validation split, with the bank built from the rest of the training set."""
     fit, val = (index.numpy() for index in prepared.problem.split())

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .errors import InputError
 from .runs import ENGINE, HISTORY, load_config, load_engine, load_metrics
 
 # "Hybrid Deep Learning Topology for Image Classification", table of results. Its engine sizes count
@@ -148,28 +150,44 @@ def reference_key(metrics: dict, config: dict) -> str | None:
     return key if key in REFERENCE else None
 
 
-def collect(run_dirs: list[Path]) -> list[dict]:
-    """One row per run directory (metrics.json + config.toml); errors name the file at fault."""
-    rows = []
+def collect(run_dirs: list[Path], *, strict: bool = False) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """One row per run directory (metrics.json + config.toml), and the runs skipped with the reason
+    (a run that cannot be read: its one-line error). With ``strict`` the first such run is an error."""
+    rows, skipped = [], []
     for run_dir in run_dirs:
-        metrics = load_metrics(run_dir)
-        config = load_config(run_dir).to_dict()
-        machine = metrics.get("machine", {})
-        row = {key: metrics.get(key, "") for key in COLUMNS}
-        if row["multiply_adds"] == "" and (run_dir / ENGINE).is_file():  # older runs did not record it
-            row["multiply_adds"] = load_engine(run_dir).multiply_adds
+        try:
+            rows.append(_row(Path(run_dir)))
+        except InputError as exc:
+            if strict:
+                raise InputError(f"{run_dir}: {exc} (--strict: nothing was written)") from None
+            skipped.append((Path(run_dir), str(exc)))
+    return rows, skipped
+
+
+def _row(run_dir: Path) -> dict:
+    metrics = load_metrics(run_dir)
+    config = load_config(run_dir).to_dict()
+    machine = metrics.get("machine", {})
+    row = {key: metrics.get(key, "") for key in COLUMNS}
+    if row["multiply_adds"] == "" and (run_dir / ENGINE).is_file():  # older runs did not record it
+        row["multiply_adds"] = load_engine(run_dir).multiply_adds
+    try:
         head = run_head(metrics, config)
         views = int(metrics.get("query_shifts", config.get("query_shifts", 0)))
         row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
-                   network=network_name(metrics, config), path=Path(run_dir), kind=run_kind(metrics),
+                   network=network_name(metrics, config), path=run_dir, kind=run_kind(metrics),
                    head=head["kind"], head_label=head_label(head, views), reference=reference_key(metrics, config),
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
                    frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
-        rows.append(row)
-    return rows
+        for key in ("test_accuracy", "random_init_test_accuracy", "wall_seconds", "evaluations"):
+            float(row[key] or 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{run_dir / 'metrics.json'} is damaged (missing or bad {exc}); re-run the command "
+                         "that wrote it") from None
+    return row
 
 
 def _count(value: int | str) -> str:
@@ -254,17 +272,91 @@ def compact_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def load_bench(folder: Path) -> list[dict]:
-    if not folder.is_dir():
-        return []
+def load_bench(folder: Path) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """The benchmark results in ``folder`` (``slicenet bench --results``), and the files skipped as
+    unreadable, with the reason."""
     import json
 
-    results = []
-    for path in sorted(folder.glob("*.json")):
-        data = json.loads(path.read_text())
+    results, skipped = [], []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or "p50_ms" not in data:
+                raise ValueError("not a slicenet bench result")
+        except (OSError, ValueError) as exc:
+            skipped.append((path, f"{exc}"))
+            continue
         data["file"] = path.name
         results.append(data)
-    return results
+    return results, skipped
+
+
+def load_bundles(folders: list[Path]) -> list[dict]:
+    """What the report's export section lists of each exported bundle: its target, its operations
+    (counted in its files, so bundles of earlier releases count alike), its verification and the
+    OpenVINO 2022.3 check its manifest records."""
+    import json
+
+    import onnx
+
+    from .export.targets import ir_summary
+
+    bundles = []
+    for folder in folders:
+        manifest_path = Path(folder) / "manifest.json"
+        if not manifest_path.is_file():
+            raise InputError(f"{folder} is not an exported bundle (no manifest.json); pass folders written by "
+                             "'slicenet export'")
+        manifest = json.loads(manifest_path.read_text())
+        onnx_file = Path(folder) / manifest["onnx_model"]
+        ir_file = Path(folder) / "engine.xml"
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+        bundles.append({
+            "bundle": str(folder), "target": manifest["target"], "batch": manifest.get("batch", 1),
+            "slicenet_version": manifest.get("slicenet_version", ""),
+            "description_ops": manifest.get("checks", {}).get("operations", {}).get("description"),
+            "onnx_ops": len(graph.node), "onnx_op_types": sorted({n.op_type for n in graph.node}),
+            "ir_layers": ir_summary(ir_file)["layers"] if ir_file.is_file() else None,
+            "verification": manifest.get("verification", []),
+            "openvino_2022": manifest.get("checks", {}).get("openvino_2022"),
+            "engine_bytes": manifest.get("engine_bytes"),
+        })
+    return bundles
+
+
+def bundle_table(bundles: list[dict]) -> list[str]:
+    if not bundles:
+        return []
+    lines = ["", "## Exported bundles", "",
+             "Operations are counted in each bundle's files: ONNX nodes, and IR layers without Parameter, Result "
+             "and Const (the IR has no bias input: a Conv or a Gemm with a bias is two layers there). "
+             "Verification: every test image's class against the torch engine's. OpenVINO 2022.3.2: read and "
+             "compiled by that release's own runtime (`slicenet check-2022`), and the sample images' classes "
+             "by its CPU plugin.", "",
+             "| bundle | target | slicenet | graph description ops | ONNX nodes | IR layers | verification "
+             "| OpenVINO 2022.3.2 |", "|---|---|---|---|---|---|---|---|"]
+    for b in bundles:
+        checks = "; ".join(f"{v['runtime']} {v['precision']}: {100 * v['agreement']:.2f} % of {v['images']:,}"
+                           for v in b["verification"])
+        lines.append(f"| `{b['bundle']}` | {b['target']} | {b['slicenet_version']} | "
+                     f"{b['description_ops'] if b['description_ops'] is not None else ''} | {b['onnx_ops']} | "
+                     f"{b['ir_layers'] if b['ir_layers'] is not None else ''} | {checks} | "
+                     f"{_check_2022_cell(b['openvino_2022'], b['target'])} |")
+    return lines
+
+
+def _check_2022_cell(check: dict | None, target: str) -> str:
+    if check is None:
+        return "not checked (exported before the check existed)" if target == "ncs2" else ""
+    if check["status"] == "not checked":
+        return f"not checked: {check.get('reason', '')}"
+    cells = []
+    for name, row in check["models"].items():
+        state = "read, compiled" if row["compiled"] else ("read, NOT compiled" if row["read"] else "NOT read")
+        if "samples" in row:
+            state += f", {row['samples_agree']}/{row['samples']} samples agree"
+        cells.append(f"{name}: {state}")
+    return "; ".join(cells)
 
 
 def format_ratio(value: float) -> str:
@@ -290,12 +382,16 @@ def latency_verdict(row: dict) -> str:
             else "slower" if ratio > 1 else "faster")
 
 
-def latency_tables(bench: list[dict]) -> list[str]:
-    host = [b for b in bench if b.get("kind") != "measured"]
+def latency_tables(bench: list[dict], folder: Path | None = None) -> list[str]:
+    host = [b for b in bench if b.get("kind") not in ("measured", "host-runner")]
     boards = [b for b in bench if b.get("kind") == "measured"]
     if not bench:
-        return []
-    lines = ["", "## Latency", "", "### Host, measured (`slicenet bench`, interleaved, batch 1)", "",
+        if folder is None:
+            return []
+        return ["", "## Latency", "", f"No benchmark results in `{folder}`: time bundles with `slicenet bench "
+                f"BUNDLE... --results {folder}` (or pass `--bench DIR` to the report) to fill this section."]
+    lines = ["", "## Latency", "", *([f"Benchmark results read from `{folder}`.", ""] if folder is not None else []),
+             "### Host, measured (`slicenet bench`, interleaved, batch 1)", "",
              "| bundle | runtime | threads | p50 ms | p90 ms | p99 ms | mean ms | fps | p50 / first bundle | "
              "first inference ms | test acc | engine bytes | multiply-adds | machine | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -325,28 +421,41 @@ def latency_tables(bench: list[dict]) -> list[str]:
         lines += ["", "In words (each against the first bundle of its own interleaved run):", ""] + findings
     estimated = [(b["name"], e) for b in host for e in b.get("estimates", [])]
     if estimated:
-        lines += ["", "### Boards, ESTIMATED (roofline from devices/profiles.toml, not measured)", "",
-                  "| bundle | board | mode | estimated ms | bound |", "|---|---|---|---|---|"]
+        lines += ["", "### Boards, ESTIMATED (devices/profiles.toml: roofline plus assumed overheads; not measured)",
+                  "", "| bundle | board | mode | estimated ms | bound |", "|---|---|---|---|---|"]
         seen = set()
         for name, e in estimated:
             if (name, e["board"], e["mode"]) in seen:
                 continue
             seen.add((name, e["board"], e["mode"]))
             lines.append(f"| {name} | {e['board']} | {e['mode']} | {e['estimated_ms']:.4f} | {e['bound']} |")
+    host_runner = [b for b in bench if b.get("kind") == "host-runner"]
+    if host_runner:
+        lines += ["", "### Host, measured by the board runner (`devices/run_engine.py` on a PC: no stick, no Jetson "
+                  "GPU)", "", "| bundle | target | machine | runtime | precision | device | p50 ms | p99 ms | fps |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {b.get('bundle', '')} | {b.get('target', '')} | {b['board']} | {b['runtime']} "
+                  f"{b['runtime_version']} | {b['precision']} | {b.get('device', '')} | {b['p50_ms']:.3f} | "
+                  f"{_ms(b.get('p99_ms'))} | {b['throughput_fps']:.0f} |" for b in host_runner]
     lines += ["", "### Boards, measured (`slicenet bench --ingest`)", ""]
     if boards:
-        lines += ["| board | runtime | precision | power mode | p50 ms | p99 ms | fps |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {b['board']} | {b['runtime']} {b['runtime_version']} | {b['precision']} | "
-                  f"{b.get('power_mode')} | {b['p50_ms']:.3f} | {b['p99_ms']:.3f} | {b['throughput_fps']:.0f} |"
-                  for b in boards]
+        lines += ["| board | bundle | target | runtime | precision | device | power mode | p50 ms | p99 ms | fps |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['board']} | {b.get('bundle', '')} | {b.get('target', '')} | {b['runtime']} "
+                  f"{b['runtime_version']} | {b['precision']} | {b.get('device', '')} | {b.get('power_mode')} | "
+                  f"{b['p50_ms']:.3f} | {_ms(b.get('p99_ms'))} | {b['throughput_fps']:.0f} |" for b in boards]
     else:
-        lines.append("None yet: no board was attached here; results from `devices/run_engine.py` appear here once "
-                     "ingested.")
+        lines.append("None yet: no board was attached here; results from `devices/run_engine.py` on a board, or "
+                     "trtexec's output, appear here once ingested.")
     return lines
 
 
-def render_markdown(rows: list[dict], *, command: str, plots: list[str], bench: list[dict] | None = None) -> str:
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def render_markdown(rows: list[dict], *, command: str, plots: list[str], bench: list[dict] | None = None,
+                    bench_folder: Path | None = None, bundles: list[dict] | None = None) -> str:
     lines = [
         "# slicenet results", "",
         f"Generated by `{command}` from {len(rows)} run directories: every measured figure comes from a run's",
@@ -370,7 +479,8 @@ def render_markdown(rows: list[dict], *, command: str, plots: list[str], bench: 
             f"{_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
             f"{g['wall_median']:.0f} / {g['wall_max']:.0f} " + _reference_cells(g) + f" `{g['command']}` |")
     lines += compact_table(rows)
-    lines += latency_tables(bench or [])
+    lines += bundle_table(bundles or [])
+    lines += latency_tables(bench or [], bench_folder)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     lines += ["", "## Every run, with its command and machine", "",
@@ -409,6 +519,29 @@ def finish_axes(ax, xlabel: str, ylabel: str, *, log_x: bool = False, legend: bo
     if legend:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+
+
+def write_report(out: Path, rows: list[dict], *, command: str, bench: list[dict], bench_folder: Path,
+                 bundles: list[dict]) -> list[str]:
+    """REPORT.md, runs.csv and the plots into ``out``, all or nothing: everything is rendered into a
+    staging folder beside it first, and moved into place only once every file exists. Returns the
+    files written."""
+    import shutil
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        plots = render_plots(rows, staging, bench)
+        (staging / "runs.csv").write_text(render_csv(rows))
+        (staging / "REPORT.md").write_text(render_markdown(rows, command=command, plots=plots, bench=bench,
+                                                           bench_folder=bench_folder, bundles=bundles))
+        written = ["REPORT.md", "runs.csv", *plots]
+        for name in written:
+            os.replace(staging / name, out / name)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -> list[str]:
@@ -478,7 +611,8 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             finish_axes(ax, "fitness evaluations", "best generation-mean fitness so far (lower is better)")
         save(fig, "fitness_vs_evaluations.png")
 
-    host = [b for b in bench or [] if b.get("kind") != "measured" and b.get("test_accuracy") is not None]
+    host = [b for b in bench or [] if b.get("kind") not in ("measured", "host-runner")
+            and b.get("test_accuracy") is not None]
     if host:
         # One point per bundle and runtime: the median p50 of its interleaved runs (their ratios, in the
         # tables, are the figures to compare; this plot only places the engines). The panel is the
@@ -491,7 +625,7 @@ def render_plots(rows: list[dict], out: Path, bench: list[dict] | None = None) -
             timed.setdefault((b["name"], b["runtime"]), []).append(b)
         placed = [{"name": name, "runtime": runtime, "p50_ms": statistics.median(b["p50_ms"] for b in runs),
                    "accuracy": 100 * runs[0]["test_accuracy"],
-                   "dataset": dataset_of.get(name.split("/")[0], "other")}
+                   "dataset": dataset_of.get(runs[0].get("run_bundle", name.split("/")[0]), "other")}
                   for (name, runtime), runs in timed.items()]
         fig, pairs = panels(sorted({p["dataset"] for p in placed}))
         for ax, dataset in pairs:

@@ -55,10 +55,40 @@ def create_run_dir(path: Path, config: RunConfig | BaselineConfig, command: str)
 
 
 def save_checkpoint(path: Path, state: SearchState, wall_seconds: float) -> None:
-    # pickle is right for this private, self-written file: it must hold pycma's strategy object
-    # (pycma's own documented way to save it). The engine, which users share, is safetensors.
+    # pickle, because the checkpoint must hold pycma's strategy object (pycma's own documented way to
+    # save it); it is read back only through RestrictedUnpickler. The engine, which users share, is
+    # safetensors.
     write_bytes(path / CHECKPOINT, pickle.dumps({"version": __version__, "state": state,
                                                  "wall_seconds": wall_seconds}, protocol=5))
+
+
+# What a checkpoint may hold: classes of these packages, and the few functions numpy's and pycma's
+# objects pickle by reference. Anything else (os.system, builtins.eval, subprocess...) is refused.
+CHECKPOINT_PACKAGES = ("slicenet.", "cma.", "pyswarms.backend.", "numpy.")
+CHECKPOINT_FUNCTIONS = {
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+    ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"), ("numpy.linalg", "eigh"),
+    ("cma.options_parameters", "is_feasible"), ("cma.evolution_strategy", "_pass"),
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only what a slicenet checkpoint holds (``CHECKPOINT_PACKAGES`` classes and
+    ``CHECKPOINT_FUNCTIONS``), so a crafted file cannot run a command when ``--resume`` reads it."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 -- pickle's protocol
+        if (module, name) in CHECKPOINT_FUNCTIONS:
+            return super().find_class(module, name)
+        if module.startswith(CHECKPOINT_PACKAGES) or module in ("numpy", "cma"):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a slicenet checkpoint never holds")
 
 
 def load_checkpoint(path: Path) -> tuple[SearchState, float]:
@@ -69,9 +99,14 @@ def load_checkpoint(path: Path) -> tuple[SearchState, float]:
         raise InputError(f"{path} has no {CHECKPOINT}: it is not an unfinished slicenet run; "
                          "expected a directory written by 'slicenet optimise'")
     try:
-        payload = pickle.loads(file.read_bytes())
+        payload = RestrictedUnpickler(io.BytesIO(file.read_bytes())).load()
+        if not isinstance(payload, dict) or not isinstance(payload.get("state"), SearchState):
+            raise pickle.UnpicklingError("it holds no search state")
         return payload["state"], float(payload["wall_seconds"])
-    except Exception as exc:  # noqa: BLE001 -- any unpickling failure means the same thing here
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"{file} is not a slicenet checkpoint ({exc}); refused to load it. Start the run "
+                         "again without --resume") from None
+    except Exception as exc:  # noqa: BLE001 -- any other unpickling failure means the same thing here
         raise InputError(f"{file} is damaged ({type(exc).__name__}); start the run again") from None
 
 
@@ -126,6 +161,8 @@ def load_metrics(path: Path) -> dict:
 
 def load_engine(path: Path) -> Engine:
     path = Path(path)
+    if path.is_file():
+        raise InputError(f"{path} is a file: pass the run directory ({path.parent}), not its engine file")
     if not path.is_dir():
         raise InputError(f"run directory {path} does not exist")
     if not (path / ENGINE).is_file():

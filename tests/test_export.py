@@ -372,9 +372,9 @@ def test_a_graph_of_a_newer_opset_fails_the_2022_check_naming_the_operation(tmp_
 
 
 def test_an_ncs2_export_that_2022_refuses_is_not_written(tiny_run, tmp_path, monkeypatch):
-    from slicenet.export import targets
-
     import openvino as ov
+
+    from slicenet.export import targets
 
     newer = _newer_opset_ir(tmp_path / "newer.xml")
     monkeypatch.setattr(targets, "write_ir", lambda graph: ov.Core().read_model(str(newer)))

@@ -108,3 +108,24 @@ def test_class_slots_and_the_k_requirement():
     with pytest.raises(ValueError, match="at least k=2 prototypes of every class"):
         local_mean_vote(torch.zeros(1, 2), torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]), n_classes=2,
                         n_neighbors=2)
+
+
+@pytest.mark.parametrize("vote,k", [("majority", 3), ("local-mean", 2)])
+def test_follows_every_convention_of_scikit_learns_developer_guide(vote, k):
+    """scikit-learn's own estimator checks (fit returns self, input validation, n_features_in_, pickling,
+    classes_, NotFittedError, ...), for both votes."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(KNNClassifier(n_neighbors=k, vote=vote), on_fail=None)
+    failed = [r["check_name"] for r in results if r["status"] == "failed"]
+    assert not failed and sum(r["status"] == "passed" for r in results) > 40
+
+
+def test_the_local_mean_vote_as_an_estimator_matches_the_rule(blobs):
+    X, y, Xq, _ = blobs
+    model = KNNClassifier(n_neighbors=3, vote="local-mean").fit(X, y)
+    expected = np.stack([local_mean_by_hand(q, X, y, 3) for q in Xq]).argmin(1)
+    assert np.array_equal(model.predict(Xq), expected)
+    np.testing.assert_allclose(model.predict_proba(Xq).sum(1), 1.0)
+    with pytest.raises(ValueError, match="local-mean.* Euclidean"):
+        KNNClassifier(vote="local-mean", metric="cosine").fit(X, y)

@@ -65,22 +65,20 @@ def bundle_folder(run_dir: Path, *, target_name: str, out_root: Path, batch: int
     return Path(out_root) / bundle_name(run_dir) / (target_name if batch == 1 else f"{target_name}-b{batch}")
 
 
-def board_runner() -> Path:
-    """``devices/run_engine.py``, the runner every bundle carries: shipped inside the package
-    (``slicenet/boards``, built from ``devices/``), or read from a checkout."""
+def board_file(name: str) -> Path:
+    """A file of ``devices/`` (the runner every bundle carries, the board profiles): shipped inside the
+    package as ``slicenet.boards``, so a wheel install has them too."""
     from importlib import resources
 
-    try:
-        packaged = Path(str(resources.files("slicenet.boards") / "run_engine.py"))
-        if packaged.is_file():
-            return packaged
-    except (ModuleNotFoundError, TypeError):
-        pass
-    checkout = Path(__file__).resolve().parents[2] / "devices" / "run_engine.py"
-    if checkout.is_file():
-        return checkout
-    raise InputError("devices/run_engine.py is missing from this installation; reinstall slicenet "
-                     "(pip install slicenet) or export from a checkout")
+    path = Path(str(resources.files("slicenet.boards") / name))
+    if not path.is_file():
+        raise InputError(f"devices/{name} is missing from this installation of slicenet; reinstall it "
+                         "(pip install slicenet, or pip install -e . in a checkout)")
+    return path
+
+
+def board_runner() -> Path:
+    return board_file("run_engine.py")
 
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
@@ -90,9 +88,12 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
     With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
     fallback) must be read and compiled by OpenVINO 2022.3.2's own runtime (``ov2022``); where that
     check cannot run, the manifest says "not checked" and why."""
+    from ..extras import require
+
     chosen = target(target_name)
     if not 1 <= batch <= MAX_BATCH:
         raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
+    require("onnx", "onnxruntime", "openvino", purpose=f"export --target {target_name}")
     runner = board_runner()
     name = bundle_name(run_dir)
     bundle = bundle_folder(run_dir, target_name=target_name, out_root=out_root, batch=batch)
@@ -172,4 +173,4 @@ def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verific
 
 __all__ = ["TARGETS", "TENSORRT_MAX_K", "OPENVINO_EXACT_CPU", "Verification", "build_onnx", "build_ir", "build_ncs2_ir",
            "bundle_folder", "bundle_name", "check_ir_opsets", "check_onnx", "export_bundle", "near_ties",
-           "run_onnxruntime", "run_openvino", "target", "verify", "board_runner"]
+           "run_onnxruntime", "run_openvino", "target", "verify", "board_runner", "board_file"]

@@ -137,14 +137,30 @@ class JetsonTarget(BoardTarget):
 `engine.onnx` is ONNX opset 13 with static shapes, K={k} <= 3840, no OneHot, and the nearest
 neighbours found as TopK(largest=1) of the negated distance (TensorRT 8.2 ignores largest=0).
 
+Once, on the board (JetPack 4.6 has Python 3.6.9; PyPI has no aarch64 GPU wheel of onnxruntime): take
+`onnxruntime_gpu-1.11.0-cp36-cp36m-linux_aarch64.whl` from the Jetson Zoo (elinux.org/Jetson_Zoo,
+"ONNX Runtime"), then
+
+    pip3 install numpy onnxruntime_gpu-1.11.0-cp36-cp36m-linux_aarch64.whl
+
+Power mode and clocks, then the FP16 TensorRT engine and its timing:
+
     sudo nvpmodel -m 0 && sudo jetson_clocks          # 10 W MAXN (use -m 1 for the 5 W mode)
     /usr/src/tensorrt/bin/trtexec --onnx=engine.onnx --fp16 --saveEngine=engine.plan
     /usr/src/tensorrt/bin/trtexec --loadEngine=engine.plan --useSpinWait --noDataTransfers \\
-        --warmUp=500 --duration=10 --percentile=99
-    python3 run_engine.py --runtime onnxruntime       # onnxruntime-gpu 1.11.0 (Jetson Zoo, cp36) or CPU
+        --warmUp=500 --duration=10 --percentile=99 | tee trtexec.txt
     tegrastats --interval 100                         # board power: POM_5V_IN
 
-Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
+The samples' predictions at that precision (TensorRT FP16, through onnxruntime-gpu's TensorRT
+provider; the engine is cached in this folder), and the runner's own timing:
+
+    python3 run_engine.py --runtime tensorrt --precision fp16
+    python3 run_engine.py --runtime onnxruntime       # CUDA (or CPU) provider, FP32
+
+Copy `result.json` and `trtexec.txt` back and, on the host:
+
+    slicenet bench --ingest result.json
+    slicenet bench --ingest trtexec.txt --bundle export/{name}/jetson
 """
 
     def check_onnx(self, model: Any) -> None:
@@ -172,12 +188,19 @@ class Ncs2Target(BoardTarget):
     readme = """# {name}: Intel Neural Compute Stick 2 (MYRIAD, OpenVINO 2022.3 LTS)
 
 `engine.xml` / `engine.bin` are an FP16 IR (v{ir_version}) built from opset1/opset3 operations only,
-static shapes, MYRIAD-supported layers. MYRIAD ships only in the 2022.3 archive installers (not pip):
+static shapes, MYRIAD-supported layers; OpenVINO 2022.3.2's own runtime read and compiled them and the
+ONNX fallback before this bundle was written (manifest.json, checks.openvino_2022). MYRIAD ships only in
+the 2022.3 archive installers (not pip). Once, on the host the stick is plugged into:
 
     source /opt/intel/openvino_2022/setupvars.sh
+    sudo usermod -a -G users "$(whoami)"              # then log out and in
+    sudo /opt/intel/openvino_2022/install_dependencies/install_NCS_udev_rules.sh   # USB rules; replug the stick
+
+Compile for the stick once; the blob is what the later commands load:
+
     compile_tool -m engine.xml -d MYRIAD -o engine.blob          # no stick attached: add -c myriad.conf
-    benchmark_app -m engine.xml -d MYRIAD -hint latency
-    python3 run_engine.py --runtime openvino --device MYRIAD
+    benchmark_app -m engine.blob -d MYRIAD -hint latency
+    python3 run_engine.py --runtime openvino --device MYRIAD --model engine.blob
 
 `myriad.conf` holds `MYRIAD_ENABLE_MX_BOOT NO`. Fallback: `engine.onnx` (opset 13) converts with
 2022.3's own model optimizer: `mo --input_model engine.onnx --compress_to_fp16`.
