@@ -316,7 +316,7 @@ def load_bundles(folders: list[Path]) -> list[dict]:
             "slicenet_version": manifest.get("slicenet_version", ""),
             "description_ops": manifest.get("checks", {}).get("operations", {}).get("description"),
             "onnx_ops": len(graph.node), "onnx_op_types": sorted({n.op_type for n in graph.node}),
-            "ir_layers": ir_summary(ir_file)["layers"] if ir_file.is_file() else None,
+            "ir_layers": ir_summary(ir_file)["compute_layers"] if ir_file.is_file() else None,
             "verification": manifest.get("verification", []),
             "openvino_2022": manifest.get("checks", {}).get("openvino_2022"),
             "engine_bytes": manifest.get("engine_bytes"),
@@ -328,8 +328,9 @@ def bundle_table(bundles: list[dict]) -> list[str]:
     if not bundles:
         return []
     lines = ["", "## Exported bundles", "",
-             "Operations are counted in each bundle's files: ONNX nodes, and IR layers without Parameter, Result "
-             "and Const (the IR has no bias input: a Conv or a Gemm with a bias is two layers there). "
+             "Operations are counted in each bundle's files: ONNX nodes, and IR layers without Parameter, Result, "
+             "Const and the Converts that only decompress an FP16 constant (the IR has no bias input, so a Conv or "
+             "a Gemm with a bias is two layers there, and an ArgMax a TopK and a Reshape). "
              "Verification: every test image's class against the torch engine's. OpenVINO 2022.3.2: read and "
              "compiled by that release's own runtime (`slicenet check-2022`), and the sample images' classes "
              "by its CPU plugin.", "",

@@ -240,13 +240,18 @@ def check_onnx(model: Any, name: str) -> None:
 
 
 def ir_summary(xml_path: Path) -> dict:
-    """IR version, layers (operations: Parameter, Result and Const left out) and constant precisions."""
+    """IR version, layers (Parameter, Result and Const left out), the Converts among them that only
+    decompress an FP16 constant (what ``compress_to_fp16`` adds: no work per inference), and the
+    constants' precisions."""
     text = xml_path.read_text()
     version = re.search(r'<net [^>]*version="(\d+)"', text)
-    types = re.findall(r'<layer [^>]*type="([^"]+)"', text)
+    layers = dict(re.findall(r'<layer id="(\d+)" [^>]*type="([^"]+)"', text))
+    edges = re.findall(r'<edge from-layer="(\d+)"[^>]*to-layer="(\d+)"', text)
+    decompressing = {to for source, to in edges if layers.get(source) == "Const" and layers.get(to) == "Convert"}
     precisions = set(re.findall(r'<layer [^>]*type="Const"[^>]*>\s*<data [^>]*element_type="([^"]+)"', text))
-    return {"ir_version": int(version.group(1)) if version else 0,
-            "layers": sum(t not in ("Parameter", "Result", "Const") for t in types),
+    operations = sum(t not in ("Parameter", "Result", "Const") for t in layers.values())
+    return {"ir_version": int(version.group(1)) if version else 0, "layers": operations,
+            "decompression_layers": len(decompressing), "compute_layers": operations - len(decompressing),
             "const_precisions": sorted(precisions)}
 
 
