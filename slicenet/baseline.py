@@ -47,7 +47,7 @@ class Network(nn.Module):
         return self.output(torch.relu(self.hidden(self.features(x))))
 
     def trunk_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.trunk[2 * i].detach().clone(), self.trunk[2 * i + 1].detach().clone())
+        return [(self.trunk[2 * i].detach().cpu().clone(), self.trunk[2 * i + 1].detach().cpu().clone())
                 for i in range(len(self.spec.layers))]
 
 
@@ -58,7 +58,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, shift: float = 2.0, 
     dx = (torch.rand(n, generator=generator) * 2 - 1) * shift * 2 / width
     dy = (torch.rand(n, generator=generator) * 2 - 1) * shift * 2 / height
     theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), dx], 1),
-                         torch.stack([angle.sin(), angle.cos(), dy], 1)], 1)
+                         torch.stack([angle.sin(), angle.cos(), dy], 1)], 1).to(x.device)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     background = x.amin(dim=(1, 2, 3), keepdim=True)  # pad with the image's own background value
     return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
@@ -72,15 +72,17 @@ def accuracy(model: Network, x: torch.Tensor, y: torch.Tensor, *, batch: int = 1
 
 
 def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineConfig, input_mean: float,
-          input_std: float, on_epoch: Callable[[dict], None] | None = None) -> tuple[Network, list[dict], dict]:
+          input_std: float, on_epoch: Callable[[dict], None] | None = None,
+          device: torch.device | None = None) -> tuple[Network, list[dict], dict]:
     """Train with early stopping on a validation split; returns the best network, history, summary."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     fit, val = stratified_split(dataset.y_train, config.validation_fraction, rng)
-    x = normalise_images(dataset.x_train, input_mean, input_std)
-    y = torch.from_numpy(dataset.y_train)
+    device = device or torch.device("cpu")
+    x = normalise_images(dataset.x_train, input_mean, input_std).to(device)
+    y = torch.from_numpy(dataset.y_train).to(device)
     x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
-    model = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed)
+    model = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed).to(device)
     if config.optimizer == "adam":
         optimiser: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
         schedule = None
@@ -93,7 +95,7 @@ def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineCon
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = torch.randperm(len(y_fit), generator=generator)
+        order = torch.randperm(len(y_fit), generator=generator).to(device)
         total_loss = 0.0
         for batch in order.split(config.batch_size):
             xb = x_fit[batch]
@@ -137,21 +139,22 @@ def to_engine(model: Network, dataset: Dataset, *, config: BaselineConfig, input
                             input_std=input_std, class_names=dataset.class_names, info=info,
                             head=bank_head(config.vote, n_neighbors=config.n_neighbors, metric=config.metric),
                             postprocessing=config.postprocessing)
-    dense = [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in (model.hidden, model.output)]
+    dense = [(layer.weight.detach().cpu().clone(), layer.bias.detach().cpu().clone())
+             for layer in (model.hidden, model.output)]
     return Engine(model.spec, weights, input_mean, input_std, PostProcessing("none"), DenseHead(dense),
                   dataset.class_names, dataset.image_size, dict(info))
 
 
 def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: BaselineConfig, input_mean: float,
-        input_std: float, run_name: str, on_epoch: Callable[[dict], None] | None = None
-        ) -> tuple[Engine, dict, list[dict]]:
+        input_std: float, run_name: str, on_epoch: Callable[[dict], None] | None = None,
+        device: torch.device | None = None) -> tuple[Engine, dict, list[dict]]:
     """Train one width and return (its engine, its metrics, its history): the whole baseline run but
     its files."""
     from .pipeline import engine_metrics, evaluate
 
     started = time.perf_counter()
     model, history, summary = train(dataset, spec, hidden=hidden, config=config, input_mean=input_mean,
-                                    input_std=input_std, on_epoch=on_epoch)
+                                    input_std=input_std, on_epoch=on_epoch, device=device)
     info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": run_name}
     engine = to_engine(model, dataset, config=config, input_mean=input_mean, input_std=input_std, info=info)
     untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed)
@@ -164,5 +167,6 @@ def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: 
         **summary,
         "evaluations": summary["gradient_steps"] * config.batch_size,
         "wall_seconds": round(time.perf_counter() - started, 3), "seed": config.seed, "augment": config.augment,
+        "device": str(device or "cpu"),
     }
     return engine, metrics, history

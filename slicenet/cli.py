@@ -117,20 +117,35 @@ def build_parser() -> argparse.ArgumentParser:
     optimise = commands.add_parser("optimise", help="optimise a trunk without gradients; write a run directory")
     optimise.add_argument("--config", help="TOML file of options (flags override it)")
     optimise.set_defaults(keys=add_config_flags(optimise, RunConfig), func=cmd_optimise)
-    optimise.add_argument("--out", type=Path, help="run directory (default runs/<method>-<dataset>-<time>)")
+    optimise.add_argument("--out", type=Path, help="run directory (default runs/<method>-<dataset>-<time>; with "
+                          "--seeds, the folder of their seed<N> runs)")
     optimise.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run")
+    optimise.add_argument("--device", default="auto", help="where populations are scored: cpu, cuda[:N] or auto "
+                          "(CUDA when torch sees one)")
+    optimise.add_argument("--cluster", default=None, help="score populations on Ray actors: local[:N] (a Ray "
+                          "instance here with N CPUs), auto (the cluster this machine joined) or HEAD:PORT")
+    optimise.add_argument("--workers", type=int, default=0, help="with --cluster: actors (default: one per CPU, "
+                          "or per GPU with --device cuda)")
+    optimise.add_argument("--seeds", type=int, nargs="+", default=None,
+                          help="one run per seed (OUT/seed<N>), as Ray tasks with --cluster; rerun the same command "
+                               "to continue unfinished ones")
     optimise.add_argument("--quiet", action="store_true", help="no progress bar")
 
     baseline = commands.add_parser("baseline", help="train the same trunk with backprop (dense or k-NN head)")
     baseline.add_argument("--config", help="TOML file of options (flags override it)")
     baseline.set_defaults(keys=add_config_flags(baseline, BaselineConfig), func=cmd_baseline)
     baseline.add_argument("--out", type=Path, help="run directory (several widths: one sub-folder each)")
+    baseline.add_argument("--device", default="auto", help="where to train: cpu, cuda[:N] or auto")
     baseline.add_argument("--quiet", action="store_true", help="no progress bar")
 
     condense = commands.add_parser("condense", help="compact a run's engine: fewer prototypes, dimensions, bytes")
     condense.add_argument("run", type=Path, help="the run directory whose engine to condense (runs/<name>)")
     condense.set_defaults(keys=add_config_flags(condense, CondenseConfig), func=cmd_condense)
     condense.add_argument("--out", type=Path, help="run directory (default <run>-p<N> or <run>-<B>kb)")
+    condense.add_argument("--device", default="auto", help="method joint: where its populations are scored: cpu, "
+                          "cuda[:N] or auto")
+    condense.add_argument("--cluster", default=None, help="method joint: score its populations on Ray actors "
+                          "(local[:N], auto or HEAD:PORT, as optimise)")
 
     export = commands.add_parser("export", help="export a run's engine for a target and verify it")
     export.add_argument("run", type=Path, help="the run directory to export (runs/<name>, not its engine file)")
@@ -184,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="auto (default: a folder: dataset whole, any other dataset's test split), test, all")
     evaluate.add_argument("--class-map", default="",
                           help="dataset class -> engine class, where their names differ: zero=0,one=1,...")
+    evaluate.add_argument("--device", default="auto", help="where the engine runs: cpu, cuda[:N] or auto")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -243,15 +259,23 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
 
 
 def cmd_optimise(args: argparse.Namespace) -> int:
-    from . import pipeline, runs
+    from . import runs
     from .config import RunConfig, config_from_toml, make_config
+    from .device import resolve
+    from .pipeline import search_settings
     from .search import total_generations
 
     overrides = _flags_given(args)
-    started = time.perf_counter()
+    if args.cluster:
+        from .cluster import parse_cluster
+
+        parse_cluster(args.cluster)  # a bad address fails before anything is written
+    if args.device not in ("auto", "cpu") and not args.cluster:
+        resolve(args.device)  # --device cuda without a GPU: one line, before anything
     if args.resume is not None:
         given = ["--" + key.replace("_", "-") for key, value in overrides.items() if value is not None]
         given += ["--config"] * (args.config is not None) + ["--out"] * (args.out is not None)
+        given += ["--seeds"] * bool(args.seeds)
         if given:
             raise InputError(f"--resume takes its configuration from {args.resume / runs.CONFIG}; "
                              f"drop {', '.join(given)}")
@@ -260,41 +284,37 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         if not isinstance(loaded, RunConfig):
             raise InputError(f"{run_dir} is a baseline run, not an optimise run: nothing to resume")
         config = loaded
-        state, previous_wall = runs.load_checkpoint(run_dir)
+        runs.load_checkpoint(run_dir)  # a finished, damaged or crafted checkpoint fails here, in one line
     else:
         config = config_from_toml(args.config, **overrides) if args.config else make_config(**overrides)
         run_dir = args.out or runs.default_run_dir(config)
-        previous_wall = 0.0
-        state = None
-    prepared = pipeline.prepare(config)  # loads data: fails before anything is written
-    if state is None:
-        runs.create_run_dir(run_dir, config, _command(args))
-        state = pipeline.initial_state(prepared)
-    scored = f"{config.search_images:,}" if config.search_images else "all"
-    print(f"run directory: {run_dir} ({'resumed' if args.resume else 'new'}; each generation scores {scored} "
-          f"training images by {config.scoring} k-NN; the bar shows the block's best fitness so far and this "
-          "generation's best accuracy on those images, not validation accuracy)", file=sys.stderr)
+    if args.seeds:
+        return _fan_out(args, config, run_dir)
 
-    total = total_generations(pipeline.search_settings(config), prepared.spec)
-    bar, on_generation = _progress(total, len(state.history), args.quiet)
+    def on_start(prepared, state):  # noqa: ANN001, ANN202 -- the progress bar, once the data is loaded
+        scored = f"{config.search_images:,}" if config.search_images else "all"
+        where = f"Ray cluster {args.cluster}" if args.cluster else f"device {args.device}"
+        print(f"run directory: {run_dir} ({'resumed' if args.resume else 'new'}; populations scored on {where}; "
+              f"each generation scores {scored} training images by {config.scoring} k-NN; the bar shows the "
+              "block's best fitness so far and this generation's best accuracy on those images, not validation "
+              "accuracy)", file=sys.stderr)
+        bar, on_generation = _progress(total_generations(search_settings(config), prepared.spec),
+                                       len(state.history), args.quiet)
+        bars.append(bar)
+        return on_generation
 
-    def on_checkpoint(current) -> None:  # noqa: ANN001
-        runs.save_checkpoint(run_dir, current, previous_wall + time.perf_counter() - started)
-
+    bars: list = []
     try:
-        with bar, _keep_freed_memory():
-            state = pipeline.run_search(prepared, state, on_generation=on_generation, on_checkpoint=on_checkpoint)
+        with _keep_freed_memory():
+            metrics = runs.optimise(config, run_dir, command=_command(args), resume=args.resume is not None,
+                                    device=args.device, cluster=args.cluster, workers=args.workers,
+                                    on_start=on_start)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the search is checkpointed: continue with 'slicenet optimise --resume "
                           f"{run_dir}'") from None
-    info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
-    engine, extra = pipeline.final_engine(prepared, state, info=info)
-    engine_seconds = previous_wall + time.perf_counter() - started  # the engine exists: the rest is evaluation
-    metrics = {**pipeline.final_metrics(prepared, state, engine), **extra,
-               "engine_seconds": round(engine_seconds, 3),
-               "wall_seconds": round(previous_wall + time.perf_counter() - started, 3),
-               "command": runs.load_command(run_dir)}
-    runs.write_results(run_dir, engine, metrics=metrics, history=state.history)
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"test accuracy {metrics['test_accuracy']:.4f} (random init {metrics['random_init_test_accuracy']:.4f}, "
           f"validation {metrics['validation_accuracy']:.4f}); engine {metrics['engine_bytes']:,} bytes; "
           f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s -> {run_dir}")
@@ -303,15 +323,37 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fan_out(args: argparse.Namespace, config: Any, root: Path) -> int:
+    """``--seeds``: one run per seed, ``ROOT/seed<N>``, as Ray tasks on ``--cluster`` (in this process one
+    after the other without one); a finished run is kept, a checkpointed one continued."""
+    from . import runs
+
+    jobs = [{"config": dataclasses.replace(config, seed=seed), "run_dir": Path(root) / f"seed{seed}",
+             "command": _command(args) + f"  # seed {seed}", "device": args.device} for seed in args.seeds]
+    print(f"{len(jobs)} runs ({', '.join(str(j['run_dir']) for j in jobs)}) "
+          + (f"as Ray tasks on {args.cluster}" if args.cluster else "one after the other"), file=sys.stderr)
+    if args.cluster:
+        from .cluster import fan_out
+
+        results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster)
+    else:
+        results = [runs.optimise_or_resume(**job) for job in jobs]
+    for job, metrics in zip(jobs, results, strict=True):
+        print(f"{job['run_dir']}: test accuracy {metrics['test_accuracy']:.4f} in {metrics['wall_seconds']:.0f} s")
+    return 0
+
+
 def cmd_baseline(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import baseline, pipeline, runs
     from .config import BaselineConfig, config_from_toml, make_config
+    from .device import resolve
 
     overrides = _flags_given(args)
     config = (config_from_toml(args.config, BaselineConfig, **overrides) if args.config
               else make_config(None, BaselineConfig, **overrides))
+    device = resolve(args.device)
     dataset, preset, spec, mean, std = pipeline.load_inputs(config.dataset, preset=config.preset,
                                                             image_size=config.image_size, threads=config.threads)
     if config.head == "knn":
@@ -336,7 +378,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
         with bar:
             engine, metrics, history = baseline.run(dataset, spec, preset=preset, hidden=hidden, config=single,
                                                     input_mean=mean, input_std=std, run_name=str(run_dir),
-                                                    on_epoch=on_epoch)
+                                                    on_epoch=on_epoch, device=device)
         metrics["command"] = command
         runs.write_results(run_dir, engine, metrics=metrics, history=history)
         print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs; "
@@ -352,6 +394,14 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = make_config(None, condense.CondenseConfig, **_flags_given(args))  # checked before any work
+    if args.device not in ("auto", "cpu"):
+        from .device import resolve
+
+        resolve(args.device)
+    if args.cluster:
+        from .cluster import parse_cluster
+
+        parse_cluster(args.cluster)
     engine = runs.load_engine(args.run)
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
@@ -373,7 +423,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     with bar, _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
         compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
-                                           source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell)
+                                           source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell,
+                                           evaluator=lambda problem: runs.make_evaluator(
+                                               problem, device=args.device, cluster=args.cluster))
     compact.info = {**engine.info, "condensed_from": str(run)}
     metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
                "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}
@@ -557,7 +609,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"dataset {spec!r} has {images.shape[1]}x{images.shape[2]} images but the engine expects "
                          f"{engine.image_size[0]}x{engine.image_size[1]}")
     labels = pipeline.class_index(names, engine.class_names, class_map)[labels]  # matched by name
-    result = pipeline.evaluate(engine, images, labels)
+    from .device import resolve
+
+    result = pipeline.evaluate(engine.to(resolve(args.device)), images, labels)
     result.update(dataset=spec, split="all" if args.split == "all" or (args.split == "auto" and spec.startswith(
         "folder:")) else "test")
     if args.json:

@@ -66,6 +66,7 @@ JOINT_SEARCH_IMAGES = 4000  # method joint: training images that score each cand
 JOINT_SIGMA = 0.1  # method joint: the optimiser's initial step, relative to the layer's weight spread
 SMOOTH_TEMPERATURE = 0.05  # methods optimised and joint: softmax temperature of the smooth score
 COMPACT_METRICS = ("cosine", "euclidean")  # preference order on a validation tie
+EvaluatorFactory = Callable[[Any], Any]  # problem -> evaluators.Evaluator (the joint method's; default in-process)
 GRID_PROTOTYPES = (1, 2, 3, 5, 8, 10, 15, 20, 30, 50, 100, 200, 300, 500)  # budget search: per class
 GRID_DIMS = (0, 128, 64, 32, 16, 8)  # budget search: PCA dimensions (0 = all)
 GRID_NEIGHBORS = (1, 3, 5, 9)  # k tried where none is given
@@ -340,6 +341,9 @@ class BankProblem:
     def spec(self) -> TrunkSpec:
         return self.engine.spec
 
+    def to(self, device: torch.device) -> BankProblem:
+        return BankProblem(self.engine.to(device), self.x_train.to(device), self.y_train.to(device), self.rows)
+
     def scored_rows(self, split: Split | None) -> torch.Tensor:
         return self.rows
 
@@ -362,7 +366,8 @@ def pca_projection(raw: torch.Tensor, mean: torch.Tensor, dims: int) -> torch.Te
 
 
 def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *, seed: int,
-                  raw: torch.Tensor | None = None, n_neighbors: int | None = None) -> Engine:
+                  raw: torch.Tensor | None = None, n_neighbors: int | None = None,
+                  evaluator: EvaluatorFactory | None = None) -> Engine:
     """A compact engine from ``engine``'s trunk and the given training images."""
     source = engine.bank_head
     raw = raw_features(engine, images) if raw is None else raw
@@ -381,12 +386,12 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
                         bank_labels=torch.from_numpy(bank_labels.astype(np.int64)), classes=engine.n_classes)
     compact = dataclasses.replace(engine, post=post, head=head, views=Views(0))
     if settings.method == "joint":
-        compact = tune_jointly(compact, images, labels, settings, seed=seed)
+        compact = tune_jointly(compact, images, labels, settings, seed=seed, evaluator=evaluator)
     return compact.with_storage(settings.precision, settings.precision)
 
 
 def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *,
-                 seed: int) -> Engine:
+                 seed: int, evaluator: EvaluatorFactory | None = None) -> Engine:
     """The bank and the trunk's last layer fitted to each other, without gradients.
 
     The trunk was tuned for a bank of every training image; a bank of a few prototypes per class
@@ -418,8 +423,8 @@ def tune_jointly(engine: Engine, images: np.ndarray, labels: np.ndarray, setting
         optimiser = make_optimiser(settings.optimiser, start, sigma0=JOINT_SIGMA * float(np.std(start)),
                                    seed=seed + round_index, max_generations=settings.generations)
         problem = BankProblem(best, x, torch.from_numpy(labels), search)
-        with TorchEvaluator(problem) as evaluator:
-            for _ in run_generations(optimiser, evaluator.bind(best.weights, block)):
+        with (evaluator or TorchEvaluator)(problem) as scorer:
+            for _ in run_generations(optimiser, scorer.bind(best.weights, block)):
                 pass
         weights = list(best.weights)
         weights[block.layer] = unflatten_layer(optimiser.recommendation(), best.spec, block.layer)
@@ -460,16 +465,17 @@ def _fit_split(engine: Engine, images: np.ndarray, labels: np.ndarray, *, valida
 
 
 def _validation_accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray, splits: list[FitSplit],
-                         settings: CompactSettings, seed: int) -> float:
+                         settings: CompactSettings, seed: int, evaluator: EvaluatorFactory | None = None) -> float:
     """Mean validation accuracy of the engine ``settings`` build, over ``_fit_split`` splits."""
     return float(np.mean([accuracy(build_compact(engine, fit_images, fit_labels, settings, seed=seed, raw=raw_fit,
-                                                 n_neighbors=settings.n_neighbors), images[val], labels[val])
+                                                 n_neighbors=settings.n_neighbors, evaluator=evaluator),
+                                   images[val], labels[val])
                           for fit_images, fit_labels, raw_fit, val in splits]))
 
 
 def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *,
-                     seed: int, validation_fraction: float = 0.25, shifts: int = 0
-                     ) -> tuple[Engine, float, CompactSettings]:
+                     seed: int, validation_fraction: float = 0.25, shifts: int = 0,
+                     evaluator: EvaluatorFactory | None = None) -> tuple[Engine, float, CompactSettings]:
     """Pick k and the metric by validation (where not given), then build on all the images.
 
     Returns (engine, validation accuracy, the settings used, k, metric and LVQ window filled in). With ``shifts``
@@ -500,11 +506,11 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     chosen = dataclasses.replace(settings, n_neighbors=k, metric=metric, window=window, method=method)
     if settings.method == "joint":
         tuned = dataclasses.replace(chosen, method="joint")
-        tuned_accuracy = _validation_accuracy(engine, images, labels, [split], tuned, seed)
+        tuned_accuracy = _validation_accuracy(engine, images, labels, [split], tuned, seed, evaluator)
         if tuned_accuracy > val_accuracy:
             chosen, val_accuracy = tuned, tuned_accuracy
-    return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed=seed, n_neighbors=k), \
-        val_accuracy, chosen
+    return build_compact(engine, *shifted_copies(images, labels, shifts), chosen, seed=seed, n_neighbors=k,
+                         evaluator=evaluator), val_accuracy, chosen
 
 
 def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, budget_bytes: int, seed: int,
@@ -513,7 +519,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                   epochs: int = CompactSettings.epochs, shifts: int = 0,
                   budget_macs: int | None = None, splits: int = 1,
                   generations: int = CompactSettings.generations,
-                  on_cell: Callable[[int, int], None] | None = None) -> tuple[Engine, dict, list[dict]]:
+                  on_cell: Callable[[int, int], None] | None = None,
+                  evaluator: EvaluatorFactory | None = None) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` (and, if given, ``budget_macs`` multiply-adds
     per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq; joint
     searches the grid with lvq, then tunes the trunk's last layer for the pick if validation agrees).
@@ -591,13 +598,13 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                                epochs=epochs, window=best["window"])
     if method == "joint":
         tuned = dataclasses.replace(settings, method="joint", generations=generations)
-        tuned_accuracy = _validation_accuracy(engine, images, labels, data, tuned, seed)
+        tuned_accuracy = _validation_accuracy(engine, images, labels, data, tuned, seed, evaluator)
         if tuned_accuracy > best["validation_accuracy"]:
             best = {**best, "method": "joint", "validation_accuracy": tuned_accuracy,
                     "lvq_validation_accuracy": best["validation_accuracy"]}
             settings = tuned
     final = build_compact(engine, *shifted_copies(images, labels, shifts), settings, seed=seed,
-                          n_neighbors=best["n_neighbors"])
+                          n_neighbors=best["n_neighbors"], evaluator=evaluator)
     if final.engine_bytes > budget_bytes:  # k-means on more images cannot grow it, but check anyway
         raise InputError(f"the chosen engine is {final.engine_bytes} bytes, over the budget; raise --budget-kb")
     if budget_macs is not None and final.multiply_adds > budget_macs:
@@ -638,7 +645,8 @@ def frontier(trials: list[dict], cost: str = "engine_bytes", value: str = "valid
 
 def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: CondenseConfig, *,
              source_bank_shifts: int = 0, on_trial: Callable[[dict], None] | None = None,
-             on_cell: Callable[[int, int], None] | None = None) -> tuple[Engine, dict]:
+             on_cell: Callable[[int, int], None] | None = None,
+             evaluator: EvaluatorFactory | None = None) -> tuple[Engine, dict]:
     """``slicenet condense`` without its files: the compact engine ``config`` asks for, from training
     ``images``, and what its metrics.json records about how it was chosen (``compact``, the validation
     accuracy, and for a budget its frontier)."""
@@ -646,7 +654,7 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
     shifts = source_bank_shifts if config.bank_shifts == -1 else config.bank_shifts
     if config.budget_kb is None:
         compact, validation, chosen = choose_and_build(engine, images, labels, config, seed=config.seed,
-                                                       shifts=shifts)
+                                                       shifts=shifts, evaluator=evaluator)
         return compact, {"validation_accuracy": validation, "compact": {**chosen.compact_fields(),
                                                                         "bank_shifts": shifts}}
     splits = config.splits or (3 if len(labels) <= AUTO_SPLITS_MAX_TRAIN else 1)
@@ -654,7 +662,7 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
         engine, images, labels, budget_bytes=int(config.budget_kb * 1000), seed=config.seed, method=config.method,
         on_trial=on_trial, metrics=(config.metric,) if config.metric else COMPACT_METRICS, epochs=config.epochs,
         shifts=shifts, budget_macs=config.budget_macs, splits=splits, generations=config.generations,
-        on_cell=on_cell)
+        on_cell=on_cell, evaluator=evaluator)
     extra: dict[str, Any] = {"budget_bytes": int(config.budget_kb * 1000), "frontier": frontier(trials),
                              "validation_accuracy": best["validation_accuracy"],
                              "compact": {**best, "bank_shifts": shifts}, "trials": len(trials)}

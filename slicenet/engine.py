@@ -80,6 +80,10 @@ class PostProcessing:
             tensors.update(encode("projection", self.projection, storage["weights"]))
         return tensors
 
+    def to(self, device: torch.device) -> PostProcessing:
+        return PostProcessing(self.method, None if self.mean is None else self.mean.to(device),
+                              None if self.projection is None else self.projection.to(device))
+
     def with_storage(self, storage: dict[str, str]) -> PostProcessing:
         if self.projection is None:
             return self
@@ -169,6 +173,17 @@ class Engine:
         return dataclasses.replace(self, head=head)
 
     @property
+    def device(self) -> torch.device:
+        return self.weights[0][0].device if self.weights else self.post.mean.device if self.post.mean is not None \
+            else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Engine:
+        """A copy computing on ``device`` (prediction and evaluation; files and exports read the CPU engine)."""
+        device = torch.device(device)
+        return dataclasses.replace(self, weights=[(w.to(device), b.to(device)) for w, b in self.weights],
+                                   post=self.post.to(device), head=self.head.to(device))
+
+    @property
     def parameters(self) -> int:
         return self.spec.parameters + self.head.parameters
 
@@ -189,8 +204,8 @@ class Engine:
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """Post-processed features [N, D] of uint8 images [N, H, W] (no views)."""
         self.check_images(images)
-        return self.post(features(normalise_images(images, self.input_mean, self.input_std), self.spec,
-                                  self.weights))
+        x = normalise_images(images, self.input_mean, self.input_std).to(self.device)
+        return self.post(features(x, self.spec, self.weights))
 
     @torch.no_grad()
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .fitness import ACTIVATION_BUDGET, Scores, Split, population_features_chunked
+from .fitness import Scores, Split, population_features_chunked
 from .trunk import Block, TrunkSpec, Weights, forward
 
 
@@ -34,6 +34,8 @@ class ScoredProblem(Protocol):
     def scored_rows(self, split: Split | None) -> torch.Tensor: ...
 
     def score(self, features: torch.Tensor, split: Split | None) -> Scores: ...
+
+    def to(self, device: torch.device) -> ScoredProblem: ...
 
 
 class Evaluator(ABC):
@@ -71,10 +73,15 @@ class TorchEvaluator(Evaluator):
     """
 
     def __init__(self, problem: ScoredProblem, *, device: str | torch.device = "cpu",
-                 activation_budget: int = ACTIVATION_BUDGET):
+                 activation_budget: int | None = None):
+        from .device import activation_budget as budget_for
+        from .device import resolve
+
         super().__init__(problem)
-        self.device = torch.device(device)
-        self.activation_budget = activation_budget  # floats of activations per chunk of images
+        self.device = resolve(device) if isinstance(device, str) else device
+        # floats of activations per chunk of images: the CPU's last-level cache, or a share of the GPU's memory
+        self.activation_budget = activation_budget or budget_for(self.device)
+        self._problem = problem.to(self.device)  # its images once on the device
         self._cache: tuple[int, list[torch.Tensor]] | None = None
         self._layer_input = torch.empty(0)
 
@@ -84,14 +91,17 @@ class TorchEvaluator(Evaluator):
         if (self._cache is None or self._cache[0] != block.layer
                 or not all(torch.equal(a, b) for a, b in zip(self._cache[1], earlier, strict=True))):
             with torch.no_grad():
-                self._layer_input = forward(self.problem.x_train, self.problem.spec, weights, stop=block.layer)
+                on_device = [(w.to(self.device), b.to(self.device)) for w, b in weights]
+                self._layer_input = forward(self._problem.x_train, self._problem.spec, on_device, stop=block.layer)
             self._cache = (block.layer, [t.clone() for t in earlier])
         return self
 
     @torch.no_grad()
     def __call__(self, population: np.ndarray, split: Split | None = None) -> Scores:
         rows = self.problem.scored_rows(split)
+        weights = [(w.to(self.device), b.to(self.device)) for w, b in self.weights]
         features = population_features_chunked(
-            self.problem.spec, self._layer_input[rows], self.weights, block=self.block,
-            population=torch.as_tensor(population, dtype=torch.float32), budget=self.activation_budget)
-        return self.problem.score(features, split)
+            self.problem.spec, self._layer_input[rows.to(self.device)], weights, block=self.block,
+            population=torch.as_tensor(population, dtype=torch.float32, device=self.device),
+            budget=self.activation_budget)
+        return self._problem.score(features, split)

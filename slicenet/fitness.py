@@ -21,6 +21,7 @@ the tests compare it against.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,12 +97,18 @@ class Problem:
         a cheaper, noisier score, which buys the optimiser more generations in the same time.
         """
         rng = np.random.default_rng([self.seed, *(key if self.resample else ())])
-        labels = self.y_train.numpy()
+        labels = self.y_train.cpu().numpy()
         pool = np.arange(len(labels))
         if key and self.resample and 0 < self.search_images < len(labels):
             _, pool = stratified_split(labels, self.search_images / len(labels), rng)
         fit, val = stratified_split(labels[pool], self.validation_fraction, rng)
         return torch.from_numpy(pool[fit]), torch.from_numpy(pool[val])
+
+    def to(self, device: torch.device) -> Problem:
+        """The problem with its images and labels on ``device`` (splits stay computed on the CPU)."""
+        if self.x_train.device == device:
+            return self
+        return dataclasses.replace(self, x_train=self.x_train.to(device), y_train=self.y_train.to(device))
 
     def scored_rows(self, split: Split | None) -> torch.Tensor:
         """The training rows to run through the trunk for ``split``: the bank rows first then the
@@ -138,7 +145,7 @@ def score_features(problem: Problem, features: torch.Tensor, *, y_fit: torch.Ten
         soft_score=problem.soft_score, temperature=problem.temperature)
     accuracy, soft_mean = hits.double().mean(-1), soft.mean(-1)
     fitness = -(accuracy + problem.soft_weight * soft_mean)
-    return Scores(fitness.numpy(), accuracy.numpy(), soft_mean.numpy())
+    return Scores(fitness.cpu().numpy(), accuracy.cpu().numpy(), soft_mean.cpu().numpy())
 
 
 def chunk_size(spec: TrunkSpec, x: torch.Tensor, *, index: int, size: int, budget: int = ACTIVATION_BUDGET) -> int:

@@ -37,7 +37,7 @@ def pairwise_distances(queries: torch.Tensor, bank: torch.Tensor, metric: str) -
 
 def count_votes(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Votes [..., n_classes] (int64) from neighbour labels [..., k]: one vote per neighbour."""
-    return torch.zeros(*labels.shape[:-1], n_classes, dtype=torch.int64).scatter_add_(
+    return torch.zeros(*labels.shape[:-1], n_classes, dtype=torch.int64, device=labels.device).scatter_add_(
         -1, labels, torch.ones_like(labels))
 
 
@@ -64,7 +64,7 @@ def knn_vote(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tenso
 def class_slots(bank_labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Bank indices grouped by class [n_classes, largest class], in bank order, padded with -1."""
     counts = torch.bincount(bank_labels, minlength=n_classes)
-    slots = torch.full((n_classes, int(counts.max())), -1, dtype=torch.int64)
+    slots = torch.full((n_classes, int(counts.max())), -1, dtype=torch.int64, device=bank_labels.device)
     for label in range(n_classes):
         members = torch.nonzero(bank_labels == label).flatten()
         slots[label, : len(members)] = members

@@ -19,7 +19,9 @@ import json
 import pickle
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .atomic import write_bytes, write_json, write_text
@@ -174,3 +176,59 @@ def load_engine(path: Path) -> Engine:
 def load_command(path: Path) -> str:
     """The command line that started the run (recorded in config.toml's [slicenet] table)."""
     return str(load_toml(path / CONFIG).get("slicenet", {}).get("command", ""))
+
+
+def optimise(config: RunConfig, run_dir: Path, *, command: str, resume: bool = False, device: str = "cpu",
+             cluster: str | None = None, workers: int = 0,
+             on_start: Callable[[Any, SearchState], Callable[[dict], None] | None] | None = None) -> dict:
+    """One whole ``slicenet optimise`` run: a new run directory (or, with ``resume``, the checkpointed
+    one continued), the search, its engine and metrics.json; returns the metrics. Populations are
+    scored on ``device``, or by Ray actors on ``cluster``. ``on_start(prepared, state)`` may return
+    the per-generation callback (the CLI's progress bar). What a Ray task of ``fan_out`` runs."""
+    from . import pipeline
+
+    started = time.perf_counter()
+    state, previous_wall = load_checkpoint(run_dir) if resume else (None, 0.0)
+    prepared = pipeline.prepare(config)  # loads data: fails before anything is written
+    # The device and the cluster answer, or fail in one line, before anything is written too.
+    evaluator = make_evaluator(prepared.problem, device=device, cluster=cluster, workers=workers)
+    if state is None:
+        create_run_dir(run_dir, config, command)
+        state = pipeline.initial_state(prepared)
+    on_generation = on_start(prepared, state) if on_start is not None else None
+
+    def on_checkpoint(current: SearchState) -> None:
+        save_checkpoint(run_dir, current, previous_wall + time.perf_counter() - started)
+
+    with evaluator:
+        state = pipeline.run_search(prepared, state, evaluator=evaluator, on_generation=on_generation,
+                                    on_checkpoint=on_checkpoint)
+    info = {"method": config.method, "dataset": prepared.dataset.name, "run": str(run_dir)}
+    engine, extra = pipeline.final_engine(prepared, state, info=info)
+    engine_seconds = previous_wall + time.perf_counter() - started  # the engine exists: the rest is evaluation
+    metrics = {**pipeline.final_metrics(prepared, state, engine), **extra,
+               "engine_seconds": round(engine_seconds, 3),
+               "wall_seconds": round(previous_wall + time.perf_counter() - started, 3),
+               "command": load_command(run_dir), "device": str(getattr(evaluator, "device", device)),
+               "cluster": cluster or ""}
+    write_results(run_dir, engine, metrics=metrics, history=state.history)
+    return metrics
+
+
+def make_evaluator(problem: Any, *, device: str = "cpu", cluster: str | None = None, workers: int = 0) -> Any:
+    """The population evaluator a run asks for: in-process on ``device``, or Ray actors on ``cluster``."""
+    if cluster:
+        from .cluster import RayEvaluator
+
+        return RayEvaluator(problem, cluster=cluster, workers=workers, device=device)
+    from .evaluators import TorchEvaluator
+
+    return TorchEvaluator(problem, device=device)
+
+
+def optimise_or_resume(config: RunConfig, run_dir: Path, *, command: str, device: str = "cpu") -> dict:
+    """A run of a fan-out: finished already (its metrics), checkpointed (continued) or new (started)."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS).is_file():
+        return load_metrics(run_dir)
+    return optimise(config, run_dir, command=command, resume=(run_dir / CHECKPOINT).is_file(), device=device)

@@ -42,3 +42,12 @@ def tiny_run(tmp_path_factory):
     assert main(["optimise", "--dataset", "digits", "--generations", "1", "--population-size", "4", "--quiet",
                  "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance (2 CPUs, no dashboard) for the whole test session, as CI has 2 cores."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'slicenet[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -46,11 +46,11 @@ class Head(ABC):
         scores, neighbours = self.scores(features)
         votes = views.combine(scores, n_images)
         classes = votes.argmax(-1)
-        return classes.numpy(), votes.numpy(), self.winners(neighbours[:n_images], classes)
+        return classes.cpu().numpy(), votes.cpu().numpy(), self.winners(neighbours[:n_images], classes)
 
     def winners(self, neighbours: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
         """The neighbours shown for each prediction (by default all of them)."""
-        return neighbours.numpy()
+        return neighbours.cpu().numpy()
 
     @abstractmethod
     def near_ties(self, features: torch.Tensor, views: Views, n_images: int) -> np.ndarray:
@@ -92,6 +92,10 @@ class Head(ABC):
     @classmethod
     @abstractmethod
     def from_file(cls, settings: dict[str, Any], tensors: dict[str, torch.Tensor], n_classes: int) -> Head: ...
+
+    @abstractmethod
+    def to(self, device: torch.device) -> Head:
+        """A copy whose tensors are on ``device``."""
 
     @abstractmethod
     def with_storage(self, storage: dict[str, str]) -> Head:
@@ -173,6 +177,9 @@ class BankHead(Head):
 
     def with_storage(self, storage: dict[str, str]) -> BankHead:
         return dataclasses.replace(self, bank=round_trip(self.bank, storage["bank"]))
+
+    def to(self, device: torch.device) -> BankHead:
+        return dataclasses.replace(self, bank=self.bank.to(device), bank_labels=self.bank_labels.to(device))
 
     def check(self, class_names: tuple[str, ...]) -> None:
         if self.metric not in self.METRICS:

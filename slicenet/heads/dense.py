@@ -39,14 +39,15 @@ class DenseHead(Head):
         return h
 
     def scores(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.softmax(self.logits(features), -1), torch.zeros((len(features), 0), dtype=torch.int64)
+        return torch.softmax(self.logits(features), -1), torch.zeros((len(features), 0), dtype=torch.int64,
+                                                                      device=features.device)
 
     def predict(self, features: torch.Tensor, views: Views, n_images: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if views.count > 1:
             return super().predict(features, views, n_images)
         logits = self.logits(features)  # the class is the largest logit, not the largest rounded probability
-        return (logits.argmax(-1).numpy(), torch.softmax(logits, -1).numpy(),
+        return (logits.argmax(-1).cpu().numpy(), torch.softmax(logits, -1).cpu().numpy(),
                 np.zeros((len(logits), 0), dtype=np.int64))
 
     def near_ties(self, features: torch.Tensor, views: Views, n_images: int) -> np.ndarray:
@@ -88,6 +89,9 @@ class DenseHead(Head):
     def from_file(cls, settings: dict[str, Any], tensors: dict[str, torch.Tensor], n_classes: int) -> DenseHead:
         return cls([(decode(tensors, f"dense.{i}.weight"), decode(tensors, f"dense.{i}.bias"))
                     for i in range(int(settings["layers"]))])
+
+    def to(self, device: torch.device) -> DenseHead:
+        return dataclasses.replace(self, layers=[(w.to(device), b.to(device)) for w, b in self.layers])
 
     def with_storage(self, storage: dict[str, str]) -> DenseHead:
         precision = storage["weights"]

@@ -72,9 +72,9 @@ class LocalMeanHead(BankHead):
         tied = best[:, 0] - best[:, 1] <= TIE_TOLERANCE
         if wider > k:
             tied |= (nearest[..., k] - nearest[..., k - 1] <= TIE_TOLERANCE).any(-1)
-        tied_images = tied.reshape(views.count, n_images).any(0).numpy()
+        tied_images = tied.reshape(views.count, n_images).any(0).cpu().numpy()
         if views.count > 1:  # the summed scores' two best classes
-            summed = views.combine(scores, n_images).topk(2, dim=-1).values.numpy()
+            summed = views.combine(scores, n_images).topk(2, dim=-1).values.cpu().numpy()
             tied_images |= summed[:, 0] - summed[:, 1] <= TIE_TOLERANCE * views.count
         return tied_images
 
@@ -82,7 +82,7 @@ class LocalMeanHead(BankHead):
         """The bank regrouped by class for the graph: (slot -> bank index [C * width], padding pointing
         at prototype 0; the score offset of each slot [1, C * width], -FILLER_SCORE on padding; the first
         slot of each class [1, C, 1]), ``width`` the largest class."""
-        slots = class_slots(self.bank_labels, self.n_classes).numpy()
+        slots = class_slots(self.bank_labels, self.n_classes).cpu().numpy()
         n_classes, width = slots.shape
         mask = np.where(slots.reshape(-1) < 0, -FILLER_SCORE, 0.0).astype(np.float32)[None]
         offsets = (np.arange(n_classes, dtype=np.int64) * width).reshape(1, n_classes, 1)
@@ -157,7 +157,7 @@ class LocalMeanHead(BankHead):
         else:
             by_class = grouped.view(n_pop, n_classes, width, -1)
             blocks = by_class @ by_class.transpose(-1, -2)  # [P, C, W, W]
-            query_row = torch.arange(len(y_val))
+            query_row = torch.arange(len(y_val), device=y_val.device)
         # The pair values are gathered from the class's own block (small, cache-resident), not the whole Gram.
         blocks = blocks.reshape(n_pop, 1, n_classes, width * width)
         hits, soft = [], []
@@ -173,7 +173,7 @@ class LocalMeanHead(BankHead):
                 else:
                     r = torch.add(norm2.neg(), gram[:, start : start + n_query] if contiguous else gram[:, own],
                                   alpha=2.0)  # 2 q.b - ||b||^2 [P, q, C W]
-                    r[:, torch.arange(n_query), own] = -float("inf")  # an image is not its own neighbour
+                    r[:, torch.arange(n_query, device=r.device), own] = -float("inf")  # not its own neighbour
             else:
                 q = queries[:, rows]
                 r = torch.baddbmm(norm2, q, grouped.transpose(-1, -2), beta=-1.0, alpha=2.0)  # [P, q, C W]

@@ -48,7 +48,7 @@ class MajorityHead(BankHead):
         _, nearest, _ = knn_vote(features, self.bank, self.bank_labels, n_classes=self.n_classes,
                                  n_neighbors=self.n_neighbors + 1, metric=self.metric)
         tied = nearest[:, -1] - nearest[:, -2] <= TIE_TOLERANCE
-        return tied.reshape(views.count, n_images).any(0).numpy()
+        return tied.reshape(views.count, n_images).any(0).cpu().numpy()
 
     def describe(self, g: Graph, features: str, post: PostProcessing, *, rows: int, single_view: bool,
                  storage: dict[str, str]) -> tuple[str, str | None]:
@@ -88,7 +88,7 @@ class MajorityHead(BankHead):
             else:
                 r = pairwise_distances(q, bank, self.metric).neg_()
             if leave_one_out:  # an image is not its own neighbour
-                own = torch.arange(rows.start, min(rows.stop, len(y_val)))
+                own = torch.arange(rows.start, min(rows.stop, len(y_val)), device=r.device)
                 r[:, own - rows.start, own] = -float("inf")
             top, idx = r.topk(self.n_neighbors, dim=-1)
             labels = y_fit[idx]
