@@ -64,16 +64,32 @@ def connect(spec: str) -> tuple[Any, bool]:
         _probe(spec)
     try:
         if kind == "local":
-            ray.init(num_cpus=count or os.cpu_count(), include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False)
+            # address="local": a fresh instance on this machine even where RAY_ADDRESS or a running
+            # cluster would otherwise be joined (Ray's default for address=None).
+            ray.init(address="local", num_cpus=count or os.cpu_count(), include_dashboard=False,
+                     logging_level=logging.ERROR, log_to_driver=False)
         else:
             ray.init(address=kind, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if _token_auth_likely(kind):
+            raise InputError(f"the Ray cluster at {spec!r} refused this driver ({first}); a cluster started where "
+                             "~/.ray/auth_token exists uses token authentication: run with RAY_AUTH_MODE=token and "
+                             "the head's token (~/.ray/auth_token or RAY_AUTH_TOKEN) on this machine") from None
         raise InputError(f"the Ray cluster at {spec!r} does not answer ({first}); start one with 'ray start --head' "
                          "on the head node (and 'ray start --address=HEAD:6379' on the others), or use --cluster "
                          "local:N") from None
     return ray, True
+
+
+def _token_auth_likely(kind: str) -> bool:
+    """An explicit address, RAY_AUTH_MODE unset, and a token here: Ray then connects without the token."""
+    from pathlib import Path
+
+    if kind in ("local", "auto") or os.environ.get("RAY_AUTH_MODE"):
+        return False
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").exists())
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:

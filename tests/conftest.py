@@ -46,8 +46,11 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray instance (2 CPUs, no dashboard) for the whole test session, as CI has 2 cores."""
+    """One fresh local Ray instance (2 CPUs, no dashboard) for the whole test session, as CI has 2 cores.
+
+    address="local": never join a cluster the machine already runs (CI may have one, or RAY_ADDRESS).
+    """
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'slicenet[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
