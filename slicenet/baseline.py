@@ -21,7 +21,7 @@ from .data import Dataset
 from .engine import Engine, PostProcessing, normalise_images
 from .fitness import stratified_split
 from .heads import DenseHead, bank_head
-from .trunk import TrunkSpec, init_weights, layer_forward
+from .trunk import TrunkSpec, forward, init_weights
 
 
 class Network(nn.Module):
@@ -39,9 +39,8 @@ class Network(nn.Module):
         self.output = nn.Linear(hidden, n_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        for index, layer in enumerate(self.spec.layers):
-            x = layer_forward(x, self.trunk[2 * index], self.trunk[2 * index + 1], layer=layer)
-        return x.flatten(1)
+        weights = [(self.trunk[2 * i], self.trunk[2 * i + 1]) for i in range(len(self.spec.layers))]
+        return forward(x, self.spec, weights).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(torch.relu(self.hidden(self.features(x))))

@@ -53,7 +53,15 @@ EXAMPLES = {
     "condense": ["slicenet condense runs/mnist-cma-s0 --budget-kb 74",
                  "slicenet condense runs/mnist-cma-s0 --prototypes 5 --precision int8 --metric cosine"],
     "export": ["slicenet export runs/mnist-cma-s0 --target ncs2", "slicenet export runs/mnist-cma-s0 --target jetson"],
+    "arch-search": ["slicenet arch-search --dataset mnist --stages 2 --nodes 3 4 --filters 4 8 --out runs/arch",
+                    "slicenet arch-search --nodes 3 5 --population 20 --generations 50 --out runs/arch-paper",
+                    "slicenet arch-search --front --cost latency --board ncs2:usb-fp16 --out runs/arch-ncs2"],
+    "transfer": ["slicenet transfer runs/mnist-cma-s0 --dataset digits --tune none --out runs/digits-from-mnist",
+                 "slicenet transfer runs/mnist-cma-s0 --dataset fashion-mnist --tune 1 --out runs/fm-tune1",
+                 "slicenet transfer runs/mnist-cma-s0 --dataset digits --tune ga --ga mask --out runs/digits-ga"],
+    "enrol": ["slicenet enrol runs/mnist04 --dataset folder:new-digits --per-class 20 --out runs/mnist04-plus"],
     "check-2022": ["slicenet check-2022 export/mnist-cma-s0/ncs2"],
+    "bench-search": ["slicenet bench-search cpu local:2", "slicenet bench-search cpu cuda --preset radu"],
     "bench": ["slicenet bench export/mnist-cma-s0/onnx export/mnist-dense128/onnx --threads 1",
               "slicenet bench --ingest result.json --bundle export/mnist-cma-s0/jetson"],
     "evaluate": ["slicenet evaluate runs/mnist-cma-s0",
@@ -96,8 +104,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .archsearch import ArchConfig
     from .condense import CondenseConfig
     from .config import BaselineConfig, RunConfig
+    from .transfer import TransferConfig
 
     parser = _Parser(prog="slicenet", description="Gradient-free, k-NN sliced CNNs for edge boards.",
                      formatter_class=_Help)
@@ -147,6 +157,41 @@ def build_parser() -> argparse.ArgumentParser:
     condense.add_argument("--cluster", default=None, help="method joint: score its populations on Ray actors "
                           "(local[:N], auto or HEAD:PORT, as optimise)")
 
+    arch = commands.add_parser("arch-search", help="Genetic-CNN search of trunk structures, each scored by a short "
+                               "gradient-free search (hardware-aware: a budget or the accuracy / cost front)")
+    arch.set_defaults(keys=add_config_flags(arch, ArchConfig), func=cmd_arch_search)
+    arch.add_argument("--out", type=Path, required=True, help="the search's folder: arch.json and individuals/")
+    arch.add_argument("--resume", action="store_true", help="continue the search in --out (after a kill: the same "
+                      "result)")
+    arch.add_argument("--cluster", default=None, help="evaluate a generation's individuals as Ray tasks (local[:N], "
+                      "auto or HEAD:PORT)")
+    arch.add_argument("--quiet", action="store_true", help="no line per generation")
+
+    transfer = commands.add_parser("transfer", help="a run's trunk on a new dataset: keep it, re-search some layers "
+                                   "(or let a GA choose which) from its weights, and a new bank")
+    transfer.add_argument("source", type=Path, help="the source run directory (its trunk and weights)")
+    transfer.set_defaults(keys=add_config_flags(transfer, TransferConfig), func=cmd_transfer)
+    transfer.add_argument("--out", type=Path, required=True, help="the new run directory (--tune ga: the GA's "
+                          "folder, ga.json and individuals/)")
+    transfer.add_argument("--device", default="auto", help="where populations are scored: cpu, cuda[:N] or auto")
+    transfer.add_argument("--cluster", default=None, help="--tune ga: the GA's individuals as Ray tasks (local[:N], "
+                          "auto or HEAD:PORT); otherwise the populations on Ray actors")
+    transfer.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    enrol = commands.add_parser("enrol", help="add classes (or prototypes of existing ones) to an engine from a "
+                                "folder of images: no search, no gradient")
+    enrol.add_argument("run", type=Path, help="the run directory whose engine to extend")
+    enrol.add_argument("--dataset", required=True, help="folder:DIR, one sub-folder of images per class (named as "
+                       "the class); or any dataset spec, its training images enrolled")
+    enrol.add_argument("--per-class", type=int, default=0, help="images enrolled per class (default 0: all), the "
+                       "first N of each folder in name order")
+    enrol.add_argument("--new-only", action="store_true", help="a folder named as an existing class is an error "
+                       "(default: its images become more prototypes of that class)")
+    enrol.add_argument("--n-neighbors", type=int, default=0, help="k of the enrolled engine's vote (default 0: the "
+                       "engine's; few images per new class need a small k, e.g. 1)")
+    enrol.add_argument("--out", type=Path, required=True, help="the new run directory")
+    enrol.set_defaults(func=cmd_enrol)
+
     export = commands.add_parser("export", help="export a run's engine for a target and verify it")
     export.add_argument("run", type=Path, help="the run directory to export (runs/<name>, not its engine file)")
     export.add_argument("--target", required=True, help="onnx, openvino, jetson or ncs2")
@@ -192,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", help="with --ingest of a trtexec log: fp16 or fp32, where the log does not say")
     bench.set_defaults(func=cmd_bench)
 
+    search_bench = commands.add_parser(
+        "bench-search", help="seconds per generation of the search, evaluator against evaluator (interleaved)")
+    search_bench.add_argument("evaluators", nargs="+", help="what scores the populations, each in turn: a device "
+                              "(cpu, cuda, cuda:N) or a Ray cluster (local:N, HEAD:PORT); the first is the reference")
+    for flag, default, text in (("--dataset", "mnist", "dataset, as for optimise"),
+                                ("--preset", "auto", "trunk preset, as for optimise"),
+                                ("--method", "cma", "optimiser, as for optimise")):
+        search_bench.add_argument(flag, default=default, help=text)
+    search_bench.add_argument("--generations", type=int, default=5, help="timed generations per block")
+    search_bench.add_argument("--population-size", type=int, default=0, help="0 = the method's default")
+    search_bench.add_argument("--search-images", type=int, default=1000, help="training images scored per generation")
+    search_bench.add_argument("--granularity", default="layer", help="layer or filter (the first filter of each "
+                              "layer is timed)")
+    search_bench.add_argument("--json", type=Path, help="write the result to this file")
+    search_bench.set_defaults(func=cmd_bench_search)
+
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class accuracy and confusion matrix")
     evaluate.add_argument("run", type=Path, help="the run directory whose engine to evaluate")
     evaluate.add_argument("--dataset", help="evaluate on this dataset (default: the run's own)")
@@ -227,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of 'slicenet bench' results to tabulate (default OUT/bench)")
     report.add_argument("--bundles", type=Path, nargs="+", default=[],
                         help="exported bundle folders to list with their operations and checks")
+    report.add_argument("--arch", type=Path, nargs="+", default=[],
+                        help="architecture searches (arch-search --out folders): fitness per generation, the front")
     report.add_argument("--strict", action="store_true",
                         help="a run or benchmark file that cannot be read is an error (default: skipped, with a "
                              "warning naming it)")
@@ -260,7 +323,7 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
 
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import runs
-    from .config import RunConfig, config_from_toml, make_config
+    from .config import RunConfig, config_from_toml, make_config, with_preset_defaults
     from .device import resolve
     from .pipeline import search_settings
     from .search import total_generations
@@ -287,6 +350,12 @@ def cmd_optimise(args: argparse.Namespace) -> int:
         runs.load_checkpoint(run_dir)  # a finished, damaged or crafted checkpoint fails here, in one line
     else:
         config = config_from_toml(args.config, **overrides) if args.config else make_config(**overrides)
+        set_keys = {k for k, v in overrides.items() if v is not None}
+        if args.config:
+            from .config import load_toml
+
+            set_keys |= set(load_toml(args.config))
+        config = with_preset_defaults(config, set_keys)
         run_dir = args.out or runs.default_run_dir(config)
     if args.seeds:
         return _fan_out(args, config, run_dir)
@@ -298,7 +367,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
               f"each generation scores {scored} training images by {config.scoring} k-NN; the bar shows the "
               "block's best fitness so far and this generation's best accuracy on those images, not validation "
               "accuracy)", file=sys.stderr)
-        bar, on_generation = _progress(total_generations(search_settings(config), prepared.spec),
+        bar, on_generation = _progress(total_generations(search_settings(config, prepared.spec), prepared.spec),
                                        len(state.history), args.quiet)
         bars.append(bar)
         return on_generation
@@ -459,6 +528,92 @@ def _print_frontier(settings: Any, extra: dict) -> None:
               "kept the LVQ engine")
 
 
+def cmd_arch_search(args: argparse.Namespace) -> int:
+    from . import archsearch
+    from .config import make_config
+
+    config = make_config(None, archsearch.ArchConfig, **_flags_given(args))
+    if args.cluster:
+        from .cluster import parse_cluster
+
+        parse_cluster(args.cluster)
+    print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
+          f"{config.population} individuals x {config.generations + 1} generations, each a "
+          f"{config.search_generations}-generation search per convolution on {config.search_images} images",
+          file=sys.stderr)
+
+    def on_generation(row: dict) -> None:
+        if not args.quiet:
+            print(f"generation {row['generation']}: fitness max {row['max']:.4f} min {row['min']:.4f} mean "
+                  f"{row['mean']:.4f} median {row['median']:.4f}; best {row['best']}", file=sys.stderr)
+
+    state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, on_generation=on_generation)
+    print(f"front ({config.cost}): " + "; ".join(f"{m['genome']} {100 * m['validation_accuracy']:.2f} % at "
+                                                 f"{m['cost']:,.4g}" for m in state["front"]))
+    print(f"next: slicenet report --arch {args.out} | slicenet export {state['front'][-1]['run']} --target onnx"
+          if state["front"] else "no individual within the budget: raise --budget")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from . import runs, transfer
+    from .config import make_config
+
+    config = make_config(None, transfer.TransferConfig, **_flags_given(args))
+    source = runs.load_engine(args.source)  # not a run: one line, before anything is written
+    spec, size = source.spec, source.image_size[0]
+    if args.cluster:
+        from .cluster import parse_cluster
+
+        parse_cluster(args.cluster)
+    if config.tune != "ga":
+        transfer.parse_tune(config.tune, spec, config.granularity)
+        run_config = config.run_config(args.source, size=size, tune=config.tune)
+        metrics = runs.optimise(run_config, args.out, command=_command(args), device=args.device,
+                                cluster=args.cluster)
+        print(f"{args.out}: test accuracy {metrics['test_accuracy']:.4f} (validation "
+              f"{metrics['validation_accuracy']:.4f}, the source's trunk as it was "
+              f"{metrics['random_init_test_accuracy']:.4f}); tune {config.tune}; "
+              f"{metrics['evaluations']:,} evaluations in {metrics['wall_seconds']:.0f} s")
+        return 0
+    command = _command(args)
+
+    def evaluate(jobs: list[dict]) -> list[dict]:
+        jobs = [{**job, "command": f"{command}  # individual {job['run_dir'].name}", "device": args.device}
+                for job in jobs]
+        if args.cluster:
+            from .cluster import fan_out
+
+            results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster)
+        else:
+            results = [runs.optimise_or_resume(**job) for job in jobs]
+        return [{**m, "run": str(job["run_dir"])} for job, m in zip(jobs, results, strict=True)]
+
+    def on_generation(row: dict) -> None:
+        if not args.quiet:
+            print(f"generation {row['generation']}: validation max {row['max']:.4f} mean {row['mean']:.4f}; "
+                  f"best {row['best']}", file=sys.stderr)
+
+    result = transfer.ga_search(config, args.source, spec, size, args.out, evaluate=evaluate,
+                                on_generation=on_generation)
+    best = result["best"]
+    print(f"GA ({config.ga}) best: {best['settings']} validation {best['validation_accuracy']:.4f}, test "
+          f"{best['test_accuracy']:.4f} -> {best['run']}; {len(result['evaluated'])} transfers, "
+          f"{sum(e['wall_seconds'] for e in result['evaluated'].values()):.0f} s in all ({args.out / 'ga.json'})")
+    return 0
+
+
+def cmd_enrol(args: argparse.Namespace) -> int:
+    from . import enrol
+
+    metrics = enrol.enrol_run(args.run, args.dataset, out=args.out, per_class=args.per_class, new_only=args.new_only,
+                              n_neighbors=args.n_neighbors, command=_command(args))
+    added = ", ".join(f"{name} ({n})" for name, n in metrics["enrolled"].items())
+    print(f"{args.out}: enrolled {added}; {metrics['bank_size']:,} prototypes, {len(metrics['class_names'])} classes; "
+          f"test accuracy on the source's test split {metrics['test_accuracy']:.4f}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export, runs
     from .data import load_dataset
@@ -595,6 +750,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_search(args: argparse.Namespace) -> int:
+    from . import pipeline, scale
+    from .atomic import write_json
+    from .config import RunConfig, make_config
+    from .trunk import init_weights
+
+    config: RunConfig = make_config(dataset=args.dataset, preset=args.preset, method=args.method,
+                                    granularity=args.granularity, population_size=args.population_size,
+                                    search_images=args.search_images, generations=(max(1, args.generations),))
+    if args.generations < 1:
+        raise InputError(f"--generations must be at least 1, got {args.generations}")
+    if len(set(args.evaluators)) != len(args.evaluators):
+        raise InputError("name each evaluator once")
+    prepared = pipeline.prepare(config)
+    factories = {spec: scale.evaluator_factory(prepared.problem, spec) for spec in args.evaluators}
+    settings = pipeline.search_settings(config)
+    if args.granularity == "filter":  # every filter's budget is the layer's: time the first filter of each layer
+        settings = dataclasses.replace(settings, generations=tuple(
+            args.generations * layer.out_channels for layer in prepared.spec.layers))
+    result = scale.search_bench(prepared.problem, init_weights(prepared.spec, 0), settings, factories,
+                                generations=args.generations)
+    result.update(command=_command(args), machine=pipeline.machine_info(), dataset=prepared.dataset.name,
+                  preset=prepared.preset, parameters=prepared.spec.parameters,
+                  n_features=prepared.spec.n_features(prepared.dataset.image_size))
+    if args.json:
+        write_json(args.json, result)
+    first = args.evaluators[0]
+    print(f"{prepared.preset} trunk ({prepared.spec.parameters:,} parameters), {config.search_images} images a "
+          f"generation; start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["startup_seconds"].items()))
+    for row in result["blocks"]:
+        cells = ", ".join(f"{name} {row['seconds_per_generation'][name]:.3f} s ({row['ratio_to_first'][name]:.2f}x"
+                          f"{'' if row['identical_to_first'][name] else ', SCORES DIFFER'})"
+                          for name in args.evaluators)
+        print(f"  {row['block']} (population {row['population']}, median of {row['generations']} generations): "
+              f"{cells}; ratios to {first}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import pipeline, runs
     from .data import evaluation_set
@@ -707,12 +900,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         path, why = skipped_bench[0]
         raise InputError(f"{path} is not a readable bench result ({why}); --strict: nothing was written")
     bundles = report.load_bundles(args.bundles)
+    arch = report.load_arch(args.arch)
     for path, why in [*skipped, *skipped_bench]:
         print(f"slicenet: warning: skipped {path}: {why}", file=sys.stderr)
     if not rows:
         raise InputError("none of the runs named could be read; nothing was written")
     written = report.write_report(args.out, rows, command=_command(args), bench=bench, bench_folder=bench_folder,
-                                  bundles=bundles)
+                                  bundles=bundles, arch=arch)
     print(f"wrote {len(written)} files to {args.out}/ (REPORT.md, runs.csv, {len(written) - 2} plots) from "
           f"{len(rows)} runs and {len(bench)} bench results in {bench_folder}")
     return 0

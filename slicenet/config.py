@@ -76,7 +76,7 @@ class RunConfig(Checked):
     preset: str = option("auto", "trunk preset: auto (default), default, lenet, wide, radu, tiny, pixels")
     granularity: str = option("layer", "serial search unit: layer (default) or filter (one filter at a time)")
     generations: tuple[int, ...] = option((100, 400), "generation budget per layer: one number for all, or one "
-                                          "per layer (filters share their layer's)")
+                                          "per layer (filters share their layer's; radu: 30 250)")
     sweeps: int = option(1, "passes over the layers; later passes re-tune each layer given the others")
     population_size: int = option(0, "candidates per generation (0 = the method's default for the dimension)")
     sigma_scale: float = option(0.5, "initial search spread, as a multiple of the layer's He-init std")
@@ -90,7 +90,7 @@ class RunConfig(Checked):
     validation_fraction: float = option(0.25, "holdout scoring: share of the scored images held out as queries")
     scoring: str = option("loo", "loo (every scored image vs all the others) or holdout (queries vs the rest)")
     search_images: int = option(1000, "training images scored per generation, a fresh stratified subset "
-                                "(0 = all)")
+                                "(0 = all; radu: 300)")
     soft_weight: float = option(1.0, "weight of the smooth k-NN score that breaks accuracy ties")
     soft_score: str = option("knn", "smooth score: knn (softmax over the k neighbours) or nca (over the bank)")
     temperature: float = option(0.05, "softmax temperature of that smooth score")
@@ -103,6 +103,11 @@ class RunConfig(Checked):
                                "(0 = the query alone); pair with --bank-shifts n")
     seed: int = option(0, "seeds initial weights, splits and optimiser: same seed, same run")
     threads: int = option(0, "torch CPU threads (0 = torch's default: all cores)")
+    init_from: str = option("", "transfer: start from this run's trunk and weights (its preset and input size; "
+                            "what 'slicenet transfer' sets)")
+    tune: str = option("all", "with --init-from: the layers (0,1) or filters (0.3,1.2) searched; all or none")
+    keep: int = option(0, "with --init-from: layers kept from the source (0 = all); later ones re-initialised and "
+                       "searched")
 
     def checks(self) -> list[tuple[bool, str]]:
         from .data import MAX_SHIFTS
@@ -131,6 +136,10 @@ class RunConfig(Checked):
              f"search_images must be 0 (all) or at least 20, got {self.search_images}"),
             (self.threads >= 0, f"threads must be 0 (auto) or positive, got {self.threads}"),
             (self.prototypes >= 0, f"prototypes must be 0 (every image) or positive, got {self.prototypes}"),
+            (self.keep >= 0, f"keep must be 0 (every layer) or positive, got {self.keep}"),
+            (bool(self.init_from) or (self.tune == "all" and self.keep == 0),
+             "tune and keep choose what a transfer re-searches: give --init-from SOURCE_RUN (or use slicenet "
+             "transfer)"),
             (self.prototypes == 0 or self.vote == "majority",
              "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
             (-1 <= self.bank_shifts <= MAX_SHIFTS,
@@ -184,6 +193,18 @@ class BaselineConfig(Checked):
             *_postprocessing_checks(self),
             (self.threads >= 0, f"threads must be 0 (auto) or positive, got {self.threads}"),
         ]
+
+
+# Defaults chosen for a preset, used where neither a flag nor the config file sets them. radu (the
+# reference's trunk, 18,816 parameters, 9,216 features) costs ~100x a default candidate: 300 images a
+# generation and 30 + 250 generations fit its search in 23 min on 2 cores (results/scale/README.md).
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {"radu": {"search_images": 300, "generations": (30, 250)}}
+
+
+def with_preset_defaults(config: RunConfig, given: set[str]) -> RunConfig:
+    """``config`` with its preset's own defaults (``PRESET_DEFAULTS``) for the keys not in ``given``."""
+    chosen = {k: v for k, v in PRESET_DEFAULTS.get(config.preset, {}).items() if k not in given}
+    return make_config(config, RunConfig, **chosen) if chosen else config
 
 
 def _coerce(cls: type, name: str, value: Any) -> Any:

@@ -7,6 +7,7 @@ split carved from the training images (``split_validation``).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ IDX_FILES = {
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 SPLIT_SEED = 0  # the train/test split is fixed, whatever the run's seed, so runs share one test set
-DATASET_HELP = "mnist, mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>"
+DATASET_HELP = ("mnist, mnist:<dir>, fashion-mnist[:<dir>], digits, folder:<dir>; any of them with @H (images resized "
+                "to HxH) and #A,B or #A-B (only those classes, by name)")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,72 @@ def evaluation_set(spec: str, image_size: int = 28, *, split: str = "auto") -> t
 
 
 def _load(spec: str, image_size: int) -> Dataset:
+    """A dataset spec, then its modifiers: ``#classes`` (a subset, by name) and ``@H`` (resized)."""
+    base, classes, size = split_modifiers(spec)
+    dataset = _load_base(base, image_size if size is None else size)
+    if classes is not None:
+        dataset = select_classes(dataset, classes, spec=spec)
+    if size is not None and dataset.image_size != (size, size):
+        dataset = resize_dataset(dataset, (size, size))
+    return dataset
+
+
+def split_modifiers(spec: str) -> tuple[str, tuple[str, ...] | None, int | None]:
+    """``fashion-mnist#0-4@28`` -> ("fashion-mnist", ("0", ..., "4"), 28); a bad modifier is one line."""
+    base, size = spec, None
+    head, at, tail = spec.rpartition("@")
+    if at and "/" not in tail:
+        if not tail.isdigit() or not 4 <= int(tail) <= 512:
+            raise InputError(f"dataset {spec!r}: expected @H with H a size in pixels from 4 to 512, like @28")
+        base, size = head, int(tail)
+    classes = None
+    head, hash_, tail = base.rpartition("#")
+    if hash_ and "/" not in tail:
+        names: list[str] = []
+        for part in (p.strip() for p in tail.split(",")):
+            low, dash, high = part.partition("-")
+            if dash and low.isdigit() and high.isdigit() and int(low) <= int(high):
+                names.extend(str(i) for i in range(int(low), int(high) + 1))
+            elif part and not dash:
+                names.append(part)
+            else:
+                raise InputError(f"dataset {spec!r}: expected #A,B,... or #A-B after the dataset, naming its classes")
+        base, classes = head, tuple(names)
+    return base, classes, size
+
+
+def select_classes(dataset: Dataset, names: tuple[str, ...], *, spec: str) -> Dataset:
+    """Only the named classes, relabelled 0..n-1 in the order given."""
+    missing = [n for n in names if n not in dataset.class_names]
+    if missing or len(set(names)) < 2:
+        raise InputError(f"dataset {spec!r}: expected at least two of its classes ({', '.join(dataset.class_names)})"
+                         + (f"; it has no {', '.join(missing)}" if missing else ""))
+    old = np.array([dataset.class_names.index(n) for n in names])
+    lookup = np.full(len(dataset.class_names), -1)
+    lookup[old] = np.arange(len(names))
+    keep_train, keep_test = np.isin(dataset.y_train, old), np.isin(dataset.y_test, old)
+    return Dataset(dataset.name + "#" + ",".join(names), dataset.x_train[keep_train],
+                   lookup[dataset.y_train[keep_train]].astype(np.int64), dataset.x_test[keep_test],
+                   lookup[dataset.y_test[keep_test]].astype(np.int64), tuple(names))
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [N, H, W] resized (bilinear, as ``load_image``) to ``size``."""
+    from PIL import Image
+
+    if tuple(images.shape[1:]) == size:
+        return images
+    return np.stack([np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR),
+                                dtype=np.uint8) for image in images]) if len(images) else \
+        np.zeros((0, *size), dtype=np.uint8)
+
+
+def resize_dataset(dataset: Dataset, size: tuple[int, int]) -> Dataset:
+    return dataclasses.replace(dataset, name=f"{dataset.name}@{size[0]}", x_train=resize_images(dataset.x_train, size),
+                               x_test=resize_images(dataset.x_test, size))
+
+
+def _load_base(spec: str, image_size: int) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "mnist" and not arg:
         return _mnist_5k()

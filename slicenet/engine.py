@@ -246,7 +246,8 @@ class Engine:
         default engine at batch 1 on ONNX Runtime). With padding, the zeros padded around the normalised
         image are not zeros of the raw one, so the normalisation stays a Mul and an Add."""
         weights = [(w.numpy().astype(np.float64), b.numpy().astype(np.float64)) for w, b in self.weights]
-        folded = bool(weights) and self.spec.layers[0].padding == 0
+        # (only where the image feeds the first layer alone: in a graph trunk it may feed others too)
+        folded = bool(weights) and self.spec.layers[0].padding == 0 and self.spec.needed_before(1) in ([0], [])
         if folded:
             scale, shift = self.input_scale_shift()
             kernel, bias = weights[0]
@@ -266,7 +267,11 @@ class Engine:
             scale, shift = self.input_scale_shift()
             x = g.mul(x, g.constant("input_scale", np.array(scale, dtype=np.float32)), name="scaled")
             x = g.add(x, g.constant("input_shift", np.array(shift, dtype=np.float32)), name="normalised")
+        outputs = {-1: x}
         for index, ((kernel, bias), layer) in enumerate(zip(convolutions, self.spec.layers, strict=True)):
+            x = outputs[self.spec.sources(index)[0]]
+            for extra in self.spec.sources(index)[1:]:  # a graph trunk's layer sums its inputs
+                x = g.add(x, outputs[extra], name=f"sum{index}")
             x = g.conv(x, kernel, bias, stride=layer.stride, padding=layer.padding, name=f"conv{index}")
             # The activation before the pooling: both are monotone, so max(act(x)) = act(max(x)) exactly,
             # and ONNX Runtime fuses a Conv with the activation that follows it (one kernel fewer per
@@ -274,6 +279,7 @@ class Engine:
             x = (g.relu if layer.activation == "relu" else g.tanh)(x, name=f"act{index}")
             if layer.pool > 1:
                 x = g.max_pool(x, layer.pool, name=f"pool{index}")
+            outputs[index] = x
         x = g.reshape(x, (rows, -1), name="features")
         votes, class_index = self.head.describe(g, x, self.post, rows=rows, single_view=self.n_views == 1,
                                                 storage=self.storage)

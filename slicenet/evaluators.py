@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .fitness import Scores, Split, population_features_chunked
-from .trunk import Block, TrunkSpec, Weights, forward
+from .trunk import Block, LayerInput, TrunkSpec, Weights, layer_input, take
 
 
 class ScoredProblem(Protocol):
@@ -83,7 +83,7 @@ class TorchEvaluator(Evaluator):
         self.activation_budget = activation_budget or budget_for(self.device)
         self._problem = problem.to(self.device)  # its images once on the device
         self._cache: tuple[int, list[torch.Tensor]] | None = None
-        self._layer_input = torch.empty(0)
+        self._layer_input: LayerInput = torch.empty(0)
 
     def bind(self, weights: Weights, block: Block) -> TorchEvaluator:
         super().bind(weights, block)
@@ -92,16 +92,18 @@ class TorchEvaluator(Evaluator):
                 or not all(torch.equal(a, b) for a, b in zip(self._cache[1], earlier, strict=True))):
             with torch.no_grad():
                 on_device = [(w.to(self.device), b.to(self.device)) for w, b in weights]
-                self._layer_input = forward(self._problem.x_train, self._problem.spec, on_device, stop=block.layer)
+                self._layer_input = layer_input(self._problem.x_train, self._problem.spec, on_device,
+                                                index=block.layer)
             self._cache = (block.layer, [t.clone() for t in earlier])
         return self
 
     @torch.no_grad()
     def __call__(self, population: np.ndarray, split: Split | None = None) -> Scores:
         rows = self.problem.scored_rows(split)
+        height, width = self._problem.x_train.shape[-2:]
         weights = [(w.to(self.device), b.to(self.device)) for w, b in self.weights]
         features = population_features_chunked(
-            self.problem.spec, self._layer_input[rows.to(self.device)], weights, block=self.block,
+            self.problem.spec, take(self._layer_input, rows.to(self.device)), weights, block=self.block,
             population=torch.as_tensor(population, dtype=torch.float32, device=self.device),
-            budget=self.activation_budget)
+            budget=self.activation_budget, image_size=(int(height), int(width)))
         return self._problem.score(features, split)

@@ -29,7 +29,7 @@ import torch
 
 from .heads import BankHead, MajorityHead
 from .knn import postprocess
-from .trunk import Block, TrunkSpec, Weights, layer_forward, population_features
+from .trunk import Block, LayerInput, TrunkSpec, Weights, layer_forward, length, population_features, sum_of, take
 
 # float32 elements of intermediate activations per chunk (32 MiB): the population's activations then
 # stay in a CPU's last-level cache between the convolution, the pooling and the next layer. Measured
@@ -148,26 +148,41 @@ def score_features(problem: Problem, features: torch.Tensor, *, y_fit: torch.Ten
     return Scores(fitness.cpu().numpy(), accuracy.cpu().numpy(), soft_mean.cpu().numpy())
 
 
-def chunk_size(spec: TrunkSpec, x: torch.Tensor, *, index: int, size: int, budget: int = ACTIVATION_BUDGET) -> int:
-    """Images per chunk so that the population's largest activation stays within ``budget`` floats."""
-    channels, height, width = x.shape[1:]
-    rest = TrunkSpec(spec.layers[index:], channels)  # the layers from ``index`` on, fed x
-    largest = max([1] + [layer.out_channels * h * w
-                         for layer, (h, w) in zip(rest.layers, rest.conv_sizes((height, width)), strict=True)])
+def chunk_size(spec: TrunkSpec, x: torch.Tensor, *, index: int, size: int, budget: int = ACTIVATION_BUDGET,
+               image_size: tuple[int, int] | None = None) -> int:
+    """Images per chunk so that the population's largest activation stays within ``budget`` floats.
+
+    ``x`` is the input of layer ``index``; a graph trunk's sizes come from ``image_size``."""
+    if spec.is_chain:
+        channels, height, width = x.shape[1:]
+        rest = TrunkSpec(spec.layers[index:], channels)  # the layers from ``index`` on, fed x
+        sizes = rest.conv_sizes((height, width))
+        layers = rest.layers
+    else:
+        assert image_size is not None
+        sizes, layers = spec.conv_sizes(image_size)[index:], spec.layers[index:]
+    largest = max([1] + [layer.out_channels * h * w for layer, (h, w) in zip(layers, sizes, strict=True)])
     return max(1, budget // (2 * size * largest))
 
 
 @torch.no_grad()
-def population_features_chunked(spec: TrunkSpec, layer_input: torch.Tensor, weights: Weights, *, block: Block,
-                                population: torch.Tensor, budget: int = ACTIVATION_BUDGET) -> torch.Tensor:
+def population_features_chunked(spec: TrunkSpec, layer_input: LayerInput, weights: Weights, *, block: Block,
+                                population: torch.Tensor, budget: int = ACTIVATION_BUDGET,
+                                image_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Features [P, N, D] of P candidates for ``block`` on ``layer_input`` [N, ...] (the input of the
-    block's layer), in chunks of images that keep the activations within ``budget``."""
-    chunk = chunk_size(spec, layer_input, index=block.layer, size=len(population), budget=budget)
+    block's layer; for a graph trunk the earlier outputs it reads, ``trunk.layer_input``), in chunks of
+    images that keep the activations within ``budget``."""
+    def block_input(x: LayerInput) -> torch.Tensor:
+        return x if not isinstance(x, dict) else sum_of(x[s] for s in spec.sources(block.layer))
+
+    chunk = chunk_size(spec, block_input(layer_input), index=block.layer, size=len(population), budget=budget,
+                       image_size=image_size)
     parts = []
-    for x in layer_input.split(chunk):
+    for start in range(0, length(layer_input), chunk):
+        x = take(layer_input, slice(start, start + chunk))
         held = None
         if block.filter is not None:
-            held = layer_forward(x, *weights[block.layer], layer=spec.layers[block.layer])
+            held = layer_forward(block_input(x), *weights[block.layer], layer=spec.layers[block.layer])
         parts.append(population_features(x, spec, weights, index=block.layer, population=population,
                                          filter_index=block.filter, held_output=held))
     return torch.cat(parts, dim=1)

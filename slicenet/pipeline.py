@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from .evaluators import Evaluator
 from .fitness import Problem
 from .heads import bank_head
 from .search import SearchSettings, SearchState, serial_search
-from .trunk import TrunkSpec, init_weights, resolve_preset
+from .trunk import TrunkSpec, Weights, init_weights, resolve_preset
 
 KINDS = ("search", "compact", "backprop-dense", "backprop-knn", "pixels")  # what a run's engine is
 
@@ -37,6 +38,7 @@ class Prepared:
     input_mean: float
     input_std: float
     bank_shifts: int  # resolved: shifted copies of every bank image, 1..n pixels
+    start_weights: Weights | None = None  # a transfer's: the source run's trunk weights
 
 
 def resolve_bank_shifts(requested: int, n_train: int, image_size: tuple[int, int]) -> int:
@@ -69,9 +71,30 @@ def check_vote(dataset: Dataset, *, vote: str, n_neighbors: int, flag: str = "--
                          f"the smallest class has {smallest}: lower --n-neighbors or use {flag} majority")
 
 
+def load_source(config: RunConfig, dataset: Dataset) -> tuple[TrunkSpec, Weights]:
+    """A transfer's source: the trunk and weights of ``config.init_from``'s engine, checked against the
+    new images (one-line errors: not a run, images of another size)."""
+    from .runs import load_engine
+
+    source = load_engine(Path(config.init_from))
+    if not source.spec.layers:
+        raise InputError(f"{config.init_from} has no convolutions (a pixels run): nothing to transfer")
+    if dataset.image_size != source.image_size:
+        height, width = source.image_size
+        raise InputError(f"the source engine of {config.init_from} takes {height}x{width} images and dataset "
+                         f"{config.dataset!r} has {dataset.image_size[0]}x{dataset.image_size[1]}: add @{height} to "
+                         "the dataset (resized), as slicenet transfer does")
+    return source.spec, [(w.clone(), b.clone()) for w, b in source.weights]
+
+
 def prepare(config: RunConfig) -> Prepared:
     dataset, preset, spec, mean, std = load_inputs(config.dataset, preset=config.preset,
                                                    image_size=config.image_size, threads=config.threads)
+    start_weights = None
+    if config.init_from:
+        spec, start_weights = load_source(config, dataset)
+        preset = "transfer"
+        tuned_blocks(config, spec)  # a bad --tune fails here, before anything is written
     if config.n_neighbors > len(dataset.y_train) * (1 - config.validation_fraction):
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
@@ -85,24 +108,46 @@ def prepare(config: RunConfig) -> Prepared:
         seed=config.seed, search_images=config.search_images, soft_weight=config.soft_weight,
         soft_score=config.soft_score, temperature=config.temperature, leave_one_out=config.scoring == "loo")
     return Prepared(config, dataset, spec, preset, problem, mean, std,
-                    resolve_bank_shifts(config.bank_shifts, len(dataset.y_train), dataset.image_size))
+                    resolve_bank_shifts(config.bank_shifts, len(dataset.y_train), dataset.image_size), start_weights)
 
 
-def search_settings(config: RunConfig) -> SearchSettings:
+def tuned_blocks(config: RunConfig, spec: TrunkSpec) -> tuple[tuple[int, int | None], ...] | None:
+    """What a transfer searches, as (layer, filter or None) pairs; None: every block (any other run).
+    Layers after ``keep`` are re-initialised, so they are always searched."""
+    if not config.init_from:
+        return None
+    from .transfer import parse_tune
+
+    named = parse_tune(config.tune, spec, config.granularity)
+    if named is None:
+        return None
+    fresh = [(layer, None) for layer in range(config.keep, len(spec.layers))] if config.keep else []
+    return tuple(dict.fromkeys([*named, *fresh]))
+
+
+def search_settings(config: RunConfig, spec: TrunkSpec | None = None) -> SearchSettings:
+    """The search's settings; a transfer's (``init_from``) need its trunk to resolve ``tune``."""
+    tune = tuned_blocks(config, spec) if spec is not None else None
     return SearchSettings(method=config.method, granularity=config.granularity,
                           generations=config.generations, sweeps=config.sweeps,
                           population_size=config.population_size,
-                          sigma_scale=config.sigma_scale, seed=config.seed)
+                          sigma_scale=config.sigma_scale, seed=config.seed, tune=tune)
 
 
 def initial_state(prepared: Prepared) -> SearchState:
-    return SearchState.start(init_weights(prepared.spec, prepared.config.seed))
+    """Seeded He-normal weights; a transfer's are its source's, re-initialised after ``keep`` layers."""
+    fresh = init_weights(prepared.spec, prepared.config.seed)
+    if prepared.start_weights is None:
+        return SearchState.start(fresh)
+    keep = prepared.config.keep or len(prepared.spec.layers)
+    return SearchState.start([source if i < keep else new
+                              for i, (source, new) in enumerate(zip(prepared.start_weights, fresh, strict=True))])
 
 
 def run_search(prepared: Prepared, state: SearchState, *, evaluator: Evaluator | None = None,
                on_generation: Callable[[dict], None] | None = None,
                on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
-    return serial_search(prepared.problem, search_settings(prepared.config), state, evaluator=evaluator,
+    return serial_search(prepared.problem, search_settings(prepared.config, prepared.spec), state, evaluator=evaluator,
                          on_generation=on_generation, on_checkpoint=on_checkpoint)
 
 
@@ -220,6 +265,8 @@ def final_metrics(prepared: Prepared, state: SearchState, engine: Engine) -> dic
         "vote": config.vote,
         "fitness_vote": config.fitness_vote,
         "seed": config.seed,
+        **({"transfer": {"source": config.init_from, "tune": config.tune, "keep": config.keep,
+                         "granularity": config.granularity}} if config.init_from else {}),
     }
 
 

@@ -43,15 +43,23 @@ class SearchSettings:
     population_size: int = 0  # 0: the method's default for the block's dimension
     sigma_scale: float = 0.5  # initial step size, as a multiple of the layer's He-init std
     seed: int = 0
+    tune: tuple[tuple[int, int | None], ...] | None = None  # only these (layer, filter or None = all); None: all
 
 
-def make_blocks(spec: TrunkSpec, granularity: str, sweeps: int = 1) -> list[Block]:
+def make_blocks(spec: TrunkSpec, granularity: str, sweeps: int = 1,
+                tune: tuple[tuple[int, int | None], ...] | None = None) -> list[Block]:
+    """The blocks of the search in order; ``tune`` keeps only the named layers (``(layer, None)``) and
+    filters (``(layer, filter)``), the rest held at their starting weights (a transfer's)."""
     if granularity == "layer":
         one_pass = [Block(i, None) for i in range(len(spec.layers))]
     elif granularity == "filter":
         one_pass = [Block(i, f) for i, layer in enumerate(spec.layers) for f in range(layer.out_channels)]
     else:
         raise ValueError(f"unknown granularity {granularity!r}: expected layer or filter")
+    if tune is not None:
+        layers = {layer for layer, number in tune if number is None}
+        one_pass = [b for b in one_pass if b.layer in layers or (b.layer, b.filter) in tune
+                    or (b.filter is None and any(layer == b.layer for layer, _ in tune))]
     return one_pass * sweeps
 
 
@@ -64,7 +72,7 @@ def block_generations(settings: SearchSettings, spec: TrunkSpec, block: Block) -
 
 def total_generations(settings: SearchSettings, spec: TrunkSpec) -> int:
     return sum(block_generations(settings, spec, block)
-               for block in make_blocks(spec, settings.granularity, settings.sweeps))
+               for block in make_blocks(spec, settings.granularity, settings.sweeps, settings.tune))
 
 
 @dataclass
@@ -105,7 +113,7 @@ def serial_search(problem: Problem, settings: SearchSettings, state: SearchState
                   on_checkpoint: Callable[[SearchState], None] | None = None) -> SearchState:
     """Run (or continue) the serial search; returns the final state with the optimised weights."""
     spec = problem.spec
-    blocks = make_blocks(spec, settings.granularity, settings.sweeps)
+    blocks = make_blocks(spec, settings.granularity, settings.sweeps, settings.tune)
     evaluator = evaluator or TorchEvaluator(problem)
     while state.block_index < len(blocks):
         block_index, block = state.block_index, blocks[state.block_index]

@@ -10,6 +10,7 @@ kernels for one layer (or one filter) in one grouped convolution per layer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,9 @@ class LayerSpec:
     padding: int = 0
     pool: int = 1  # max-pool window and stride; 1 = no pooling
     activation: str = "relu"
+    # The layers whose outputs are summed into this one's input (-1: the trunk's input); () = the layer
+    # before it, as in a chain. Genetic-CNN trunks (``genetic``) are such graphs.
+    inputs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,30 @@ class TrunkSpec:
     in_channels: int = 1
 
     def to_dict(self) -> dict:
-        return {"in_channels": self.in_channels, "layers": [vars(layer) for layer in self.layers]}
+        layers = [{k: list(v) if k == "inputs" else v for k, v in vars(layer).items() if k != "inputs" or v}
+                  for layer in self.layers]
+        return {"in_channels": self.in_channels, "layers": layers}
 
     @classmethod
     def from_dict(cls, data: dict) -> TrunkSpec:
-        return cls(tuple(LayerSpec(**layer) for layer in data["layers"]), int(data["in_channels"]))
+        return cls(tuple(LayerSpec(**{**layer, "inputs": tuple(layer.get("inputs", ()))}) for layer in data["layers"]),
+                   int(data["in_channels"]))
+
+    @property
+    def is_chain(self) -> bool:
+        return all(not layer.inputs for layer in self.layers)
+
+    def sources(self, index: int) -> tuple[int, ...]:
+        """The layers summed into layer ``index``'s input (-1: the trunk's input)."""
+        return self.layers[index].inputs or (index - 1,)
+
+    def needed_before(self, index: int) -> list[int]:
+        """The outputs of layers before ``index`` (-1: the trunk's input) that layers from ``index`` on read."""
+        return sorted({s for i in range(index, len(self.layers)) for s in self.sources(i) if s < index})
 
     def in_channels_of(self, index: int) -> int:
-        return self.in_channels if index == 0 else self.layers[index - 1].out_channels
+        source = self.sources(index)[0]
+        return self.in_channels if source < 0 else self.layers[source].out_channels
 
     def layer_parameters(self, index: int) -> int:
         layer = self.layers[index]
@@ -56,13 +76,14 @@ class TrunkSpec:
 
     def conv_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
         """(height, width) of each layer's convolution output, before its pooling."""
-        height, width = image_size
+        outputs: dict[int, tuple[int, int]] = {-1: image_size}
         sizes = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            height, width = outputs[self.sources(index)[0]]
             height = (height + 2 * layer.padding - layer.kernel) // layer.stride + 1
             width = (width + 2 * layer.padding - layer.kernel) // layer.stride + 1
             sizes.append((height, width))
-            height, width = height // layer.pool, width // layer.pool
+            outputs[index] = (height // layer.pool, width // layer.pool)
         return sizes
 
     def shapes(self, image_size: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -114,6 +135,13 @@ def resolve_preset(name: str, image_size: tuple[int, int]) -> tuple[str, TrunkSp
     """(name, spec) of a preset; ``auto`` picks ``default`` for images of 16 pixels or more, else ``tiny``."""
     if name == "auto":
         name = "default" if min(image_size) >= 16 else "tiny"
+    if name.startswith("genetic:"):  # a Genetic-CNN structure (slicenet arch-search's individuals)
+        from .genetic import parse_preset, trunk
+
+        genome, filters = parse_preset(name)
+        spec = trunk(genome, filters)
+        spec.shapes(image_size)
+        return name, spec
     if name not in PRESETS:
         raise InputError(f"unknown trunk preset {name!r}: expected auto or one of {', '.join(PRESETS)}")
     spec = PRESETS[name]
@@ -204,10 +232,53 @@ def layer_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, 
 
 def forward(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, start: int = 0, stop: int | None = None
             ) -> torch.Tensor:
-    """Run layers ``start:stop`` of one trunk on ``x`` [N, C, H, W]."""
-    for index in range(start, len(spec.layers) if stop is None else stop):
+    """Run layers ``start:stop`` of one trunk on ``x`` [N, C, H, W] (a graph trunk: from its input)."""
+    stop = len(spec.layers) if stop is None else stop
+    if not spec.is_chain:
+        assert start == 0, "a graph trunk runs from its input"
+        return forward_outputs(x, spec, weights, stop=stop)[stop - 1 if stop else -1]
+    for index in range(start, stop):
         x = layer_forward(x, *weights[index], layer=spec.layers[index])
     return x
+
+
+def forward_outputs(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, stop: int) -> dict[int, torch.Tensor]:
+    """Every layer's output before ``stop`` (-1: the input), each layer's input the sum of its sources'."""
+    outputs = {-1: x}
+    for index in range(stop):
+        outputs[index] = layer_forward(sum_of(outputs[s] for s in spec.sources(index)), *weights[index],
+                                       layer=spec.layers[index])
+    return outputs
+
+
+def sum_of(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The element-wise sum (one tensor: itself, so a chain computes nothing extra)."""
+    total: torch.Tensor | None = None
+    for tensor in tensors:
+        total = tensor if total is None else total + tensor
+    assert total is not None
+    return total
+
+
+LayerInput = torch.Tensor | dict[int, torch.Tensor]  # a chain's layer input, or a graph's outputs still read
+
+
+def layer_input(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, index: int) -> LayerInput:
+    """What the search of layer ``index`` reads, computed once: the layer's input for a chain; for a graph
+    trunk the outputs of the earlier layers that it or the later layers read."""
+    if spec.is_chain:
+        return forward(x, spec, weights, stop=index)
+    outputs = forward_outputs(x, spec, weights, stop=index)
+    return {j: outputs[j] for j in spec.needed_before(index)}
+
+
+def take(cached: LayerInput, rows: torch.Tensor | slice) -> LayerInput:
+    """Rows (images) of a cached layer input."""
+    return {j: t[rows] for j, t in cached.items()} if isinstance(cached, dict) else cached[rows]
+
+
+def length(cached: LayerInput) -> int:
+    return len(next(iter(cached.values()))) if isinstance(cached, dict) else len(cached)
 
 
 @torch.no_grad()
@@ -217,7 +288,7 @@ def features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, batch_size: 
 
 
 @torch.no_grad()
-def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, index: int,
+def population_features(x: LayerInput, spec: TrunkSpec, weights: Weights, *, index: int,
                         population: torch.Tensor, filter_index: int | None = None,
                         held_output: torch.Tensor | None = None) -> torch.Tensor:
     """Features [P, N, D] of P candidate trunks that differ only in layer ``index``.
@@ -229,6 +300,9 @@ def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, i
     Candidate p's channels sit at ``p*C : (p+1)*C`` and later layers run as grouped convolutions,
     so the whole population costs one convolution call per layer.
     """
+    if isinstance(x, dict):
+        return _graph_population_features(x, spec, weights, index=index, population=population,
+                                          filter_index=filter_index, held_output=held_output)
     layer = spec.layers[index]
     size = population.shape[0]
     in_channels = spec.in_channels_of(index)
@@ -250,4 +324,45 @@ def population_features(x: torch.Tensor, spec: TrunkSpec, weights: Weights, *, i
         later_weight, later_bias = weights[later]
         h = layer_forward(h, later_weight.repeat(size, 1, 1, 1), later_bias.repeat(size), layer=spec.layers[later],
                           groups=size)
+    return h.reshape(h.shape[0], size, -1).transpose(0, 1)
+
+
+def _candidate_layer(x: torch.Tensor, spec: TrunkSpec, index: int, population: torch.Tensor,
+                     filter_index: int | None, held_output: torch.Tensor | None) -> torch.Tensor:
+    """Layer ``index``'s output [N, P * C_out, h, w] for P candidates of it (or of one of its filters)."""
+    layer, size, in_channels = spec.layers[index], population.shape[0], spec.in_channels_of(index)
+    kernel_size = in_channels * layer.kernel**2
+    if filter_index is None:
+        weight = population[:, : layer.out_channels * kernel_size].reshape(
+            size * layer.out_channels, in_channels, layer.kernel, layer.kernel)
+        return layer_forward(x, weight, population[:, layer.out_channels * kernel_size:].reshape(-1), layer=layer)
+    assert held_output is not None, "filter granularity needs the layer's held output"
+    weight = population[:, :kernel_size].reshape(size, in_channels, layer.kernel, layer.kernel)
+    candidate = layer_forward(x, weight, population[:, kernel_size], layer=layer)  # [N, P, h, w]
+    h = held_output.unsqueeze(1).repeat(1, size, 1, 1, 1)  # [N, P, C_out, h, w]
+    h[:, :, filter_index] = candidate
+    return h.flatten(1, 2)
+
+
+def _graph_population_features(cached: dict[int, torch.Tensor], spec: TrunkSpec, weights: Weights, *, index: int,
+                               population: torch.Tensor, filter_index: int | None,
+                               held_output: torch.Tensor | None) -> torch.Tensor:
+    """``population_features`` of a graph trunk: the earlier layers' outputs are shared by every candidate
+    ([N, C, h, w]), the candidate layer's and every layer it reaches are per candidate ([N, P * C, h, w],
+    grouped convolutions); a sum of both repeats the shared term for each candidate."""
+    size = population.shape[0]
+    shared = dict(cached)
+    per = {index: _candidate_layer(sum_of(shared[s] for s in spec.sources(index)), spec, index, population,
+                                   filter_index, held_output)}
+    for later in range(index + 1, len(spec.layers)):
+        sources = spec.sources(later)
+        weight, bias = weights[later]
+        if any(s in per for s in sources):
+            x = sum_of(per[s] if s in per else shared[s].repeat(1, size, 1, 1) for s in sources)
+            per[later] = layer_forward(x, weight.repeat(size, 1, 1, 1), bias.repeat(size), layer=spec.layers[later],
+                                       groups=size)
+        else:
+            shared[later] = layer_forward(sum_of(shared[s] for s in sources), weight, bias, layer=spec.layers[later])
+    last = len(spec.layers) - 1
+    h = per[last] if last in per else shared[last].repeat(1, size, 1, 1)
     return h.reshape(h.shape[0], size, -1).transpose(0, 1)

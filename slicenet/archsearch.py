@@ -1,0 +1,319 @@
+"""``slicenet arch-search``: the Genetic-CNN search over trunk structures, each scored gradient-free.
+
+An individual (a genome, ``genetic.Genome``) is a trunk; its fitness is the k-NN validation accuracy
+(on a split of the training images, never the test split) of a short ``slicenet optimise`` run of that
+trunk (``search_generations`` generations per convolution on ``search_images`` images a generation):
+each individual is an ordinary run directory, ``OUT/individuals/<genome>-e<k>``, which evaluate,
+export, bench and condense accept. A genome evaluated again (the paper's rule) gets another run with
+another search seed, and its fitness is the mean of all its runs.
+
+Hardware-aware: a cost (trunk multiply-adds, engine bytes, or the estimated latency on a board of
+``devices/profiles.toml``) is either a hard budget (an individual over it gets the worst fitness) or,
+with ``front``, the second objective of NSGA-II's selection; the accuracy / cost front of every
+structure evaluated is kept, and each front member's exported graph is checked against the Jetson's
+and the NCS2's rules.
+
+The search's state, ``OUT/arch.json``, is written atomically after every generation, with the
+generator's state: after a kill, the same command with ``--resume`` redoes the generation it was in
+(its finished individual runs are kept, the interrupted one continues from its checkpoint) and ends
+with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_json
+from .config import Checked, RunConfig, option
+from .errors import InputError
+from .genetic import (
+    GASettings,
+    Genome,
+    initial_population,
+    next_generation,
+    nsga_selection,
+    pareto_ranks,
+    preset_name,
+    stage_bits,
+)
+
+STATE = "arch.json"
+COSTS = ("macs", "bytes", "latency")
+
+
+@dataclass(frozen=True)
+class ArchConfig(Checked):
+    """``slicenet arch-search``: the paper's operators and probabilities, the per-individual budget."""
+
+    dataset: str = option("mnist", "as for optimise")
+    stages: int = option(2, "S, the number of stages (each ends with a 2x2 max-pooling)")
+    nodes: tuple[int, ...] = option((3, 4), "K_s, ordered nodes per stage (the paper's MNIST setting: 3 5)")
+    filters: tuple[int, ...] = option((4, 8), "convolution filters per stage (every node of a stage has as many)")
+    population: int = option(8, "N, individuals per generation (the paper's 20)")
+    generations: int = option(3, "T, generations after the first (the paper's 50)")
+    crossover_pairs: float = option(0.2, "p_C: probability a pair of individuals is crossed over")
+    crossover_stages: float = option(0.3, "q_C: probability each pair of corresponding stages is swapped")
+    mutation_individuals: float = option(0.8, "p_M: probability an individual not crossed over mutates")
+    mutation_bits: float = option(0.1, "q_M: probability each of its bits flips")
+    init: str = option("random", "the first generation: random (each bit Bernoulli(0.5)) or zeros")
+    strategy: str = option("ga", "ga (the paper's GA) or random (random structures at equal evaluations)")
+    cost: str = option("macs", "the cost: macs (the trunk's multiply-adds per image), bytes (the engine file) "
+                       "or latency (estimated ms of its exported graph on --board)")
+    board: str = option("jetson-nano:10W-fp16", "board and mode of devices/profiles.toml for --cost latency")
+    budget: float = option(0.0, "a hard budget of that cost (multiply-adds, KB or ms): an individual over it "
+                           "gets the worst fitness; 0 = none")
+    front: bool = option(False, "the whole accuracy / cost front: NSGA-II's selection (non-domination rank, "
+                         "then crowding distance) in place of the roulette")
+    search_generations: int = option(6, "per individual: generations of the serial search per convolution")
+    search_images: int = option(400, "per individual: training images scored per generation")
+    seed: int = option(0, "seeds the GA and every individual's search")
+
+    def checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.stages >= 1, f"--stages must be at least 1, got {self.stages}"),
+            (len(self.nodes) == self.stages,
+             f"--nodes gives {len(self.nodes)} node counts for --stages {self.stages}: give one per stage"),
+            (all(k >= 2 for k in self.nodes), f"--nodes must be at least 2 per stage (K nodes code K(K-1)/2 bits), "
+             f"got {' '.join(map(str, self.nodes))}"),
+            (all(k <= 8 for k in self.nodes), "--nodes above 8 per stage: more than 28 bits a stage"),
+            (len(self.filters) == self.stages,
+             f"--filters gives {len(self.filters)} widths for --stages {self.stages}: give one per stage"),
+            (self.population >= 2, f"--population must be at least 2, got {self.population}"),
+            (self.generations >= 0, f"--generations must be 0 or more, got {self.generations}"),
+            *[(0 <= p <= 1, f"--{name.replace('_', '-')} is a probability: between 0 and 1, got {p}")
+              for name, p in (("crossover_pairs", self.crossover_pairs), ("crossover_stages", self.crossover_stages),
+                              ("mutation_individuals", self.mutation_individuals),
+                              ("mutation_bits", self.mutation_bits))],
+            (self.init in ("random", "zeros"), f"--init {self.init!r}: expected random or zeros"),
+            (self.strategy in ("ga", "random"), f"--strategy {self.strategy!r}: expected ga or random"),
+            (self.cost in COSTS, f"--cost {self.cost!r}: expected one of {', '.join(COSTS)}"),
+            (self.budget >= 0, f"--budget must be 0 (none) or positive, got {self.budget}"),
+            (self.search_generations >= 1, f"--search-generations must be at least 1, got {self.search_generations}"),
+            (self.search_images >= 20, f"--search-images must be at least 20, got {self.search_images}"),
+        ]
+
+    @property
+    def ga(self) -> GASettings:
+        return GASettings(population=self.population, generations=self.generations,
+                          crossover_pairs=self.crossover_pairs, crossover_stages=self.crossover_stages,
+                          mutation_individuals=self.mutation_individuals, mutation_bits=self.mutation_bits)
+
+    def run_config(self, genome: Genome, evaluation: int) -> RunConfig:
+        """The optimise run that scores one evaluation of a genome."""
+        from .config import make_config
+
+        return make_config(dataset=self.dataset, preset=preset_name(genome, self.filters),
+                           generations=[self.search_generations], search_images=self.search_images,
+                           bank_shifts=0, seed=self.seed * 1000 + evaluation)
+
+
+def slug(genome: Genome) -> str:
+    return re.sub(r"[^01]+", "_", genome.code()) or "empty"
+
+
+def individual_cost(config: ArchConfig, run_dir: Path) -> float:
+    """The individual's cost: its trunk's multiply-adds per image, its engine in KB, or the estimated
+    latency in ms of its exported graph on ``config.board``."""
+    from .runs import load_engine
+
+    engine = load_engine(run_dir)
+    if config.cost == "macs":
+        return float(engine.spec.multiply_adds(engine.image_size))
+    if config.cost == "bytes":
+        return engine.engine_bytes / 1000.0
+    from . import bench
+    from .export import board_file
+    from .export.onnx_writer import write_onnx
+
+    board, _, mode = config.board.partition(":")
+    profiles = bench.load_profiles(board_file("profiles.toml"))
+    if board not in profiles.get("boards", {}):
+        raise InputError(f"--board {config.board!r}: expected one of {', '.join(profiles['boards'])} (with :mode)")
+    model = write_onnx(engine.describe(), opset=13)
+    rows = bench.estimates(bench.graph_cost(model), {"boards": {board: profiles["boards"][board]}},
+                           operations=len(model.graph.node))
+    matching = [r["estimated_ms"] for r in rows if r["mode"] == mode] or [rows[0]["estimated_ms"]]
+    return float(matching[0])
+
+
+def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, run_dir: str) -> dict:
+    """One evaluation: the individual's optimise run (kept if finished, continued if checkpointed)."""
+    from .runs import optimise_or_resume
+
+    genome = Genome.parse(genome_code)
+    metrics = optimise_or_resume(config.run_config(genome, evaluation), Path(run_dir),
+                                 command=f"slicenet arch-search (individual {genome_code}, evaluation {evaluation})",
+                                 device="cpu")
+    return {"run": run_dir, "validation_accuracy": metrics["validation_accuracy"],
+            "test_accuracy": metrics["test_accuracy"], "cost": individual_cost(config, Path(run_dir)),
+            "multiply_adds": metrics["multiply_adds"], "engine_bytes": metrics["engine_bytes"],
+            "wall_seconds": metrics["wall_seconds"]}
+
+
+def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str | None = None,
+           on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Run (or, with ``resume``, continue) the search in ``out``; returns the final state."""
+    config.validate()
+    state = _load(out, config) if resume else _start(out, config)
+    rng = np.random.default_rng()
+    while state["generation"] <= config.generations:
+        rng.bit_generator.state = state["rng"]
+        population = [Genome.parse(code) for code in state["population"]]
+        records = _evaluate(config, out, population, state, cluster=cluster)
+        fitness, accuracy, cost = _scores(config, population, state["evaluations"])
+        row = {"generation": state["generation"], "evaluations": sum(map(len, state["evaluations"].values())),
+               "max": float(np.max(fitness)), "min": float(np.min(fitness)), "mean": float(np.mean(fitness)),
+               "median": float(statistics.median(fitness)),
+               "best": population[int(np.argmax(fitness))].code(), "individuals": records}
+        state["history"].append(row)
+        if on_generation is not None:
+            on_generation(row)
+        if state["generation"] < config.generations:
+            if config.strategy == "random":
+                children = initial_population(config.population, config.nodes, rng)
+            else:
+                select = nsga_selection(accuracy, cost, len(population), rng) if config.front else None
+                children = next_generation(population, fitness, config.ga, rng, select=select)
+            state["population"] = [g.code() for g in children]
+        state["generation"] += 1
+        state["rng"] = rng.bit_generator.state
+        state["front"] = front(config, state["evaluations"])
+        write_json(out / STATE, state)
+    if not state.get("front_checks"):
+        state["front_checks"] = check_front(state["front"])
+        write_json(out / STATE, state)
+    return state
+
+
+def _start(out: Path, config: ArchConfig) -> dict:
+    if (out / STATE).exists():
+        raise InputError(f"{out} holds an architecture search already; continue it with --resume, or choose "
+                         "another --out")
+    rng = np.random.default_rng(config.seed)
+    population = initial_population(config.population, config.nodes, rng, zeros=config.init == "zeros")
+    state = {"format": "slicenet-arch-search/1", "config": config.to_dict(), "generation": 0,
+             "population": [g.code() for g in population], "rng": rng.bit_generator.state, "evaluations": {},
+             "history": [], "front": []}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / STATE, state)
+    return state
+
+
+def _load(out: Path, config: ArchConfig) -> dict:
+    try:
+        state = json.loads((out / STATE).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{out} has no {STATE}: nothing to resume; start the search without --resume") from None
+    except ValueError as exc:
+        raise InputError(f"{out / STATE} is damaged ({exc}); start the search again in another --out") from None
+    if state.get("config") != config.to_dict():
+        raise InputError(f"{out} was started with other settings; resume it with the same flags, or choose another "
+                         "--out")
+    return state
+
+
+def _evaluate(config: ArchConfig, out: Path, population: list[Genome], state: dict, *,
+              cluster: str | None) -> list[dict]:
+    """Every individual of a generation evaluated (as Ray tasks on ``cluster``, else one after the other);
+    a genome seen before gets its next evaluation."""
+    seen = {code: len(records) for code, records in state["evaluations"].items()}
+    jobs: list[dict[str, Any]] = []
+    for genome in population:
+        code = genome.code()
+        evaluation = seen.get(code, 0)
+        seen[code] = evaluation + 1
+        jobs.append({"config": config, "genome_code": code, "evaluation": evaluation,
+                     "run_dir": str(out / "individuals" / f"{slug(genome)}-e{evaluation}")})
+    if cluster:
+        from .cluster import fan_out
+
+        results = fan_out(evaluate_individual, jobs, cluster=cluster)
+    else:
+        results = [evaluate_individual(**job) for job in jobs]
+    records = []
+    for job, result in zip(jobs, results, strict=True):
+        state["evaluations"].setdefault(job["genome_code"], []).append(result)
+        records.append({"genome": job["genome_code"], "evaluation": job["evaluation"], **result})
+    return records
+
+
+def _scores(config: ArchConfig, population: list[Genome], evaluations: dict) -> tuple[np.ndarray, ...]:
+    """(fitness, mean validation accuracy, cost) per individual; over the budget: the worst fitness."""
+    accuracy = np.array([np.mean([r["validation_accuracy"] for r in evaluations[g.code()]]) for g in population])
+    cost = np.array([np.mean([r["cost"] for r in evaluations[g.code()]]) for g in population])
+    fitness = accuracy.copy()
+    if config.budget:
+        fitness[cost > config.budget] = 0.0
+    return fitness, accuracy, cost
+
+
+def front(config: ArchConfig, evaluations: dict) -> list[dict]:
+    """Every structure evaluated that no other beats in both accuracy and cost (within the budget)."""
+    rows = [{"genome": code, "validation_accuracy": float(np.mean([r["validation_accuracy"] for r in records])),
+             "cost": float(np.mean([r["cost"] for r in records])), "evaluations": len(records),
+             "test_accuracy": float(np.mean([r["test_accuracy"] for r in records])),
+             "run": max(records, key=lambda r: r["validation_accuracy"])["run"]}
+            for code, records in evaluations.items()]
+    if config.budget:
+        rows = [r for r in rows if r["cost"] <= config.budget]
+    if not rows:
+        return []
+    ranks = pareto_ranks(np.array([r["validation_accuracy"] for r in rows]), np.array([r["cost"] for r in rows]))
+    return sorted((r for r, rank in zip(rows, ranks, strict=True) if rank == 0), key=lambda r: r["cost"])
+
+
+def check_front(members: list[dict]) -> list[dict]:
+    """Each front member's exported graph against the Jetson's and the NCS2's rules (ONNX opset 13; the
+    NCS2's IR of opset <= 10 layers)."""
+    import tempfile
+
+    import openvino as ov
+
+    from .export.ir_writer import write_ir
+    from .export.onnx_writer import write_onnx
+    from .export.targets import check_ir_opsets, target
+    from .runs import load_engine
+
+    checks = []
+    for member in members:
+        graph = load_engine(Path(member["run"])).describe()
+        model = write_onnx(graph, opset=13)
+        result = {"genome": member["genome"], "run": member["run"]}
+        for name in ("jetson", "ncs2"):
+            try:
+                target(name).check_onnx(model)
+                result[name] = "passes"
+            except InputError as exc:
+                result[name] = f"fails: {exc}"
+        with tempfile.TemporaryDirectory() as folder:
+            ov.save_model(write_ir(graph.fold_constants()), str(Path(folder) / "engine.xml"), compress_to_fp16=True)
+            try:
+                check_ir_opsets(Path(folder) / "engine.xml")
+                result["ncs2_ir"] = "passes"
+            except InputError as exc:
+                result["ncs2_ir"] = f"fails: {exc}"
+        checks.append(result)
+    return checks
+
+
+def describe(code: str) -> str:
+    """A structure as text: each stage's DAG ("in -> 1; 1 -> 2; 2 -> out")."""
+    from .genetic import decode_stage
+
+    genome = Genome.parse(code)
+    return " | ".join(f"stage {s + 1}: {decode_stage(bits, k).describe()}"
+                      for s, (bits, k) in enumerate(zip(genome.stages, genome.nodes, strict=True)))
+
+
+def structures(nodes: tuple[int, ...]) -> int:
+    return 2 ** sum(stage_bits(k) for k in nodes)
+
+

@@ -1,0 +1,136 @@
+"""New classes without a search or a gradient (``slicenet enrol``): images become prototypes.
+
+A k-NN sliced engine's trunk is a fixed feature transformer; its classes live in the bank. Enrolling
+a class is therefore: its images through the trunk and the engine's own post-processing (the stored
+centring mean and projection, unchanged, so old prototypes keep their meaning), appended to the bank
+under the class's name. A folder named as an existing class adds prototypes to it (``new_only``
+refuses that). A compact engine (``slicenet condense``) enrols through its reduction's per-class
+step: each enrolled class is k-means-reduced to the compact bank's prototypes per class (LVQ2.1, the
+refinement after it, moves every class's prototypes against the others' training images, which the
+engine no longer holds). The same arithmetic, in numpy, is ``devices/run_engine.py enrol`` on the
+board: see ``export --enrollable``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import IMAGE_SUFFIXES, load_dataset, load_image, split_modifiers
+from .engine import Engine
+from .errors import InputError
+
+
+def folder_classes(directory: Path, size: tuple[int, int], *, per_class: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The images of ``directory``'s class sub-folders (one class is enough here), resized to ``size``:
+    the first ``per_class`` of each in name order (0: all)."""
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory; expected one sub-folder of PNG/JPEG images per class")
+    names = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not names:
+        raise InputError(f"{directory} has no class folders; expected one sub-folder of images per class, named "
+                         "as the class")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        files = sorted(p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InputError(f"class folder {directory / name} has no PNG/JPEG images; add some or remove it")
+        for path in files[: per_class or None]:
+            images.append(load_image(path, size))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), names
+
+
+def dataset_classes(spec: str, size: tuple[int, int], *, per_class: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A dataset spec's training images (the first ``per_class`` of each class in split order)."""
+    if spec.startswith("folder:"):
+        return folder_classes(Path(spec.partition(":")[2]), size, per_class=per_class)
+    if split_modifiers(spec)[2] is None:
+        spec = f"{spec}@{size[0]}"
+    dataset = load_dataset(spec, size[0])
+    if dataset.image_size != size:
+        raise InputError(f"dataset {spec!r} has {dataset.image_size[0]}x{dataset.image_size[1]} images; the engine "
+                         f"takes {size[0]}x{size[1]}")
+    keep = np.concatenate([np.flatnonzero(dataset.y_train == c)[: per_class or None]
+                           for c in range(dataset.n_classes)])
+    keep.sort()
+    return dataset.x_train[keep], dataset.y_train[keep], dataset.class_names
+
+
+def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[str, ...], *,
+          new_only: bool = False, prototypes_per_class: int = 0, n_neighbors: int = 0, seed: int = 0
+          ) -> tuple[Engine, dict[str, int]]:
+    """``engine`` with ``images`` (labels indexing ``names``) added to its bank; returns it and the
+    prototypes added per class. ``prototypes_per_class`` > 0: each class's images k-means-reduced to
+    that many first (a compact engine's). ``n_neighbors`` > 0 sets the vote's k (few images of a new
+    class cannot win a majority of the source's k)."""
+    head = engine.bank_head  # a dense engine: one line, nothing written
+    if n_neighbors:
+        head = dataclasses.replace(head, n_neighbors=n_neighbors)
+    existing = [n for n in names if n in engine.class_names]
+    if new_only and existing:
+        raise InputError(f"class {existing[0]} already exists in the engine ({', '.join(engine.class_names)}); "
+                         "rename the folder, or drop --new-only to add prototypes to it")
+    class_names = tuple(engine.class_names) + tuple(n for n in names if n not in engine.class_names)
+    with torch.no_grad():
+        points = engine.embed(images).cpu().numpy()
+    new_bank, new_labels, added = [], [], {}
+    for label, name in enumerate(names):
+        members = points[labels == label]
+        if prototypes_per_class and len(members) > prototypes_per_class:
+            from .condense import _kmeans
+
+            members = _kmeans(members, prototypes_per_class, seed)
+        new_bank.append(members.astype(np.float32))
+        new_labels.append(np.full(len(members), class_names.index(name), dtype=np.int64))
+        added[name] = int(len(members))
+    bank = torch.cat([head.bank, torch.from_numpy(np.concatenate(new_bank))])
+    bank_labels = torch.cat([head.bank_labels, torch.from_numpy(np.concatenate(new_labels))])
+    fitted = head.fit(bank, bank_labels, len(class_names))
+    smallest = int(torch.bincount(bank_labels, minlength=len(class_names)).min())
+    if fitted.kind == "local-mean" and smallest < fitted.n_neighbors:
+        raise InputError(f"the local-mean vote needs k={fitted.n_neighbors} prototypes of every class; a class would "
+                         f"have {smallest}: enrol at least {fitted.n_neighbors} images per class")
+    fitted.check(class_names)
+    enrolled = dataclasses.replace(engine, head=fitted, class_names=class_names)
+    return enrolled.with_storage(engine.storage["weights"], engine.storage["bank"]), added
+
+
+def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_only: bool = False,
+              n_neighbors: int = 0, command: str = "") -> dict:
+    """``slicenet enrol``: a new run directory with the enrolled engine; returns its metrics. Everything
+    is checked and computed before ``out`` is created."""
+    from . import runs
+    from .data import load_dataset as load
+    from .pipeline import engine_metrics
+
+    if per_class < 0:
+        raise InputError(f"--per-class must be 0 (all) or positive, got {per_class}")
+    if n_neighbors < 0:
+        raise InputError(f"--n-neighbors must be 0 (the engine's k) or positive, got {n_neighbors}")
+    engine = runs.load_engine(run)
+    source = runs.load_metrics(run)
+    config = runs.load_config(run)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out} exists and is not empty; choose another")
+    images, labels, names = dataset_classes(dataset, engine.image_size, per_class=per_class)
+    compact = source.get("compact", {}) if source.get("kind") == "compact" else {}
+    enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
+                            prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
+                            seed=int(source.get("seed", 0)))
+    test_set = load(config.dataset, engine.image_size[0])
+    metrics = {**engine_metrics(enrolled, test_set, kind=source.get("kind", "search")),
+               **{k: source[k] for k in ("method", "preset", "granularity", "seed", "n_features") if k in source},
+               "enrolled_from": str(run), "enrolled": added, "enrolled_dataset": dataset,
+               "per_class": per_class, "class_names": list(enrolled.class_names),
+               "validation_accuracy": source.get("validation_accuracy", 0.0), "command": command,
+               "evaluated_on": f"{config.dataset} (the source's test split)"}
+    runs.create_run_dir(out, config, command)
+    runs.write_results(out, enrolled, metrics=metrics, history=[])
+    return json.loads(json.dumps(metrics))

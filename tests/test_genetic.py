@@ -1,0 +1,195 @@
+"""Genetic CNN: the encoding against hand-worked examples, the GA's operators against their
+probabilities, graph trunks against one trunk at a time, and arch-search end to end on digits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from slicenet.cli import main
+from slicenet.genetic import (
+    GASettings,
+    Genome,
+    crossover,
+    decode_stage,
+    initial_population,
+    mutate,
+    next_generation,
+    nsga_selection,
+    pareto_ranks,
+    roulette,
+    stage_bits,
+    trunk,
+)
+from slicenet.trunk import Block, features, init_weights, population_features
+
+
+def test_the_papers_example_decodes_by_hand():
+    genome = Genome.parse("1-01 0-01-100 0-11-101-0001")
+    assert genome.nodes == (3, 4, 5) and len(genome.bits) == 3 + 6 + 10
+    assert genome.code() == "1-01 0-01-100 0-11-101-0001"
+    first, second, third = (decode_stage(bits, k) for bits, k in zip(genome.stages, genome.nodes, strict=True))
+    # 1-01: (1->2)=1, (1->3)=0, (2->3)=1: a chain in -> 1 -> 2 -> 3 -> out.
+    assert first.nodes == (1, 2, 3) and first.predecessors == {1: (), 2: (1,), 3: (2,)} and first.sinks == (3,)
+    # 0-01-100: edges 2->3 and 1->4; nodes 1 and 2 read the input node, 3 and 4 feed the output node.
+    assert second.predecessors == {1: (), 2: (), 3: (2,), 4: (1,)} and second.sinks == (3, 4)
+    # 0-11-101-0001: 1->3, 2->3, 1->4, 3->4, 4->5.
+    assert third.predecessors == {1: (), 2: (), 3: (1, 2), 4: (1, 3), 5: (4,)} and third.sinks == (5,)
+
+
+def test_an_all_zero_stage_is_one_convolution_and_isolated_nodes_are_dropped():
+    assert decode_stage((0, 0, 0), 3).nodes == ()
+    spec = trunk(Genome.parse("0-00 1-00-000"), (4, 8))
+    # Stage 1: one convolution, pooled. Stage 2: only 1->2 is an edge, nodes 3 and 4 are dropped:
+    # input node, 1, 2, output node.
+    assert [layer.out_channels for layer in spec.layers] == [4, 8, 8, 8, 8]
+    assert [layer.pool for layer in spec.layers] == [2, 1, 1, 1, 2]
+    assert [spec.sources(i) for i in range(5)] == [(-1,), (0,), (1,), (2,), (3,)]
+    isolated = decode_stage((0, 0, 1, 0, 0, 0), 4)  # 2->3 only: nodes 1 and 4 have no edge
+    assert isolated.nodes == (2, 3)
+
+
+def test_a_node_sums_its_predecessors():
+    spec = trunk(Genome.parse("0-11"), (3,))  # 1 and 2 read the input node, 3 sums them
+    assert spec.sources(3) == (1, 2) and spec.sources(4) == (3,)
+    weights = init_weights(spec, 0)
+    x = torch.randn(2, 1, 8, 8)
+    relu = torch.relu
+    conv = torch.nn.functional.conv2d
+    entry = relu(conv(x, *weights[0], padding=1))
+    one, two = (relu(conv(entry, *weights[i], padding=1)) for i in (1, 2))
+    three = relu(conv(one + two, *weights[3], padding=1))
+    out = relu(torch.nn.functional.max_pool2d(conv(three, *weights[4], padding=1), 2))
+    torch.testing.assert_close(features(x, spec, weights), out.flatten(1))
+
+
+@pytest.mark.parametrize("layer,filter_index", [(0, None), (2, None), (3, 1), (5, None)])
+def test_a_graph_trunks_population_equals_one_trunk_each(layer, filter_index):
+    from slicenet.trunk import layer_input
+
+    spec = trunk(Genome.parse("1-01 1-10-111"), (3, 4))
+    weights = init_weights(spec, 2)
+    x = torch.randn(5, 1, 12, 12)
+    block = Block(layer, filter_index)
+    base = block.vector(weights)
+    candidates = base + 0.2 * np.random.default_rng(0).standard_normal((4, base.size))
+    cached = layer_input(x, spec, weights, index=layer)
+    held = None
+    if filter_index is not None:
+        from slicenet.trunk import layer_forward, sum_of
+
+        held = layer_forward(sum_of(cached[s] for s in spec.sources(layer)), *weights[layer],
+                             layer=spec.layers[layer])
+    batched = population_features(cached, spec, weights, index=layer,
+                                  population=torch.tensor(candidates, dtype=torch.float32),
+                                  filter_index=filter_index, held_output=held)
+    for p, candidate in enumerate(candidates):
+        trial = [(w.clone().numpy(), b.clone().numpy()) for w, b in weights]
+        block.set(trial, candidate.astype(np.float32))
+        expected = features(x, spec, [(torch.from_numpy(w), torch.from_numpy(b)) for w, b in trial])
+        torch.testing.assert_close(batched[p], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_operators_keep_the_bit_count_and_their_probabilities():
+    rng = np.random.default_rng(0)
+    nodes = (3, 5)
+    length = stage_bits(3) + stage_bits(5)
+    population = initial_population(4000, nodes, rng)
+    bits = np.array([g.bits for g in population])
+    assert bits.shape == (4000, length) and abs(bits.mean() - 0.5) < 0.01  # Bernoulli(0.5)
+    assert not np.array(initial_population(3, nodes, rng, zeros=True)[0].bits).any()
+    flipped = np.mean([np.mean(np.array(mutate(g, rng, 0.1).bits) != np.array(g.bits)) for g in population])
+    assert abs(flipped - 0.1) < 0.01  # q_M
+    a, b = Genome.parse("1-11 1-11-111-1111"), Genome.parse("0-00 0-00-000-0000")
+    swaps = np.array([[x != y for x, y in zip(crossover(a, b, rng, 0.3)[0].stages, a.stages, strict=True)]
+                      for _ in range(4000)])
+    assert abs(swaps.mean() - 0.3) < 0.02  # q_C, per pair of corresponding stages
+    children = next_generation(population[:1000], rng.random(1000), GASettings(), rng)
+    assert len(children) == 1000 and all(len(c.bits) == length for c in children)
+
+
+def test_roulette_never_draws_the_worst_and_follows_r_minus_min_r():
+    rng = np.random.default_rng(1)
+    fitness = np.array([0.90, 0.95, 0.96, 0.97])
+    draws = roulette(fitness, 100_000, rng)
+    counts = np.bincount(draws, minlength=4) / len(draws)
+    weights = (fitness - fitness.min()) / (fitness - fitness.min()).sum()
+    assert counts[0] == 0 and np.allclose(counts, weights, atol=0.01)
+
+
+def test_nsga_ranks_and_tournaments():
+    accuracy = np.array([0.9, 0.8, 0.95, 0.7, 0.9])
+    cost = np.array([10.0, 5.0, 20.0, 30.0, 12.0])
+    assert pareto_ranks(accuracy, cost).tolist() == [0, 0, 0, 2, 1]
+    chosen = nsga_selection(accuracy, cost, 10_000, np.random.default_rng(0))
+    assert np.bincount(chosen, minlength=5)[3] < np.bincount(chosen, minlength=5)[0]
+
+
+ARCH = ["arch-search", "--dataset", "digits", "--population", "4", "--generations", "1", "--search-generations",
+        "1", "--search-images", "100", "--nodes", "3", "3", "--filters", "4", "8", "--quiet"]
+
+
+def test_a_two_generation_search_gives_run_directories_and_a_front(tmp_path):
+    assert main([*ARCH, "--out", str(tmp_path / "arch")]) == 0
+    state = json.loads((tmp_path / "arch" / "arch.json").read_text())
+    assert [row["generation"] for row in state["history"]] == [0, 1]
+    for row in state["history"]:
+        assert row["min"] <= row["median"] <= row["max"] and len(row["individuals"]) == 4
+        for individual in row["individuals"]:
+            assert (tmp_path / individual["run"].split(str(tmp_path) + "/")[-1]).is_dir() or \
+                os.path.isdir(individual["run"])
+            assert main(["evaluate", individual["run"], "--json"]) == 0  # an ordinary run directory
+    assert state["front"] and all(c["jetson"] == "passes" and c["ncs2"] == "passes" and c["ncs2_ir"] == "passes"
+                                  for c in state["front_checks"])
+    assert main(["report", state["history"][0]["individuals"][0]["run"], "--arch", str(tmp_path / "arch"),
+                 "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "## Architecture search" in report and state["front"][0]["genome"] in report
+
+
+def test_a_killed_search_resumes_to_the_same_front(tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert main([*ARCH, "--out", str(reference)]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "slicenet.cli", *ARCH, "--out", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((killed / "individuals").glob("*/checkpoint.pkl")) and time.time() < deadline:
+        if list((killed / "individuals").glob("*-e*/metrics.json")):
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert main([*ARCH, "--out", str(killed), "--resume"]) == 0
+    a, b = (json.loads((p / "arch.json").read_text()) for p in (reference, killed))
+    strip = [{k: v for k, v in m.items() if k != "run"} for m in a["front"]]
+    assert strip == [{k: v for k, v in m.items() if k != "run"} for m in b["front"]]
+    assert [r["max"] for r in a["history"]] == [r["max"] for r in b["history"]]
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--stages", "3"], "--nodes gives 2 node counts for --stages 3"),
+    (["--nodes", "1", "3"], "--nodes must be at least 2 per stage"),
+    (["--stages", "0"], "--stages must be at least 1"),
+    (["--mutation-bits", "1.5"], "is a probability"),
+])
+def test_bad_nodes_or_stages_are_one_line(tmp_path, flags, match):
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "arch-search", "--dataset", "digits", *flags,
+                             "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert match in result.stderr and not (tmp_path / "a").exists()
+
+
+def test_a_graph_engine_exports_and_verifies(tmp_path):
+    out = tmp_path / "g"
+    assert main(["optimise", "--dataset", "digits", "--preset", "genetic:3,4:1-11/1-01", "--generations", "1",
+                 "--population-size", "4", "--quiet", "--out", str(out)]) == 0
+    for target in ("onnx", "jetson", "ncs2"):
+        assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "e")]) == 0
+        manifest = json.loads(next((tmp_path / "e").glob(f"*/{target}/manifest.json")).read_text())
+        assert all(v["agreement"] == 1.0 for v in manifest["verification"] if v["precision"] == "fp32")

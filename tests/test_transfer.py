@@ -1,0 +1,242 @@
+"""Transfer (each --tune mode, both GAs' operators and ranges) and enrolment (new classes as
+prototypes) on digits, with their one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slicenet.cli import main
+from slicenet.data import load_dataset
+from slicenet.engine import Engine
+from slicenet.transfer import (
+    K_CHOICES,
+    MASK_FLIP,
+    SIGMA_RANGE,
+    depth_genome,
+    depth_next,
+    depth_run,
+    mask_next,
+    mask_run,
+    mask_units,
+    parse_tune,
+)
+from slicenet.trunk import resolve_preset
+
+
+def engine_of(run):
+    return Engine.load(run / "engine.safetensors")
+
+
+def same_weights(a, b, layer):
+    return all(torch.equal(x, y) for x, y in zip(a.weights[layer], b.weights[layer], strict=True))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A short digits run on 16x16 images (two layers), the source of every transfer here."""
+    out = tmp_path_factory.mktemp("source") / "digits16"
+    assert main(["optimise", "--dataset", "digits@16", "--generations", "2", "4", "--population-size", "6",
+                 "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def transfer(source, out, *flags):
+    return main(["transfer", str(source), "--dataset", "digits", "--generations", "2", "3", "--search-images", "200",
+                 "--quiet", "--out", str(out), *flags])
+
+
+def test_tune_none_keeps_every_layer_and_rebuilds_the_bank(source, tmp_path):
+    assert transfer(source, tmp_path / "none", "--tune", "none") == 0
+    a, b = engine_of(source), engine_of(tmp_path / "none")
+    assert same_weights(a, b, 0) and same_weights(a, b, 1) and b.image_size == (16, 16)
+    metrics = json.loads((tmp_path / "none" / "metrics.json").read_text())
+    assert metrics["evaluations"] == 0 and metrics["transfer"]["tune"] == "none"
+    # the source's trunk as it was: the "random init" column of a transfer is its starting point
+    assert metrics["random_init_test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_tune_a_layer_searches_only_that_layer(source, tmp_path):
+    assert transfer(source, tmp_path / "one", "--tune", "1") == 0
+    a, b = engine_of(source), engine_of(tmp_path / "one")
+    assert same_weights(a, b, 0)
+    history = (tmp_path / "one" / "history.csv").read_text().splitlines()
+    layers = {line.split(",")[1] for line in history[1:]}
+    assert layers == {"2"}  # the search's rows name layer 2 (1-based) only
+
+
+def test_tune_filters_searches_only_those_filters(source, tmp_path):
+    assert transfer(source, tmp_path / "f", "--tune", "0.1", "--granularity", "filter") == 0
+    a, b = engine_of(source), engine_of(tmp_path / "f")
+    assert same_weights(a, b, 1)
+    untouched = [f for f in range(a.weights[0][0].shape[0]) if f != 1]
+    assert torch.equal(a.weights[0][0][untouched], b.weights[0][0][untouched])
+
+
+def test_tune_all_searches_every_layer_from_the_source_weights(source, tmp_path):
+    assert transfer(source, tmp_path / "all", "--tune", "all") == 0
+    history = (tmp_path / "all" / "history.csv").read_text().splitlines()
+    assert {line.split(",")[1] for line in history[1:]} == {"1", "2"}
+
+
+def test_images_are_resized_to_the_sources_input(source, tmp_path):
+    assert transfer(source, tmp_path / "r", "--tune", "none") == 0
+    config = (tmp_path / "r" / "config.toml").read_text()
+    assert 'dataset = "digits@16"' in config
+    assert load_dataset("digits@16").x_train.shape[1:] == (16, 16)
+    assert main(["evaluate", str(tmp_path / "r")]) == 0  # evaluate reads the same resized images
+
+
+def test_the_mask_ga_keeps_its_length_top_half_and_flip_rate():
+    rng = np.random.default_rng(0)
+    population = [rng.integers(0, 2, 40) for _ in range(10)]
+    fitness = np.arange(10, dtype=float)
+    children = mask_next(population, fitness, rng)
+    assert len(children) == 10 and all(len(c) == 40 for c in children)
+    top = [population[i] for i in range(9, 4, -1)]
+    assert all(np.array_equal(c, p) for c, p in zip(children[:5], top, strict=True))  # the top half survives as is
+    # flips: children of identical parents differ from them only by mutation
+    same = [np.zeros(400, dtype=np.int64)] * 4
+    flipped = np.mean([mask_next(same, np.zeros(4), rng)[2:] for _ in range(200)])
+    assert abs(flipped - MASK_FLIP) < 0.005
+
+
+def test_the_depth_ga_keeps_every_gene_in_its_range():
+    rng = np.random.default_rng(1)
+    population = [depth_genome(rng, 4) for _ in range(8)]
+    for _ in range(30):
+        population = depth_next(population, rng.random(8), rng, 4)
+        for genome in population:
+            assert 1 <= genome["kept"] <= 4 and 0 <= genome["retuned"] <= genome["kept"]
+            assert SIGMA_RANGE[0] <= genome["sigma"] <= SIGMA_RANGE[1] and genome["k"] in K_CHOICES
+
+
+def test_tournament_of_two_picks_the_fitter():
+    rng = np.random.default_rng(2)
+    population = [{"kept": 1, "retuned": 0, "sigma": 0.5, "k": 9}, {"kept": 2, "retuned": 2, "sigma": 0.5, "k": 9}]
+    # with one much fitter individual, most children carry its genes
+    children = [c for _ in range(100) for c in depth_next(population, np.array([0.0, 1.0]), rng, 2)]
+    assert np.mean([c["kept"] == 2 for c in children]) > 0.6
+
+
+def test_genomes_become_run_settings():
+    _, spec = resolve_preset("default", (28, 28))
+    assert depth_run({"kept": 1, "retuned": 1, "sigma": 0.3, "k": 5}, spec)["tune"] == "0,1"
+    assert depth_run({"kept": 2, "retuned": 0, "sigma": 0.3, "k": 5}, spec)["tune"] == "none"
+    units = mask_units(spec)  # fewer than 8 layers: one bit per filter
+    assert len(units) == sum(layer.out_channels for layer in spec.layers)
+    bits = np.zeros(len(units), dtype=np.int64)
+    bits[[0, len(units) - 1]] = 1
+    assert mask_run(bits, spec)["tune"] == f"0.0,1.{spec.layers[1].out_channels - 1}"
+    assert parse_tune("0.3,1", spec, "filter") == [(0, 3), (1, None)]
+
+
+def test_the_ga_picks_a_set_and_every_individual_is_a_run(source, tmp_path):
+    for mode in ("mask", "depth"):
+        out = tmp_path / mode
+        assert transfer(source, out, "--tune", "ga", "--ga", mode, "--ga-population", "2", "--ga-generations",
+                        "1") == 0
+        state = json.loads((out / "ga.json").read_text())
+        assert len(state["history"]) == 2
+        for individual in state["evaluated"].values():
+            assert (out / "individuals").exists() and engine_of(type(out)(individual["run"])) is not None
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--tune", "5"], "layer 5 does not exist"),
+    (["--tune", "x"], "expected all, none, layers like 0,1"),
+    (["--ga", "bits"], "expected mask or depth"),
+])
+def test_bad_transfer_flags_are_one_line(source, tmp_path, flags, match):
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "transfer", str(source), "--dataset", "digits",
+                             *flags, "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert match in result.stderr and not (tmp_path / "t").exists()
+
+
+def test_a_source_that_is_not_a_run_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "transfer", str(tmp_path), "--dataset", "digits",
+                             "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a finished slicenet run" in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_init_from_with_images_of_another_size_is_one_line(source, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "optimise", "--dataset", "digits", "--init-from",
+                             str(source), "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "add @16 to the dataset" in result.stderr, result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+# -- enrolment --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    """A digits run of classes 0-4 only."""
+    out = tmp_path_factory.mktemp("five") / "d04"
+    assert main(["optimise", "--dataset", "digits#0-4", "--generations", "2", "3", "--population-size", "6",
+                 "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def write_folder(root, classes):
+    data = load_dataset("digits")
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i, image in enumerate(data.x_train[data.y_train == int(name)][:6]):
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+def test_enrol_adds_classes_and_keeps_the_old_ones(five, tmp_path):
+    folder = write_folder(tmp_path / "new", ["5", "6"])
+    assert main(["enrol", str(five), "--dataset", f"folder:{folder}", "--per-class", "4", "--out",
+                 str(tmp_path / "e")]) == 0
+    old, new = engine_of(five), engine_of(tmp_path / "e")
+    assert new.class_names == ("0", "1", "2", "3", "4", "5", "6")
+    n = old.bank_head.bank.shape[0]
+    assert torch.equal(new.bank_head.bank[:n], old.bank_head.bank) and new.bank_head.bank.shape[0] == n + 8
+    assert torch.equal(new.bank_head.bank_labels[n:], torch.tensor([5] * 4 + [6] * 4))
+    data = load_dataset("digits#0-4")
+    before, after = old.predict(data.x_test)[0], new.predict(data.x_test)[0]
+    assert np.mean(before == after) > 0.95  # a few old-class images may now find a new class nearer
+    # the enrolled images themselves are recognised (1-NN on its own prototypes)
+    assert main(["enrol", str(five), "--dataset", f"folder:{folder}", "--n-neighbors", "1", "--out",
+                 str(tmp_path / "e1")]) == 0
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "6").iterdir())])
+    assert (engine_of(tmp_path / "e1").predict(images)[0] == 6).all()
+
+
+def test_enrol_more_prototypes_of_an_existing_class(five, tmp_path):
+    folder = write_folder(tmp_path / "more", ["3"])
+    assert main(["enrol", str(five), "--dataset", f"folder:{folder}", "--out", str(tmp_path / "e")]) == 0
+    new = engine_of(tmp_path / "e")
+    assert new.class_names == ("0", "1", "2", "3", "4")
+    assert int((new.bank_head.bank_labels == 3).sum()) == int((engine_of(five).bank_head.bank_labels == 3).sum()) + 6
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "slicenet.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "7").mkdir(parents=True)
+    existing = write_folder(tmp_path / "existing", ["2"])
+    cases = [
+        (["--dataset", f"folder:{empty}"], "has no PNG/JPEG images"),
+        (["--dataset", f"folder:{existing}", "--new-only"], "class 2 already exists"),
+        (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "is not a directory"),
+        (["--dataset", f"folder:{existing}", "--per-class", "-1"], "--per-class must be"),
+    ]
+    for flags, match in cases:
+        result = cli("enrol", five, *flags, "--out", tmp_path / "out")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert match in result.stderr and not (tmp_path / "out").exists()
+    result = cli("enrol", tmp_path, "--dataset", f"folder:{existing}", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "not a finished slicenet run" in result.stderr
