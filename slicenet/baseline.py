@@ -19,21 +19,23 @@ from torch import nn
 from .config import BaselineConfig
 from .data import Dataset
 from .engine import Engine, PostProcessing, normalise_images
+from .errors import InputError
 from .fitness import stratified_split
 from .heads import DenseHead, bank_head
-from .trunk import TrunkSpec, forward, init_weights
+from .trunk import TrunkSpec, Weights, forward, init_weights
 
 
 class Network(nn.Module):
     """Trunk (as in ``trunk.py``, same init) + dense hidden layer (ReLU) + dense output layer."""
 
-    def __init__(self, spec: TrunkSpec, image_size: tuple[int, int], *, hidden: int, n_classes: int, seed: int):
+    def __init__(self, spec: TrunkSpec, image_size: tuple[int, int], *, hidden: int, n_classes: int, seed: int,
+                 start: Weights | None = None, frozen: tuple[int, ...] = ()):
         super().__init__()
         self.spec = spec
         self.trunk = nn.ParameterList()
-        for weight, bias in init_weights(spec, seed):
-            self.trunk.append(nn.Parameter(weight))
-            self.trunk.append(nn.Parameter(bias))
+        for index, (weight, bias) in enumerate(init_weights(spec, seed) if start is None else start):
+            self.trunk.append(nn.Parameter(weight.clone(), requires_grad=index not in frozen))
+            self.trunk.append(nn.Parameter(bias.clone(), requires_grad=index not in frozen))
         torch.manual_seed(seed)
         self.hidden = nn.Linear(spec.n_features(image_size), hidden)
         self.output = nn.Linear(hidden, n_classes)
@@ -70,10 +72,28 @@ def accuracy(model: Network, x: torch.Tensor, y: torch.Tensor, *, batch: int = 1
     return hits / max(1, len(y))
 
 
+def frozen_layers(freeze: str, spec: TrunkSpec) -> tuple[int, ...]:
+    """``--freeze``: "" or none (train every layer), all, or 0-based layers "0,1"; a bad one is one line."""
+    if freeze in ("", "none"):
+        return ()
+    if freeze == "all":
+        return tuple(range(len(spec.layers)))
+    try:
+        layers = tuple(int(p) for p in freeze.split(",") if p.strip())
+    except ValueError:
+        raise InputError(f"--freeze {freeze!r}: expected none, all or layers like 0,1") from None
+    bad = [layer for layer in layers if not 0 <= layer < len(spec.layers)]
+    if bad:
+        raise InputError(f"--freeze {freeze!r}: layer {bad[0]} does not exist; the trunk has layers 0.."
+                         f"{len(spec.layers) - 1}")
+    return layers
+
+
 def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineConfig, input_mean: float,
           input_std: float, on_epoch: Callable[[dict], None] | None = None,
-          device: torch.device | None = None) -> tuple[Network, list[dict], dict]:
-    """Train with early stopping on a validation split; returns the best network, history, summary."""
+          device: torch.device | None = None, start: Weights | None = None) -> tuple[Network, list[dict], dict]:
+    """Train with early stopping on a validation split; returns the best network, history, summary.
+    ``start``: the trunk's initial weights (a source run's, ``--init-from``), its ``--freeze`` layers fixed."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     fit, val = stratified_split(dataset.y_train, config.validation_fraction, rng)
@@ -81,12 +101,14 @@ def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineCon
     x = normalise_images(dataset.x_train, input_mean, input_std).to(device)
     y = torch.from_numpy(dataset.y_train).to(device)
     x_fit, y_fit, x_val, y_val = x[fit], y[fit], x[val], y[val]
-    model = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed).to(device)
+    model = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed,
+                    start=start, frozen=frozen_layers(config.freeze, spec)).to(device)
+    trained = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adam":
-        optimiser: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        optimiser: torch.optim.Optimizer = torch.optim.Adam(trained, lr=config.learning_rate)
         schedule = None
     else:
-        optimiser = torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9)
+        optimiser = torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9)
         schedule = torch.optim.lr_scheduler.StepLR(optimiser, config.lr_step, config.lr_gamma)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -146,17 +168,18 @@ def to_engine(model: Network, dataset: Dataset, *, config: BaselineConfig, input
 
 def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: BaselineConfig, input_mean: float,
         input_std: float, run_name: str, on_epoch: Callable[[dict], None] | None = None,
-        device: torch.device | None = None) -> tuple[Engine, dict, list[dict]]:
+        device: torch.device | None = None, start: Weights | None = None) -> tuple[Engine, dict, list[dict]]:
     """Train one width and return (its engine, its metrics, its history): the whole baseline run but
-    its files."""
+    its files. ``start``: a source trunk to fine-tune (its "random init" is then the source as it was)."""
     from .pipeline import engine_metrics, evaluate
 
     started = time.perf_counter()
     model, history, summary = train(dataset, spec, hidden=hidden, config=config, input_mean=input_mean,
-                                    input_std=input_std, on_epoch=on_epoch, device=device)
+                                    input_std=input_std, on_epoch=on_epoch, device=device, start=start)
     info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": run_name}
     engine = to_engine(model, dataset, config=config, input_mean=input_mean, input_std=input_std, info=info)
-    untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed)
+    untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed,
+                        start=start)
     untrained_engine = to_engine(untrained, dataset, config=config, input_mean=input_mean, input_std=input_std,
                                  info=info)
     metrics = {
@@ -167,5 +190,7 @@ def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: 
         "evaluations": summary["gradient_steps"] * config.batch_size,
         "wall_seconds": round(time.perf_counter() - started, 3), "seed": config.seed, "augment": config.augment,
         "device": str(device or "cpu"),
+        **({"transfer": {"source": config.init_from, "tune": "backprop, frozen: " + (config.freeze or "none"),
+                         "keep": 0, "granularity": "layer"}} if config.init_from else {}),
     }
     return engine, metrics, history

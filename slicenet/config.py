@@ -176,6 +176,9 @@ class BaselineConfig(Checked):
     image_size: int = option(28, "folder datasets only: images are resized to this square size")
     seed: int = option(0, "seed for init, split and batches")
     threads: int = option(0, "torch CPU threads (0 = all cores)")
+    init_from: str = option("", "fine-tune this run's trunk (its weights; the dataset is resized to its input, "
+                            "@H): backprop transfer, beside slicenet transfer's gradient-free one")
+    freeze: str = option("", "with --init-from: trunk layers held fixed, 0,1 (0-based), all or none (default)")
 
     def checks(self) -> list[tuple[bool, str]]:
         return [
@@ -192,6 +195,8 @@ class BaselineConfig(Checked):
             *vote_checks("vote", self.vote, self.metric),
             *_postprocessing_checks(self),
             (self.threads >= 0, f"threads must be 0 (auto) or positive, got {self.threads}"),
+            (bool(self.init_from) or not self.freeze, "freeze names layers of a source trunk: give --init-from "
+             "SOURCE_RUN"),
         ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,13 +104,15 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
 
 
 def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_only: bool = False,
-              n_neighbors: int = 0, command: str = "") -> dict:
+              n_neighbors: int = 0, evaluate_on: str = "", command: str = "") -> dict:
     """``slicenet enrol``: a new run directory with the enrolled engine; returns its metrics. Everything
-    is checked and computed before ``out`` is created."""
+    is checked and computed before ``out`` is created. The metrics' test split is ``evaluate_on``'s
+    (default: the source run's dataset), its classes matched to the engine's by name."""
     from . import runs
     from .data import load_dataset as load
     from .pipeline import engine_metrics
 
+    started = time.perf_counter()
     if per_class < 0:
         raise InputError(f"--per-class must be 0 (all) or positive, got {per_class}")
     if n_neighbors < 0:
@@ -124,13 +127,23 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
                             prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
                             seed=int(source.get("seed", 0)))
-    test_set = load(config.dataset, engine.image_size[0])
+    test_set = load(evaluate_on or config.dataset, engine.image_size[0])
+    if test_set.image_size != engine.image_size:
+        raise InputError(f"--evaluate-on {evaluate_on!r} has {test_set.image_size[0]}x{test_set.image_size[1]} images; "
+                         f"add @{engine.image_size[0]}")
+    from .pipeline import class_index
+
+    index = class_index(test_set.class_names, enrolled.class_names)
+    test_set = dataclasses.replace(test_set, y_test=index[test_set.y_test], y_train=index[test_set.y_train],
+                                   class_names=enrolled.class_names)
     metrics = {**engine_metrics(enrolled, test_set, kind=source.get("kind", "search")),
                **{k: source[k] for k in ("method", "preset", "granularity", "seed", "n_features") if k in source},
                "enrolled_from": str(run), "enrolled": added, "enrolled_dataset": dataset,
                "per_class": per_class, "class_names": list(enrolled.class_names),
                "validation_accuracy": source.get("validation_accuracy", 0.0), "command": command,
-               "evaluated_on": f"{config.dataset} (the source's test split)"}
+               "evaluated_on": f"{evaluate_on or config.dataset}: its test split"}
+    metrics.update(evaluations=0, wall_seconds=round(time.perf_counter() - started, 3),
+                   random_init_test_accuracy=source.get("random_init_test_accuracy", 0.0))
     runs.create_run_dir(out, config, command)
     runs.write_results(out, enrolled, metrics=metrics, history=[])
     return json.loads(json.dumps(metrics))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import statistics
 from pathlib import Path
@@ -179,7 +180,11 @@ def _row(run_dir: Path) -> dict:
                    head=head["kind"], head_label=head_label(head, views), reference=reference_key(metrics, config),
                    full_bank_test_accuracy=metrics.get("full_bank_test_accuracy"),
                    full_bank_engine_bytes=metrics.get("full_bank_engine_bytes"), compact=metrics.get("compact"),
-                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config))
+                   frontier=metrics.get("frontier"), shifts=bank_shifts(metrics, config),
+                   transfer=metrics.get("transfer"), enrolled=metrics.get("enrolled"),
+                   enrolled_from=metrics.get("enrolled_from", ""), per_class=metrics.get("per_class", 0),
+                   evaluated_on=metrics.get("evaluated_on", ""), ga=_ga_of(run_dir),
+                   bank_size=metrics.get("bank_size", 0))
         row["group"] = (row["network"], row["dataset"], row["preset"],
                         tuple(sorted((k, str(v)) for k, v in config.items() if k not in ("seed", "threads"))))
         for key in ("test_accuracy", "random_init_test_accuracy", "wall_seconds", "evaluations"):
@@ -188,6 +193,64 @@ def _row(run_dir: Path) -> dict:
         raise InputError(f"{run_dir / 'metrics.json'} is damaged (missing or bad {exc}); re-run the command "
                          "that wrote it") from None
     return row
+
+
+def _ga_of(run_dir: Path) -> dict | None:
+    """The transfer GA a run was an individual of (``DIR/individuals/RUN`` beside ``DIR/ga.json``): its
+    mode, how many transfers it ran and their total wall time and evaluations."""
+    state_file = run_dir.parent.parent / "ga.json"
+    if run_dir.parent.name != "individuals" or not state_file.is_file():
+        return None
+    try:
+        state = json.loads(state_file.read_text())
+        evaluated = list(state["evaluated"].values())
+        return {"mode": state["config"]["ga"], "transfers": len(evaluated),
+                "generations": int(state["config"]["ga_generations"]),
+                "wall_seconds": sum(e["wall_seconds"] for e in evaluated),
+                "evaluations": sum(e["evaluations"] for e in evaluated),
+                "best": max(evaluated, key=lambda e: e["validation_accuracy"])["run"] == str(run_dir)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def transfer_table(rows: list[dict]) -> list[str]:
+    """Jeong et al.'s layout: what was re-tuned, and what it cost (a GA's row: its choice, and the time
+    and evaluations of all its transfers)."""
+    transfers = [r for r in rows if r.get("transfer")]
+    if not transfers:
+        return []
+    lines = ["", "## Transfer (a source run's trunk on new data)", "",
+             "Re-tuned: what the gradient-free search changed, from the source's weights; the rest is kept. A GA's "
+             "row is its choice (the individual of best validation accuracy); its wall time and evaluations are "
+             "those of every transfer it ran.", "",
+             "| dataset | source | re-tuned | test acc | validation | evaluations | wall s | command |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(transfers, key=lambda r: (r["dataset"], str(r["transfer"]["source"]))):
+        t, ga = r["transfer"], r.get("ga")
+        tuned = t["tune"] + (f" ({t['granularity']}s)" if t.get("granularity") == "filter" and t["tune"] != "none"
+                             else "") + (f", layers after {t['keep']} re-initialised" if t.get("keep") else "")
+        evaluations, wall = r["evaluations"], r["wall_seconds"]
+        if ga is not None:
+            tuned = (f"random selection ({ga['mode']} genomes, {ga['transfers']} transfers) chose: {tuned}"
+                     if ga["generations"] == 0 else f"GA ({ga['mode']}, {ga['transfers']} transfers) chose: {tuned}")
+            evaluations, wall = ga["evaluations"], ga["wall_seconds"]
+        lines.append(f"| {r['dataset']} | `{t['source']}` | {tuned} | {_pct(r['test_accuracy'])} | "
+                     f"{_pct(r['validation_accuracy'] or 0)} | {evaluations:,} | {wall:.0f} | `{r['command']}` |")
+    return lines
+
+
+def enrol_table(rows: list[dict]) -> list[str]:
+    enrolled = [r for r in rows if r.get("enrolled")]
+    if not enrolled:
+        return []
+    lines = ["", "## Enrolment (new classes as prototypes, no search)", "",
+             "| engine | enrolled from | classes added (prototypes) | per class | bank | test acc | evaluated on |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(enrolled, key=lambda r: (r["enrolled_from"], r["per_class"] or 10**9)):
+        added = ", ".join(f"{name} ({n})" for name, n in r["enrolled"].items())
+        lines.append(f"| `{Path(r['run']).name}` | `{r['enrolled_from']}` | {added} | {r['per_class'] or 'all'} | "
+                     f"{r['bank_size']:,} | {_pct(r['test_accuracy'])} | {r['evaluated_on']} |")
+    return lines
 
 
 def _count(value: int | str) -> str:
@@ -534,6 +597,8 @@ def render_markdown(rows: list[dict], *, command: str, plots: list[str], bench: 
             f"{_pct(g['test_median'])} [{_pct(g['test_min'])}, {_pct(g['test_max'])}] | "
             f"{g['wall_median']:.0f} / {g['wall_max']:.0f} " + _reference_cells(g) + f" `{g['command']}` |")
     lines += compact_table(rows)
+    lines += transfer_table(rows)
+    lines += enrol_table(rows)
     lines += arch_tables(arch or [])
     lines += bundle_table(bundles or [])
     lines += latency_tables(bench or [], bench_folder)

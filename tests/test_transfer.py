@@ -240,3 +240,30 @@ def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path):
         assert match in result.stderr and not (tmp_path / "out").exists()
     result = cli("enrol", tmp_path, "--dataset", f"folder:{existing}", "--out", tmp_path / "out")
     assert result.returncode == 2 and "not a finished slicenet run" in result.stderr
+
+
+def test_the_report_tables_transfers_and_enrolments(source, five, tmp_path):
+    assert transfer(source, tmp_path / "none", "--tune", "none") == 0
+    assert transfer(source, tmp_path / "ga", "--tune", "ga", "--ga-population", "2", "--ga-generations", "0") == 0
+    state = json.loads((tmp_path / "ga" / "ga.json").read_text())
+    best = max(state["evaluated"].values(), key=lambda e: e["validation_accuracy"])["run"]
+    folder = write_folder(tmp_path / "new", ["5", "6"])
+    assert main(["enrol", str(five), "--dataset", f"folder:{folder}", "--per-class", "2", "--evaluate-on",
+                 "digits#0-6", "--out", str(tmp_path / "e")]) == 0
+    enrolled = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert enrolled["n_test"] == len(load_dataset("digits#0-6").y_test)
+    assert main(["report", str(tmp_path / "none"), best, str(tmp_path / "e"), "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "REPORT.md").read_text()
+    assert "## Transfer" in report and "random selection (mask genomes, 2 transfers)" in report
+    assert "## Enrolment" in report and "5 (2), 6 (2)" in report
+
+
+def test_backprop_fine_tunes_the_same_source_trunk_with_frozen_layers(source, tmp_path):
+    assert main(["baseline", "--dataset", "digits", "--init-from", str(source), "--freeze", "0", "--epochs", "1",
+                 "--head", "knn", "--quiet", "--out", str(tmp_path / "b")]) == 0
+    a, b = engine_of(source), engine_of(tmp_path / "b")
+    assert same_weights(a, b, 0) and not same_weights(a, b, 1)
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["transfer"]["tune"] == "backprop, frozen: 0" and metrics["dataset"] == "digits@16"
+    result = cli("baseline", "--dataset", "digits", "--init-from", source, "--freeze", "7", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "layer 7 does not exist" in result.stderr and not (tmp_path / "x").exists()

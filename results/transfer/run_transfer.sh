@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Transfer and enrolment evidence (issue 23), run from a folder whose runs/ holds the MNIST-5k source
+# run (slicenet optimise --method cma --out runs/mnist-cma-s0); the report lands in results/transfer.
+set -euo pipefail
+OUT=${OUT:-results/transfer}
+S=runs/mnist-cma-s0
+# 1. MNIST-5k -> digits (resized to 28x28): keep, re-tune all, a fixed partial set, random selection, the GAs.
+slicenet transfer $S --dataset digits --tune none --quiet --out runs/tr-digits-none
+slicenet transfer $S --dataset digits --tune all --quiet --out runs/tr-digits-all
+slicenet transfer $S --dataset digits --tune 1 --quiet --out runs/tr-digits-1
+# random selection = the mask GA's first generation alone, at the GA's number of transfers (4 x 3 = 12)
+slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 12 --ga-generations 0 --quiet \
+  --out runs/tr-digits-random
+slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 4 --ga-generations 2 --quiet \
+  --out runs/tr-digits-ga-mask
+slicenet transfer $S --dataset digits --tune ga --ga depth --ga-population 4 --ga-generations 2 --quiet \
+  --out runs/tr-digits-ga-depth
+# 2. MNIST-5k -> Fashion-MNIST 60k/10k: keep, re-tune all, layer 1 only.
+slicenet transfer $S --dataset fashion-mnist --tune none --quiet --out runs/tr-fashion-none
+slicenet transfer $S --dataset fashion-mnist --tune all --quiet --out runs/tr-fashion-all
+slicenet transfer $S --dataset fashion-mnist --tune 1 --quiet --out runs/tr-fashion-1
+# 3. Enrolment: a trunk searched on MNIST-5k's digits 0-4 only, then 5-9 enrolled from N images each,
+#    against the ten-class trunk with the same bank (its bank rebuilt from 0-4, then the same enrolment).
+slicenet optimise --method cma --dataset 'mnist#0-4' --quiet --out runs/mnist04-cma-s0
+slicenet transfer $S --dataset 'mnist#0-4' --tune none --quiet --out runs/mnist10trunk-04bank
+for source in mnist04-cma-s0 mnist10trunk-04bank; do
+  for n in 1 5 20 0; do
+    k=$([ "$n" -gt 0 ] && [ "$n" -lt 20 ] && echo 1 || echo 0)
+    slicenet enrol runs/$source --dataset 'mnist#5-9' --per-class $n --n-neighbors $k --evaluate-on mnist \
+      --out runs/enrol-$source-$n
+  done
+done
+best() { python -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(s['evaluated'].values(), key=lambda e: e['validation_accuracy'])['run'])" "$1"; }
+slicenet report runs/tr-digits-none runs/tr-digits-all runs/tr-digits-1 "$(best runs/tr-digits-random/ga.json)" \
+  "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" runs/tr-fashion-* \
+  runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/enrol-* --out "$OUT"
