@@ -8,6 +8,7 @@ neither torch nor slicenet, and keeps to Python 3.6 syntax (the tests check that
     python3 run_engine.py --runtime onnxruntime [--providers CUDAExecutionProvider]
     python3 run_engine.py --runtime tensorrt [--precision fp16]     # Jetson: onnxruntime-gpu's TensorRT provider
     python3 run_engine.py --runtime openvino --device MYRIAD [--model engine.blob]
+    python3 run_engine.py enrol BUNDLE NEW_CLASSES_DIR [--per-class N]   # --enrollable bundles: add classes
 
 It checks the sha256 of every file against manifest.json, runs the shipped sample images, checks
 their predictions against the expected ones, times warm-up then timed single-image inferences, and
@@ -42,7 +43,7 @@ def check_files(folder, manifest):
             fail(f"{name} has sha256 {actual} but the manifest says {digest}: the copy is damaged")
 
 
-def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=None):
+def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=None, output="class"):
     try:
         import onnxruntime as ort
     except ImportError:
@@ -64,13 +65,15 @@ def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=
     created = time.perf_counter() - started
 
     def infer(image):
+        if output != "class":  # an enrollable bundle's trunk: its embedding [batch, D]
+            return np.asarray(session.run([output], {"image": image})[0], dtype=np.float32)
         outputs = session.run(["class", "votes"], {"image": image})
         return [int(c) for c in np.asarray(outputs[0]).reshape(-1)]
 
     return infer, created, "onnxruntime", ort.__version__, ",".join(session.get_providers())
 
 
-def openvino_runner(model_path, device):
+def openvino_runner(model_path, device, output_name="class"):
     try:
         try:
             from openvino.runtime import Core  # 2022.3
@@ -106,10 +109,12 @@ def openvino_runner(model_path, device):
         compiled = core.compile_model(model_path, device, config)
     created = time.perf_counter() - started
     request = compiled.create_infer_request()
-    output = compiled.output("class")
+    output = compiled.output(output_name)
 
     def infer(image):
         result = request.infer({"image": image})
+        if output_name != "class":
+            return np.asarray(result[output], dtype=np.float32)
         return [int(c) for c in np.asarray(result[output]).reshape(-1)]
 
     version = getattr(openvino, "__version__", None) or openvino.runtime.get_version()
@@ -133,11 +138,220 @@ def device_name():
     return platform.node() + " (" + platform.machine() + ")"
 
 
+# -- enrollable bundles: the trunk's embedding in the runtime, the k-NN vote here in numpy ---------------
+
+def distances(queries, bank, metric):
+    """[Q, B] distances, in float64, as the engine ranks them."""
+    if metric == "cosine":
+        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
+        return 1.0 - queries.dot(bank.T)
+    if metric == "manhattan":
+        return np.abs(queries[:, None, :] - bank[None, :, :]).sum(-1)
+    squared = np.maximum((queries ** 2).sum(1)[:, None] - 2.0 * queries.dot(bank.T) + (bank ** 2).sum(1)[None, :], 0.0)
+    return np.sqrt(squared) if metric == "euclidean" else squared
+
+
+def classify(embedding, bank, labels, n_classes, k, metric, vote):
+    """Classes [N] of embedded queries: the majority of the k nearest prototypes (ties to the smallest
+    class index), or the local-mean vote (the class whose k nearest prototypes' mean is nearest)."""
+    queries, bank = np.asarray(embedding, dtype=np.float64), np.asarray(bank, dtype=np.float64)
+    classes = []
+    for start in range(0, len(queries), 256):
+        chunk = queries[start:start + 256]
+        d = distances(chunk, bank, metric)
+        if vote == "local-mean":
+            scores = np.full((len(chunk), n_classes), -np.inf)
+            for c in range(n_classes):
+                members = np.flatnonzero(labels == c)
+                if len(members) == 0:
+                    continue
+                near = members[np.argsort(d[:, members], axis=1, kind="stable")[:, :k]]
+                scores[:, c] = -np.linalg.norm(chunk - bank[near].mean(1), axis=1)
+        else:
+            nearest = np.argsort(d, axis=1, kind="stable")[:, :k]
+            scores = np.zeros((len(chunk), n_classes))
+            np.add.at(scores, (np.arange(len(chunk))[:, None], labels[nearest]), 1.0)
+        classes.extend(int(c) for c in scores.argmax(1))
+    return classes
+
+
+def load_bank(folder, manifest):
+    spec = manifest["enrollable"]
+    bank = np.load(os.path.join(folder, spec["bank"]))
+    labels = np.load(os.path.join(folder, spec["bank_labels"]))
+    return bank, labels
+
+
+def enrollable_infer(folder, manifest, embed):
+    """``infer`` for an enrollable bundle: the runtime's embedding, then the vote over the bundle's bank."""
+    spec = manifest["enrollable"]
+    bank, labels = load_bank(folder, manifest)
+    n_classes = len(manifest["class_names"])
+
+    def infer(image):
+        return classify(embed(image), bank, labels, n_classes, spec["k"], spec["metric"], spec["vote"])
+
+    return infer
+
+
+def read_image(path, size):
+    """A grayscale uint8 image of ``size`` (H, W), decoded and resized as slicenet does (PIL, bilinear)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        fail("enrolling images needs Pillow: pip3 install pillow")
+    try:
+        with Image.open(path) as image:
+            gray = image.convert("L")
+            if gray.size != (size[1], size[0]):
+                gray = gray.resize((size[1], size[0]), getattr(Image, "Resampling", Image).BILINEAR)
+            return np.asarray(gray, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        fail("cannot decode image " + path + " (" + str(exc) + "); expected a PNG or JPEG file")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def folder_images(directory, size, per_class):
+    if not os.path.isdir(directory):
+        fail(directory + " is not a directory; expected one sub-folder of PNG/JPEG images per class")
+    names = sorted(n for n in os.listdir(directory) if os.path.isdir(os.path.join(directory, n))
+                   and not n.startswith("."))
+    if not names:
+        fail(directory + " has no class folders; expected one sub-folder of images per class, named as the class")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        files = sorted(f for f in os.listdir(os.path.join(directory, name)) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            fail("class folder " + os.path.join(directory, name) + " has no PNG/JPEG images; add some or remove it")
+        for f in files[:per_class or None]:
+            images.append(read_image(os.path.join(directory, name, f), size))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), names
+
+
+def embed_all(embed, images, batch):
+    rows = []
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, axis=0)])
+        rows.append(embed(np.ascontiguousarray(chunk[:, None]))[:real])
+    return np.concatenate(rows)
+
+
+def save_array(array):
+    def write(path):
+        with open(path, "wb") as handle:
+            np.save(handle, array)
+    return write
+
+
+def write_atomically(path, write):
+    temporary = path + ".tmp"
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def enrol_main(argv):
+    """``run_engine.py enrol BUNDLE DIR``: the images of DIR's class folders become prototypes of the
+    bundle's bank (new classes, or more of existing ones). The new bank is written under a new name and the
+    manifest, which names it, is replaced last: the bundle is the old one or the new one, never half."""
+    parser = argparse.ArgumentParser(prog="run_engine.py enrol", description=enrol_main.__doc__.splitlines()[0])
+    parser.add_argument("bundle")
+    parser.add_argument("images", help="a folder of class sub-folders (named as the classes) of PNG/JPEG images")
+    parser.add_argument("--per-class", type=int, default=0, help="images per class (default 0: all)")
+    parser.add_argument("--new-only", action="store_true", help="a folder named as an existing class is an error")
+    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU or MYRIAD")
+    args = parser.parse_args(argv)
+    manifest = read_manifest(args.bundle)
+    if "enrollable" not in manifest:
+        fail(args.bundle + " was not exported with --enrollable: its bank is inside the graph; re-export it with "
+             "slicenet export RUN --target T --enrollable")
+    if args.per_class < 0:
+        fail("--per-class must be 0 (all) or positive")
+    check_files(args.bundle, manifest)
+    spec = manifest["enrollable"]
+    size = tuple(manifest["input"]["shape"][2:])
+    images, labels, names = folder_images(args.images, size, args.per_class)
+    existing = [n for n in names if n in manifest["class_names"]]
+    if args.new_only and existing:
+        fail("class " + existing[0] + " already exists in the bundle; rename the folder or drop --new-only")
+    embed = make_embed(args.bundle, manifest, args.runtime, args.device)
+    points = embed_all(embed, images, int(manifest["input"]["shape"][0]))
+    bank, bank_labels = load_bank(args.bundle, manifest)
+    class_names = list(manifest["class_names"]) + [n for n in names if n not in manifest["class_names"]]
+    new_labels = np.array([class_names.index(names[i]) for i in labels], dtype=np.int64)
+    bank = np.concatenate([bank, points.astype(bank.dtype)])
+    bank_labels = np.concatenate([bank_labels, new_labels])
+    counts = np.bincount(bank_labels, minlength=len(class_names))
+    if spec["vote"] == "local-mean" and counts.min() < spec["k"]:
+        fail("the local-mean vote needs k=" + str(spec["k"]) + " prototypes of every class; enrol at least that many "
+             "images per class")
+    generation = int(spec.get("generation", 0)) + 1
+    files = {"bank": "bank-" + str(generation) + ".npy", "bank_labels": "bank_labels-" + str(generation) + ".npy"}
+    old = [spec["bank"], spec["bank_labels"]]
+    write_atomically(os.path.join(args.bundle, files["bank"]), save_array(bank))
+    write_atomically(os.path.join(args.bundle, files["bank_labels"]), save_array(bank_labels))
+    samples = np.load(os.path.join(args.bundle, manifest["samples"]["file"]))
+    expected = classify(embed_all(embed, samples[:, 0], int(manifest["input"]["shape"][0])), bank, bank_labels,
+                        len(class_names), spec["k"], spec["metric"], spec["vote"])
+    spec.update(files, generation=generation)
+    manifest["class_names"] = class_names
+    manifest["samples"]["expected_classes"] = expected
+    manifest["samples"].pop("expected_votes", None)
+    manifest.setdefault("enrolled", []).append({"folder": os.path.abspath(args.images), "per_class": args.per_class,
+                                                "classes": {n: int((labels == i).sum()) for i, n in enumerate(names)}})
+    for name in old:
+        manifest["sha256"].pop(name, None)
+    for name in files.values():
+        with open(os.path.join(args.bundle, name), "rb") as handle:
+            manifest["sha256"][name] = hashlib.sha256(handle.read()).hexdigest()
+
+    def write_manifest(path):
+        with open(path, "w") as handle:
+            json.dump(manifest, handle, indent=2)
+
+    write_atomically(os.path.join(args.bundle, "manifest.json"), write_manifest)
+    for name in old:
+        if name not in files.values() and os.path.exists(os.path.join(args.bundle, name)):
+            os.remove(os.path.join(args.bundle, name))
+    print("enrolled " + ", ".join(n + " (" + str(int((labels == i).sum())) + ")" for i, n in enumerate(names)) +
+          "; " + str(len(bank)) + " prototypes, " + str(len(class_names)) + " classes -> " + args.bundle)
+    return 0
+
+
+def read_manifest(bundle):
+    manifest_path = os.path.join(bundle, "manifest.json")
+    if not os.path.isfile(manifest_path):
+        fail("no manifest.json in " + bundle + ": pass the exported bundle folder")
+    with open(manifest_path) as handle:
+        return json.load(handle)
+
+
+def make_embed(bundle, manifest, runtime, device):
+    """The runtime's embedding function of an enrollable bundle's trunk model."""
+    spec = manifest["enrollable"]
+    path = os.path.join(bundle, spec["model"])
+    if runtime == "openvino":
+        return openvino_runner(path, device, output_name=spec["output"])[0]
+    return onnxruntime_runner(path, ["CPUExecutionProvider"], output=spec["output"])[0]
+
+
 def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["enrol"]:
+        return enrol_main(argv[1:])
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--runtime", choices=["onnxruntime", "tensorrt", "openvino"], required=True,
@@ -153,13 +367,11 @@ def main(argv=None):
     parser.add_argument("--board", help="name of the board for the result (default: read from the system)")
     args = parser.parse_args(argv)
 
-    manifest_path = os.path.join(args.bundle, "manifest.json")
-    if not os.path.isfile(manifest_path):
-        fail(f"no manifest.json in {args.bundle}: pass --bundle <exported bundle folder>")
-    with open(manifest_path) as handle:
-        manifest = json.load(handle)
+    manifest = read_manifest(args.bundle)
     check_files(args.bundle, manifest)
-    model_path = os.path.join(args.bundle, args.model or manifest["model"])
+    enrollable = "enrollable" in manifest and not args.model
+    model_path = os.path.join(args.bundle, manifest["enrollable"]["model"] if enrollable
+                              else args.model or manifest["model"])
     samples = np.load(os.path.join(args.bundle, manifest["samples"]["file"]))
     expected = manifest["samples"]["expected_classes"]
     if samples.ndim != 4 or len(samples) != len(expected):
@@ -173,14 +385,18 @@ def main(argv=None):
     if not os.path.isfile(model_path):
         fail(args.model + " is not in the bundle: compile it first (see the bundle's README)" if args.model
              else manifest["model"] + " is missing from the bundle; copy the whole folder")
+    output = manifest["enrollable"]["output"] if enrollable else "class"
     if args.runtime in ("onnxruntime", "tensorrt"):
         infer, created, runtime, version, where = onnxruntime_runner(
             model_path, args.providers, tensorrt=args.runtime == "tensorrt", fp16=args.precision == "fp16",
-            cache=args.bundle)
+            cache=args.bundle, output=output)
         if args.runtime == "tensorrt":
             runtime = "onnxruntime-tensorrt"
     else:
-        infer, created, runtime, version, where = openvino_runner(model_path, args.device)
+        infer, created, runtime, version, where = openvino_runner(model_path, args.device, output_name=output)
+    if enrollable:  # the trunk in the runtime, the vote over the (enrolled) bank in numpy on this host
+        infer = enrollable_infer(args.bundle, manifest, infer)
+        runtime += "+numpy-knn"
     if args.runtime == "tensorrt":
         precision = args.precision
     elif where == "MYRIAD" or manifest["target"] == "ncs2":

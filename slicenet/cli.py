@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check-2022", dest="check_2022", action="store_false",
                         help="target ncs2: skip the check by OpenVINO 2022.3.2's own runtime (on by default; the "
                              "manifest then says 'not checked')")
+    export.add_argument("--enrollable", action="store_true",
+                        help="also ship the trunk graph alone and the bank as files, so that 'run_engine.py enrol "
+                             "BUNDLE DIR' adds classes on the board (the vote then runs in numpy on the host)")
     export.set_defaults(func=cmd_export)
 
     check = commands.add_parser("check-2022", help="read, compile and run models with OpenVINO 2022.3.2, the NCS2's "
@@ -642,7 +645,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.verify_images:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
-                                    images=images, labels=labels, batch=args.batch, check_2022=args.check_2022)
+                                    images=images, labels=labels, batch=args.batch, check_2022=args.check_2022,
+                                    enrollable=args.enrollable)
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "

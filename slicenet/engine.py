@@ -257,8 +257,32 @@ class Engine:
     def describe(self, *, batch: int = 1) -> Graph:
         """The whole engine as one graph: uint8 image [batch, 1, H, W] -> class [batch] and votes
         [batch, C]. Every test-time view of every image runs as one row of one batch."""
-        height, width = self.image_size
         g = Graph()
+        x, rows = self._describe_trunk(g, batch)
+        votes, class_index = self.head.describe(g, x, self.post, rows=rows, single_view=self.n_views == 1,
+                                                storage=self.storage)
+        votes = self.views.describe_sum(g, votes, batch=batch)
+        if class_index is None:
+            class_index = g.argmax(votes, axis=1, name="class")
+        g.output("class", class_index, "int64", (batch,))
+        g.output("votes", votes, "float32", (batch, self.n_classes))
+        return g
+
+    def describe_features(self, *, batch: int = 1) -> Graph:
+        """The trunk and post-processing alone: uint8 image [batch, 1, H, W] -> embedding [batch, D], the
+        bank's own space (an enrollable bundle's graph: the vote then runs beside it, over a bank that
+        can grow). One view per query."""
+        if self.n_views != 1:
+            raise InputError("an enrollable bundle takes one view per query: export an engine without "
+                             "--query-shifts")
+        g = Graph()
+        x, _ = self._describe_trunk(g, batch)
+        g.output("embedding", self.post.describe(g, x), "float32", (batch, int(self.bank_head.bank.shape[1])))
+        return g
+
+    def _describe_trunk(self, g: Graph, batch: int) -> tuple[str, int]:
+        """Image input, views, normalisation and convolutions: (the raw features [rows, D], rows)."""
+        height, width = self.image_size
         x = g.cast(g.input("image", "uint8", (batch, 1, height, width)), name="image_f32")
         x = self.views.describe(g, x, batch=batch, image_size=self.image_size)
         rows = batch * self.n_views
@@ -280,15 +304,7 @@ class Engine:
             if layer.pool > 1:
                 x = g.max_pool(x, layer.pool, name=f"pool{index}")
             outputs[index] = x
-        x = g.reshape(x, (rows, -1), name="features")
-        votes, class_index = self.head.describe(g, x, self.post, rows=rows, single_view=self.n_views == 1,
-                                                storage=self.storage)
-        votes = self.views.describe_sum(g, votes, batch=batch)
-        if class_index is None:
-            class_index = g.argmax(votes, axis=1, name="class")
-        g.output("class", class_index, "int64", (batch,))
-        g.output("votes", votes, "float32", (batch, self.n_classes))
-        return g
+        return g.reshape(x, (rows, -1), name="features"), rows
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -267,3 +267,44 @@ def test_backprop_fine_tunes_the_same_source_trunk_with_frozen_layers(source, tm
     assert metrics["transfer"]["tune"] == "backprop, frozen: 0" and metrics["dataset"] == "digits@16"
     result = cli("baseline", "--dataset", "digits", "--init-from", source, "--freeze", "7", "--out", tmp_path / "x")
     assert result.returncode == 2 and "layer 7 does not exist" in result.stderr and not (tmp_path / "x").exists()
+
+
+def test_an_enrollable_bundle_enrols_on_the_host_as_slicenet_enrol_does(five, tmp_path):
+    assert main(["export", str(five), "--target", "onnx", "--enrollable", "--out", str(tmp_path / "x")]) == 0
+    bundle = next((tmp_path / "x").glob("*/onnx"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["enrollable"]["model"] == "trunk.onnx"
+    assert any(v["runtime"] == "onnxruntime+numpy-knn" and v["agreement"] == 1.0 for v in manifest["verification"])
+    folder = write_folder(tmp_path / "new", ["5", "6"])
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "enrol", str(bundle), str(folder),
+                             "--per-class", "4"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert main(["enrol", str(five), "--dataset", f"folder:{folder}", "--per-class", "4", "--out",
+                 str(tmp_path / "e")]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    enrolled = engine_of(tmp_path / "e")
+    bank = np.load(bundle / manifest["enrollable"]["bank"])
+    assert manifest["class_names"] == list(enrolled.class_names) and not (bundle / "bank-0.npy").exists()
+    assert np.allclose(bank, enrolled.bank_head.bank.numpy(), atol=1e-5)
+    assert np.array_equal(np.load(bundle / manifest["enrollable"]["bank_labels"]), enrolled.bank_head.bank_labels)
+    # run classifies into the enrolled classes, and its samples still match (sha256 sums updated too)
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "run", "--bundle", str(bundle),
+                             "--runtime", "onnxruntime", "--warmup", "1", "--iterations", "3", "--out",
+                             str(tmp_path / "r.json")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["runtime"] == "onnxruntime+numpy-knn"
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "6").iterdir())])
+    from slicenet.boards import run_engine
+
+    embed = run_engine.make_embed(str(bundle), manifest, "onnxruntime", "CPU")
+    labels = np.load(bundle / manifest["enrollable"]["bank_labels"])
+    board = run_engine.classify(run_engine.embed_all(embed, images, 1), bank, labels, 7, 9, "euclidean", "majority")
+    assert board == enrolled.predict(images)[0].tolist()
+
+
+def test_enrol_on_a_bundle_without_the_bank_outside_is_one_line(tiny_run, tmp_path):
+    assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path / "x")]) == 0
+    bundle = next((tmp_path / "x").glob("*/onnx"))
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "enrol", str(bundle), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--enrollable" in result.stderr

@@ -2,34 +2,35 @@
 # Transfer and enrolment evidence (issue 23), run from a folder whose runs/ holds the MNIST-5k source
 # run (slicenet optimise --method cma --out runs/mnist-cma-s0); the report lands in results/transfer.
 set -euo pipefail
+done_() { [ -f "$1/metrics.json" ]; }  # a finished run is kept on a rerun
 OUT=${OUT:-results/transfer}
 S=runs/mnist-cma-s0
-# 1. MNIST-5k -> digits (resized to 28x28): keep, re-tune all, a fixed partial set, random selection, the GAs.
-slicenet transfer $S --dataset digits --tune none --quiet --out runs/tr-digits-none
-slicenet transfer $S --dataset digits --tune all --quiet --out runs/tr-digits-all
-slicenet transfer $S --dataset digits --tune 1 --quiet --out runs/tr-digits-1
-# random selection = the mask GA's first generation alone, at the GA's number of transfers (4 x 3 = 12)
-slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 12 --ga-generations 0 --quiet \
-  --out runs/tr-digits-random
-slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 4 --ga-generations 2 --quiet \
-  --out runs/tr-digits-ga-mask
-slicenet transfer $S --dataset digits --tune ga --ga depth --ga-population 4 --ga-generations 2 --quiet \
-  --out runs/tr-digits-ga-depth
-# 2. MNIST-5k -> Fashion-MNIST 60k/10k: keep, re-tune all, layer 1 only.
-slicenet transfer $S --dataset fashion-mnist --tune none --quiet --out runs/tr-fashion-none
-slicenet transfer $S --dataset fashion-mnist --tune all --quiet --out runs/tr-fashion-all
-slicenet transfer $S --dataset fashion-mnist --tune 1 --quiet --out runs/tr-fashion-1
 # 3. Enrolment: a trunk searched on MNIST-5k's digits 0-4 only, then 5-9 enrolled from N images each,
 #    against the ten-class trunk with the same bank (its bank rebuilt from 0-4, then the same enrolment).
-slicenet optimise --method cma --dataset 'mnist#0-4' --quiet --out runs/mnist04-cma-s0
-slicenet transfer $S --dataset 'mnist#0-4' --tune none --quiet --out runs/mnist10trunk-04bank
+done_ runs/mnist04-cma-s0 || slicenet optimise --method cma --dataset 'mnist#0-4' --quiet --out runs/mnist04-cma-s0
+done_ runs/mnist10trunk-04bank || slicenet transfer $S --dataset 'mnist#0-4' --tune none --quiet --out runs/mnist10trunk-04bank
 for source in mnist04-cma-s0 mnist10trunk-04bank; do
   for n in 1 5 20 0; do
     k=$([ "$n" -gt 0 ] && [ "$n" -lt 20 ] && echo 1 || echo 0)
-    slicenet enrol runs/$source --dataset 'mnist#5-9' --per-class $n --n-neighbors $k --evaluate-on mnist \
+    done_ runs/enrol-$source-$n || slicenet enrol runs/$source --dataset 'mnist#5-9' --per-class $n --n-neighbors $k --evaluate-on mnist \
       --out runs/enrol-$source-$n
   done
 done
+# 1. MNIST-5k -> digits (resized to 28x28): keep, re-tune all, a fixed partial set, random selection, the GAs.
+done_ runs/tr-digits-none || slicenet transfer $S --dataset digits --tune none --quiet --out runs/tr-digits-none
+done_ runs/tr-digits-all || slicenet transfer $S --dataset digits --tune all --quiet --out runs/tr-digits-all
+done_ runs/tr-digits-1 || slicenet transfer $S --dataset digits --tune 1 --quiet --out runs/tr-digits-1
+# random selection = the mask GA's first generation alone, at the GA's number of transfers (4 x 2 = 8)
+slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 8 --ga-generations 0 --quiet \
+  --out runs/tr-digits-random
+slicenet transfer $S --dataset digits --tune ga --ga mask --ga-population 4 --ga-generations 1 --quiet \
+  --out runs/tr-digits-ga-mask
+slicenet transfer $S --dataset digits --tune ga --ga depth --ga-population 4 --ga-generations 1 --quiet \
+  --out runs/tr-digits-ga-depth
+# 2. MNIST-5k -> Fashion-MNIST 60k/10k: keep, re-tune all, layer 1 only.
+done_ runs/tr-fashion-none || slicenet transfer $S --dataset fashion-mnist --tune none --quiet --out runs/tr-fashion-none
+done_ runs/tr-fashion-all || slicenet transfer $S --dataset fashion-mnist --tune all --quiet --out runs/tr-fashion-all
+done_ runs/tr-fashion-1 || slicenet transfer $S --dataset fashion-mnist --tune 1 --quiet --out runs/tr-fashion-1
 best() { python -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(s['evaluated'].values(), key=lambda e: e['validation_accuracy'])['run'])" "$1"; }
 slicenet report runs/tr-digits-none runs/tr-digits-all runs/tr-digits-1 "$(best runs/tr-digits-random/ga.json)" \
   "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" runs/tr-fashion-* \

@@ -82,18 +82,24 @@ def board_runner() -> Path:
 
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
-                  labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True) -> dict:
+                  labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True,
+                  enrollable: bool = False) -> dict:
     """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written).
 
     With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
     fallback) must be read and compiled by OpenVINO 2022.3.2's own runtime (``ov2022``); where that
-    check cannot run, the manifest says "not checked" and why."""
+    check cannot run, the manifest says "not checked" and why. ``enrollable`` adds the trunk graph alone
+    (image -> embedding) and the bank as files, so ``run_engine.py enrol`` can add classes on the board;
+    its trunk + numpy vote is verified against the torch engine like the whole graph."""
     from ..extras import require
 
     chosen = target(target_name)
     if not 1 <= batch <= MAX_BATCH:
         raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
     require("onnx", "onnxruntime", "openvino", purpose=f"export --target {target_name}")
+    if enrollable:
+        engine.bank_head  # a dense engine: one line, before anything is written  # noqa: B018
+        engine.describe_features(batch=batch)  # test-time views: likewise
     runner = board_runner()
     name = bundle_name(run_dir)
     bundle = bundle_folder(run_dir, target_name=target_name, out_root=out_root, batch=batch)
@@ -108,13 +114,31 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                 raise InputError(f"target {target_name}: {v.runtime} disagrees with the torch engine on "
                                  f"{v.disagreements} of {v.images} test images ({v.near_ties} of them numerical "
                                  "near-ties); not exported")
+        enrollable_spec = None
+        if enrollable:
+            enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
+                                                                     labels=labels, batch=batch)
+            checks["enrollable"] = check
+            verifications.append(verification)
+            if verification.disagreements > verification.near_ties:
+                raise InputError(f"target {target_name}: the enrollable trunk and numpy vote disagree with the torch "
+                                 f"engine on {verification.disagreements} of {verification.images} test images; "
+                                 "not exported")
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
         samples = np.ascontiguousarray(images[pick][:, None])
         if chosen.ov2022_models:
             checks["openvino_2022"] = _check_2022(engine, staging, chosen, samples, check_2022)
+            if enrollable and check_2022:  # the stick's trunk graph too: read and compiled by 2022.3.2
+                from . import ov2022
+
+                trunk = ov2022.check([staging / "trunk.xml", staging / "trunk.onnx"])
+                if trunk["status"] == "failed":
+                    raise InputError(f"target {target_name}: the enrollable trunk: {ov2022.describe(trunk)}; "
+                                     "not exported")
+                checks["enrollable"]["openvino_2022"] = trunk
         manifest = _finish(engine, staging, chosen, checks, verifications, name=name, run_dir=run_dir,
-                           samples=samples, batch=batch, runner=runner)
+                           samples=samples, batch=batch, runner=runner, enrollable=enrollable_spec)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -137,8 +161,37 @@ def _check_2022(engine: Engine, staging: Path, chosen: Target, samples: np.ndarr
     return result
 
 
+def _write_enrollable(engine: Engine, chosen: Target, staging: Path, *, images: np.ndarray, labels: np.ndarray,
+                      batch: int) -> tuple[dict, dict, Verification]:
+    """The trunk graph, ``bank-0.npy`` and ``bank_labels-0.npy``; the board runner's own numpy vote over
+    the runtime's embeddings is checked against the torch engine on every test image."""
+    from ..boards import run_engine
+
+    head = engine.bank_head
+    model, runtime, check = chosen.write_trunk(engine.describe_features(batch=batch), staging)
+    bank = head.bank.numpy().astype(np.float32)
+    bank_labels = head.bank_labels.numpy().astype(np.int64)
+    np.save(staging / "bank-0.npy", bank)
+    np.save(staging / "bank_labels-0.npy", bank_labels)
+    spec = {"model": model, "output": "embedding", "bank": "bank-0.npy", "bank_labels": "bank_labels-0.npy",
+            "vote": head.kind, "k": head.n_neighbors, "metric": head.metric, "generation": 0,
+            "distance_step": "host (numpy, in run_engine.py)"}
+    path = str(staging / model)
+    embed = (run_engine.openvino_runner(path, "CPU", output_name="embedding") if runtime == "openvino"
+             else run_engine.onnxruntime_runner(path, ["CPUExecutionProvider"], output="embedding"))[0]
+    predicted = np.array(run_engine.classify(run_engine.embed_all(embed, images, batch), bank, bank_labels,
+                                             engine.n_classes, head.n_neighbors, head.metric, head.kind))
+    expected, _, _ = engine.predict(images)
+    differ = predicted != expected
+    verification = Verification(len(images), float((~differ).mean()), float((expected == labels).mean()),
+                                float((predicted == labels).mean()), f"{runtime}+numpy-knn",
+                                "fp16-weights" if chosen.name == "ncs2" else "fp32", engine.near_ties(images[differ]))
+    return spec, check, verification
+
+
 def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verifications: list[Verification], *,
-            name: str, run_dir: Path, samples: np.ndarray, batch: int, runner: Path) -> dict:
+            name: str, run_dir: Path, samples: np.ndarray, batch: int, runner: Path,
+            enrollable: dict | None = None) -> dict:
     """Samples, runner, README and manifest (with every file's sha256) into the staging folder."""
     np.save(staging / "samples.npy", samples)
     expected, expected_votes, _ = engine.predict(samples[:, 0])
@@ -166,6 +219,7 @@ def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verific
         "samples": {"file": "samples.npy", "expected_classes": expected.tolist(),
                     "expected_votes": np.round(expected_votes, 6).tolist()},
         "sha256": {f: sha256(staging / f) for f in files},
+        **({"enrollable": enrollable} if enrollable else {}),
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -70,6 +70,16 @@ class Target:
         return [verify(engine, folder / "engine.onnx", images=images, labels=labels, runtime="onnxruntime",
                        precision="fp32", batch=batch)]
 
+    def write_trunk(self, graph: Graph, folder: Path) -> tuple[str, str, dict]:
+        """An enrollable bundle's trunk graph (image -> embedding), by this target's rules: (the file
+        its runner runs, the runtime that runs it here, its checks)."""
+        import onnx
+
+        model = write_onnx(graph, opset=self.onnx_opset)
+        self.check_onnx(model)
+        onnx.save(model, str(folder / "trunk.onnx"))
+        return "trunk.onnx", "onnxruntime", {"onnx_opset": self.onnx_opset, "operations": len(model.graph.node)}
+
     def readme_text(self, *, name: str, engine: Engine, checks: dict) -> str:
         return self.readme.format(name=name, opset=self.onnx_opset, k=getattr(engine.head, "n_neighbors", ""),
                                   ir_version=checks.get("ir", {}).get("ir_version", ""))
@@ -99,11 +109,15 @@ class OpenvinoTarget(Target):
                ) -> list[Verification]:
         return []  # the IR is what this target runs: verified in write
 
-    def write_ir(self, graph: Graph, folder: Path) -> dict:
+    def write_ir(self, graph: Graph, folder: Path, stem: str = "engine") -> dict:
         import openvino as ov
 
-        ov.save_model(write_ir(graph), str(folder / "engine.xml"), compress_to_fp16=False)
-        return {**ir_summary(folder / "engine.xml"), "precision": "fp32"}
+        ov.save_model(write_ir(graph), str(folder / f"{stem}.xml"), compress_to_fp16=False)
+        return {**ir_summary(folder / f"{stem}.xml"), "precision": "fp32"}
+
+    def write_trunk(self, graph: Graph, folder: Path) -> tuple[str, str, dict]:
+        _, _, checks = super().write_trunk(graph, folder)
+        return "trunk.xml", "openvino", {**checks, "ir": self.write_ir(graph, folder, "trunk")}
 
 
 class BoardTarget(Target):
@@ -223,6 +237,14 @@ Copy `result.json` back and run `slicenet bench --ingest result.json` on the hos
         verifications.append(verify(engine, folder / "engine.xml", images=images, labels=labels, runtime="openvino",
                                     precision="fp16-weights", batch=batch))
         return checks, verifications
+
+    def write_trunk(self, graph: Graph, folder: Path) -> tuple[str, str, dict]:
+        """The trunk on the stick (FP16 IR, opset <= 10); the vote runs on the host, in numpy."""
+        import openvino as ov
+
+        _, _, checks = super().write_trunk(graph, folder)
+        ov.save_model(write_ir(graph.fold_constants()), str(folder / "trunk.xml"), compress_to_fp16=True)
+        return "trunk.xml", "openvino", {**checks, "ir": check_ir_opsets(folder / "trunk.xml")}
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (Target(), OpenvinoTarget(), JetsonTarget(), Ncs2Target())}
