@@ -232,6 +232,22 @@ def folder_images(directory, size, per_class):
     return np.stack(images), np.asarray(labels, dtype=np.int64), names
 
 
+def shifted_copies(images, labels, pixels):
+    """The images plus copies shifted by 1..pixels up, down, left and right (zero fill): the bank's
+    "virtual samples", made exactly as slicenet made the bank's (slicenet.data.shifted_copies, which
+    this file cannot import)."""
+    if pixels <= 0:
+        return images, labels
+    out, height, width = [images], images.shape[1], images.shape[2]
+    for step in range(1, pixels + 1):
+        for dy, dx in ((step, 0), (-step, 0), (0, step), (0, -step)):
+            moved = np.zeros_like(images)
+            moved[:, max(0, dy): height + min(0, dy), max(0, dx): width + min(0, dx)] = \
+                images[:, max(0, -dy): height - max(0, dy), max(0, -dx): width - max(0, dx)]
+            out.append(moved)
+    return np.concatenate(out), np.tile(labels, len(out))
+
+
 def embed_all(embed, images, batch):
     rows = []
     for start in range(0, len(images), batch):
@@ -282,6 +298,7 @@ def enrol_main(argv):
     if args.new_only and existing:
         fail("class " + existing[0] + " already exists in the bundle; rename the folder or drop --new-only")
     embed = make_embed(args.bundle, manifest, args.runtime, args.device)
+    images, labels = shifted_copies(images, labels, int(spec.get("bank_shifts", 0)))
     points = embed_all(embed, images, int(manifest["input"]["shape"][0]))
     bank, bank_labels = load_bank(args.bundle, manifest)
     class_names = list(manifest["class_names"]) + [n for n in names if n not in manifest["class_names"]]

@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: its images become more prototypes of that class)")
     enrol.add_argument("--n-neighbors", type=int, default=0, help="k of the enrolled engine's vote (default 0: the "
                        "engine's; few images per new class need a small k, e.g. 1)")
+    enrol.add_argument("--bank-shifts", type=int, default=-1, help="shifted copies of each enrolled image, 1..n "
+                       "pixels (default -1: as the engine's bank was built)")
     enrol.add_argument("--evaluate-on", default="", help="the dataset whose test split metrics.json reports "
                        "(default: the source run's; classes matched by name)")
     enrol.add_argument("--out", type=Path, required=True, help="the new run directory")
@@ -627,11 +629,20 @@ def cmd_enrol(args: argparse.Namespace) -> int:
 
     metrics = enrol.enrol_run(args.run, args.dataset, out=args.out, per_class=args.per_class, new_only=args.new_only,
                               n_neighbors=args.n_neighbors, evaluate_on=args.evaluate_on,
+                              bank_shifts=args.bank_shifts,
                               command=_command(args))
     added = ", ".join(f"{name} ({n})" for name, n in metrics["enrolled"].items())
     print(f"{args.out}: enrolled {added}; {metrics['bank_size']:,} prototypes, {len(metrics['class_names'])} classes; "
           f"test accuracy {metrics['test_accuracy']:.4f} ({metrics['evaluated_on']})")
     return 0
+
+
+def _bank_shifts(run: Path) -> int:
+    """The shifted copies per image a run's bank was built with (what enrolment repeats)."""
+    from . import runs
+
+    metrics = runs.load_metrics(run)
+    return int((metrics.get("compact") or metrics).get("bank_shifts", 0) or 0)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -646,7 +657,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
                                     images=images, labels=labels, batch=args.batch, check_2022=args.check_2022,
-                                    enrollable=args.enrollable)
+                                    enrollable=args.enrollable, enrol_shifts=_bank_shifts(args.run))
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "

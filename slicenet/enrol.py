@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, load_dataset, load_image, split_modifiers
+from .data import IMAGE_SUFFIXES, load_dataset, load_image, shifted_copies, split_modifiers
 from .engine import Engine
 from .errors import InputError
 
@@ -65,12 +65,13 @@ def dataset_classes(spec: str, size: tuple[int, int], *, per_class: int = 0
 
 
 def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[str, ...], *,
-          new_only: bool = False, prototypes_per_class: int = 0, n_neighbors: int = 0, seed: int = 0
-          ) -> tuple[Engine, dict[str, int]]:
+          new_only: bool = False, prototypes_per_class: int = 0, n_neighbors: int = 0, bank_shifts: int = 0,
+          seed: int = 0) -> tuple[Engine, dict[str, int]]:
     """``engine`` with ``images`` (labels indexing ``names``) added to its bank; returns it and the
     prototypes added per class. ``prototypes_per_class`` > 0: each class's images k-means-reduced to
     that many first (a compact engine's). ``n_neighbors`` > 0 sets the vote's k (few images of a new
-    class cannot win a majority of the source's k)."""
+    class cannot win a majority of the source's k). ``bank_shifts``: each image's shifted copies
+    (``data.shifted_copies``) join it, as they did when the bank was built; ``added`` counts prototypes."""
     head = engine.bank_head  # a dense engine: one line, nothing written
     if n_neighbors:
         head = dataclasses.replace(head, n_neighbors=n_neighbors)
@@ -79,6 +80,7 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
         raise InputError(f"class {existing[0]} already exists in the engine ({', '.join(engine.class_names)}); "
                          "rename the folder, or drop --new-only to add prototypes to it")
     class_names = tuple(engine.class_names) + tuple(n for n in names if n not in engine.class_names)
+    images, labels = shifted_copies(images, labels, bank_shifts)  # as the bank was built: its shifted copies too
     with torch.no_grad():
         points = engine.embed(images).cpu().numpy()
     new_bank, new_labels, added = [], [], {}
@@ -104,7 +106,7 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
 
 
 def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_only: bool = False,
-              n_neighbors: int = 0, evaluate_on: str = "", command: str = "") -> dict:
+              n_neighbors: int = 0, evaluate_on: str = "", bank_shifts: int = -1, command: str = "") -> dict:
     """``slicenet enrol``: a new run directory with the enrolled engine; returns its metrics. Everything
     is checked and computed before ``out`` is created. The metrics' test split is ``evaluate_on``'s
     (default: the source run's dataset), its classes matched to the engine's by name."""
@@ -124,9 +126,10 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
         raise InputError(f"--out {out} exists and is not empty; choose another")
     images, labels, names = dataset_classes(dataset, engine.image_size, per_class=per_class)
     compact = source.get("compact", {}) if source.get("kind") == "compact" else {}
+    shifts = int((compact or source).get("bank_shifts", 0) or 0) if bank_shifts < 0 else bank_shifts
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
                             prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
-                            seed=int(source.get("seed", 0)))
+                            bank_shifts=shifts, seed=int(source.get("seed", 0)))
     test_set = load(evaluate_on or config.dataset, engine.image_size[0])
     if test_set.image_size != engine.image_size:
         raise InputError(f"--evaluate-on {evaluate_on!r} has {test_set.image_size[0]}x{test_set.image_size[1]} images; "
@@ -139,7 +142,7 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     metrics = {**engine_metrics(enrolled, test_set, kind=source.get("kind", "search")),
                **{k: source[k] for k in ("method", "preset", "granularity", "seed", "n_features") if k in source},
                "enrolled_from": str(run), "enrolled": added, "enrolled_dataset": dataset,
-               "per_class": per_class, "class_names": list(enrolled.class_names),
+               "per_class": per_class, "enrol_bank_shifts": shifts, "class_names": list(enrolled.class_names),
                "validation_accuracy": source.get("validation_accuracy", 0.0), "command": command,
                "evaluated_on": f"{evaluate_on or config.dataset}: its test split"}
     metrics.update(evaluations=0, wall_seconds=round(time.perf_counter() - started, 3),

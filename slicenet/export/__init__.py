@@ -83,14 +83,15 @@ def board_runner() -> Path:
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
                   labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True,
-                  enrollable: bool = False) -> dict:
+                  enrollable: bool = False, enrol_shifts: int = 0) -> dict:
     """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written).
 
     With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
     fallback) must be read and compiled by OpenVINO 2022.3.2's own runtime (``ov2022``); where that
     check cannot run, the manifest says "not checked" and why. ``enrollable`` adds the trunk graph alone
     (image -> embedding) and the bank as files, so ``run_engine.py enrol`` can add classes on the board;
-    its trunk + numpy vote is verified against the torch engine like the whole graph."""
+    its trunk + numpy vote is verified against the torch engine like the whole graph; ``enrol_shifts``:
+    the shifted copies the board makes of each enrolled image (as the run's bank was built)."""
     from ..extras import require
 
     chosen = target(target_name)
@@ -118,6 +119,7 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
         if enrollable:
             enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
                                                                      labels=labels, batch=batch)
+            enrollable_spec["bank_shifts"] = enrol_shifts
             checks["enrollable"] = check
             verifications.append(verification)
             if verification.disagreements > verification.near_ties:
