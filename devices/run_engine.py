@@ -299,6 +299,8 @@ def enrol_main(argv):
         fail("class " + existing[0] + " already exists in the bundle; rename the folder or drop --new-only")
     embed = make_embed(args.bundle, manifest, args.runtime, args.device)
     images, labels = shifted_copies(images, labels, int(spec.get("bank_shifts", 0)))
+    order = np.argsort(labels, kind="stable")  # class by class, as slicenet enrol appends them
+    images, labels = images[order], labels[order]
     points = embed_all(embed, images, int(manifest["input"]["shape"][0]))
     bank, bank_labels = load_bank(args.bundle, manifest)
     class_names = list(manifest["class_names"]) + [n for n in names if n not in manifest["class_names"]]

@@ -308,3 +308,15 @@ def test_enrol_on_a_bundle_without_the_bank_outside_is_one_line(tiny_run, tmp_pa
     result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "enrol", str(bundle), str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--enrollable" in result.stderr
+
+
+def test_the_boards_shifted_copies_are_slicenets():
+    from slicenet.boards import run_engine
+
+    from slicenet.data import shifted_copies
+
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (5, 12, 10), dtype=np.uint8), np.arange(5) % 2
+    for pixels in (0, 1, 2):
+        ours, theirs = shifted_copies(images, labels, pixels), run_engine.shifted_copies(images, labels, pixels)
+        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])

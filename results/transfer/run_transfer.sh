@@ -11,7 +11,7 @@ done_ runs/mnist04-cma-s0 || slicenet optimise --method cma --dataset 'mnist#0-4
 done_ runs/mnist10trunk-04bank || slicenet transfer $S --dataset 'mnist#0-4' --tune none --quiet --out runs/mnist10trunk-04bank
 for source in mnist04-cma-s0 mnist10trunk-04bank; do
   for n in 1 5 20 0; do
-    k=$([ "$n" -gt 0 ] && [ "$n" -lt 20 ] && echo 1 || echo 0)
+    k=$([ "$n" -gt 0 ] && echo 1 || echo 0)  # 1-NN for few images per new class, the engine's k=9 for all
     done_ runs/enrol-$source-$n || slicenet enrol runs/$source --dataset 'mnist#5-9' --per-class $n --n-neighbors $k --evaluate-on mnist \
       --out runs/enrol-$source-$n
   done
@@ -31,7 +31,13 @@ slicenet transfer $S --dataset digits --tune ga --ga depth --ga-population 4 --g
 done_ runs/tr-fashion-none || slicenet transfer $S --dataset fashion-mnist --tune none --quiet --out runs/tr-fashion-none
 done_ runs/tr-fashion-all || slicenet transfer $S --dataset fashion-mnist --tune all --quiet --out runs/tr-fashion-all
 done_ runs/tr-fashion-1 || slicenet transfer $S --dataset fashion-mnist --tune 1 --quiet --out runs/tr-fashion-1
+# 4. The backprop side: the same source trunk fine-tuned by backprop (k-NN head on its features, as above).
+done_ runs/bp-digits-all || slicenet baseline --dataset digits --init-from $S --head knn --quiet --out runs/bp-digits-all
+done_ runs/bp-digits-freeze0 || slicenet baseline --dataset digits --init-from $S --freeze 0 --head knn --quiet \
+  --out runs/bp-digits-freeze0
+done_ runs/bp-fashion-all || slicenet baseline --dataset fashion-mnist --init-from $S --head knn --quiet \
+  --out runs/bp-fashion-all
 best() { python -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(s['evaluated'].values(), key=lambda e: e['validation_accuracy'])['run'])" "$1"; }
 slicenet report runs/tr-digits-none runs/tr-digits-all runs/tr-digits-1 "$(best runs/tr-digits-random/ga.json)" \
   "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" runs/tr-fashion-* \
-  runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/enrol-* --out "$OUT"
+  runs/bp-* runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/enrol-* --out "$OUT"
