@@ -137,6 +137,8 @@ def reference_key(metrics: dict, config: dict) -> str | None:
     the k=9 majority-vote engine searched layer by layer by CMA-ES or PSO (whatever its bank's shifted
     copies or scoring; the paper's figures are MNIST's)."""
     kind = run_kind(metrics)
+    if metrics.get("transfer") or metrics.get("enrolled"):  # not the paper's setting: no reference row
+        return None
     if kind == "backprop-dense" and config.get("epochs", 5) == 5:
         key = f"dense {metrics['hidden']}"
     elif kind == "search" and metrics.get("method") in ("cma", "pso"):

@@ -5,5 +5,8 @@
 set -euo pipefail
 OUT=${OUT:-results/arch}
 slicenet arch-search --dataset mnist --out runs/arch-mnist-s0
-slicenet arch-search --dataset mnist --strategy random --out runs/arch-mnist-random-s0
-slicenet report runs/mnist-cma-s0 runs/mnist-dense128 --arch runs/arch-mnist-s0 runs/arch-mnist-random-s0 --out "$OUT"
+slicenet arch-search --dataset mnist --strategy random --out runs/arch-mnist-random-s0   # stopped after generation 1 (time)
+# The front's member within the default preset's multiply-adds, searched in full as optimise does:
+slicenet optimise --method cma --preset genetic:4,8:0-00/0-00-000 --out runs/mnist-cma-genetic-zero-s0
+slicenet report runs/mnist-cma-s0 runs/mnist-cma-genetic-zero-s0 --arch runs/arch-mnist-s0 runs/arch-mnist-random-s0 \
+  --out "$OUT"
