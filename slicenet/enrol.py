@@ -111,7 +111,6 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     is checked and computed before ``out`` is created. The metrics' test split is ``evaluate_on``'s
     (default: the source run's dataset), its classes matched to the engine's by name."""
     from . import runs
-    from .data import load_dataset as load
     from .pipeline import engine_metrics
 
     started = time.perf_counter()
@@ -130,7 +129,7 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
                             prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
                             bank_shifts=shifts, seed=int(source.get("seed", 0)))
-    test_set = load(evaluate_on or config.dataset, engine.image_size[0])
+    test_set = load_dataset(evaluate_on or config.dataset, engine.image_size[0])
     if test_set.image_size != engine.image_size:
         raise InputError(f"--evaluate-on {evaluate_on!r} has {test_set.image_size[0]}x{test_set.image_size[1]} images; "
                          f"add @{engine.image_size[0]}")

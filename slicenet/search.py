@@ -58,8 +58,7 @@ def make_blocks(spec: TrunkSpec, granularity: str, sweeps: int = 1,
         raise ValueError(f"unknown granularity {granularity!r}: expected layer or filter")
     if tune is not None:
         layers = {layer for layer, number in tune if number is None}
-        one_pass = [b for b in one_pass if b.layer in layers or (b.layer, b.filter) in tune
-                    or (b.filter is None and any(layer == b.layer for layer, _ in tune))]
+        one_pass = [b for b in one_pass if b.layer in layers or (b.layer, b.filter) in tune]
     return one_pass * sweeps
 
 
