@@ -90,15 +90,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flags = ["--" + field.name.replace("_", "-"), *filter(None, [field.metadata.get("alias")])]
         shown = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
         text = field.metadata.get("help", "") + (f" (default: {shown})" if shown not in (None, "") else "")
         if isinstance(field.default, bool):
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None, help=text)
+            parser.add_argument(*flags, dest=field.name, action="store_true", default=None, help=text)
         elif isinstance(field.default, tuple):
-            parser.add_argument(flag, dest=field.name, type=int, nargs="+", default=None, help=text)
+            parser.add_argument(*flags, dest=field.name, type=int, nargs="+", default=None, help=text)
         else:
-            parser.add_argument(flag, dest=field.name, type=_flag_type(field), default=None, help=text)
+            parser.add_argument(*flags, dest=field.name, type=_flag_type(field), default=None, help=text)
         keys.append(field.name)
     return keys
 

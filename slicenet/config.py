@@ -22,9 +22,10 @@ AUTO_SHIFTS_MAX_TRAIN = 10_000  # bank_shifts = -1: shifted copies for training 
 Config = TypeVar("Config")
 
 
-def option(default: Any, help: str) -> Any:  # noqa: A002 (argparse's word)
-    """A dataclass field with its default and the help line of its command-line flag."""
-    return field(default=default, metadata={"help": help})
+def option(default: Any, help: str, *, alias: str = "") -> Any:  # noqa: A002 (argparse's word)
+    """A dataclass field with its default and the help line of its command-line flag (``alias``: a
+    second spelling of the flag, such as ``--from`` for ``--init-from``)."""
+    return field(default=default, metadata={"help": help, "alias": alias})
 
 
 def help_of(cls: type, name: str) -> str:
@@ -177,7 +178,7 @@ class BaselineConfig(Checked):
     seed: int = option(0, "seed for init, split and batches")
     threads: int = option(0, "torch CPU threads (0 = all cores)")
     init_from: str = option("", "fine-tune this run's trunk (its weights; the dataset is resized to its input, "
-                            "@H): backprop transfer, beside slicenet transfer's gradient-free one")
+                            "@H): backprop transfer, beside slicenet transfer's gradient-free one", alias="--from")
     freeze: str = option("", "with --init-from: trunk layers held fixed, 0,1 (0-based), all or none (default)")
 
     def checks(self) -> list[tuple[bool, str]]:

@@ -259,7 +259,7 @@ def test_the_report_tables_transfers_and_enrolments(source, five, tmp_path):
 
 
 def test_backprop_fine_tunes_the_same_source_trunk_with_frozen_layers(source, tmp_path):
-    assert main(["baseline", "--dataset", "digits", "--init-from", str(source), "--freeze", "0", "--epochs", "1",
+    assert main(["baseline", "--dataset", "digits", "--from", str(source), "--freeze", "0", "--epochs", "1",
                  "--head", "knn", "--quiet", "--out", str(tmp_path / "b")]) == 0
     a, b = engine_of(source), engine_of(tmp_path / "b")
     assert same_weights(a, b, 0) and not same_weights(a, b, 1)
