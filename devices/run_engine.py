@@ -113,6 +113,8 @@ def openvino_runner(model_path, device, output_name="class"):
 
     def infer(image):
         result = request.infer({"image": image})
+        if output_name == "nearest":  # the stick's ranking graph: slot indices [batch, k]
+            return np.asarray(result[output], dtype=np.int64)
         if output_name != "class":
             return np.asarray(result[output], dtype=np.float32)
         return [int(c) for c in np.asarray(result[output]).reshape(-1)]
@@ -160,20 +162,95 @@ def classify(embedding, bank, labels, n_classes, k, metric, vote):
     for start in range(0, len(queries), 256):
         chunk = queries[start:start + 256]
         d = distances(chunk, bank, metric)
-        if vote == "local-mean":
-            scores = np.full((len(chunk), n_classes), -np.inf)
-            for c in range(n_classes):
-                members = np.flatnonzero(labels == c)
-                if len(members) == 0:
-                    continue
-                near = members[np.argsort(d[:, members], axis=1, kind="stable")[:, :k]]
-                scores[:, c] = -np.linalg.norm(chunk - bank[near].mean(1), axis=1)
-        else:
-            nearest = np.argsort(d, axis=1, kind="stable")[:, :k]
-            scores = np.zeros((len(chunk), n_classes))
-            np.add.at(scores, (np.arange(len(chunk))[:, None], labels[nearest]), 1.0)
+        if vote != "local-mean":
+            classes.extend(majority(labels[np.argsort(d, axis=1, kind="stable")[:, :k]], n_classes))
+            continue
+        scores = np.full((len(chunk), n_classes), -np.inf)
+        for c in range(n_classes):
+            members = np.flatnonzero(labels == c)
+            if len(members) == 0:
+                continue
+            near = members[np.argsort(d[:, members], axis=1, kind="stable")[:, :k]]
+            scores[:, c] = -np.linalg.norm(chunk - bank[near].mean(1), axis=1)
         classes.extend(int(c) for c in scores.argmax(1))
     return classes
+
+
+def majority(neighbour_labels, n_classes):
+    """Classes [N] from the labels [N, k] of each query's k nearest prototypes: the most frequent, ties
+    to the smallest class index."""
+    neighbour_labels = np.asarray(neighbour_labels, dtype=np.int64)
+    counts = np.zeros((len(neighbour_labels), n_classes))
+    np.add.at(counts, (np.arange(len(neighbour_labels))[:, None], neighbour_labels), 1.0)
+    return [int(c) for c in counts.argmax(1)]
+
+
+# -- the distance step on the stick: the bank as the constants of a ranking graph ------------------------
+#
+# An NCS2 enrollable bundle also carries ranked-G.xml/.bin: trunk, post-processing and the ranking of a
+# bank of CAPACITY slots (scores q . bank_t - bank_norm2, larger is nearer, then TopK k), so the stick
+# returns the k nearest slots and the host only looks up their labels. Enrolment rewrites the two
+# constants inside the .bin (their offsets are in the manifest); empty slots score -EMPTY_NORM2, below
+# every real prototype, and are never among the k nearest while the bank holds at least k prototypes.
+
+EMPTY_NORM2 = 60000.0  # within FP16's range (65504): the stick stores the constants in FP16
+
+
+def slot_constants(bank, metric, capacity):
+    """(bank_t [D, capacity], bank_norm2 [capacity]) of a bank [B, D] of post-processed prototypes.
+    Euclidean: -||q - b||^2 + ||q||^2 = q . 2b - ||b||^2 (the 2 folded in, exact); cosine: q . b / |b|."""
+    bank = np.asarray(bank, dtype=np.float64)
+    if len(bank) > capacity:
+        fail("the bank holds " + str(len(bank)) + " prototypes but the stick's graph has " + str(capacity) +
+             " slots: enrol fewer images (--per-class) or re-export with a larger --capacity")
+    bank_t = np.zeros((bank.shape[1], capacity), dtype=np.float32)
+    norm2 = np.full(capacity, EMPTY_NORM2, dtype=np.float32)
+    if metric == "cosine":
+        bank_t[:, :len(bank)] = (bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)).T
+        norm2[:len(bank)] = 0.0
+    else:
+        bank_t[:, :len(bank)] = 2.0 * bank.T
+        norm2[:len(bank)] = (bank ** 2).sum(1)
+    return bank_t, norm2
+
+
+def write_slots(folder, stick, bank, metric, generation):
+    """The stick's ranking graph of generation ``generation``: its .xml copied and its .bin with the
+    bank's slot constants rewritten in place (each written atomically). Returns their file names."""
+    stem = "ranked-" + str(generation)
+    with open(os.path.join(folder, stick["weights"]), "rb") as handle:
+        weights = bytearray(handle.read())
+    bank_t, norm2 = slot_constants(bank, metric, int(stick["capacity"]))
+    for name, values in (("bank_t", bank_t), ("bank_norm2", norm2)):
+        slot = stick["constants"][name]
+        data = values.astype(np.float16).tobytes()
+        if len(data) != slot["size"]:
+            fail(stick["weights"] + ": the constant " + name + " holds " + str(slot["size"]) + " bytes, not " +
+                 str(len(data)) + ": the bundle is damaged; export it again")
+        weights[slot["offset"]:slot["offset"] + slot["size"]] = data
+    with open(os.path.join(folder, stick["model"]), "rb") as handle:
+        xml = handle.read()
+
+    def writer(content):
+        def write(path):
+            with open(path, "wb") as handle:
+                handle.write(content)
+        return write
+
+    write_atomically(os.path.join(folder, stem + ".bin"), writer(bytes(weights)))
+    write_atomically(os.path.join(folder, stem + ".xml"), writer(xml))
+    return {"model": stem + ".xml", "weights": stem + ".bin"}
+
+
+def stick_infer(folder, manifest, nearest):
+    """``infer`` for the distance step on the stick: the graph's k nearest slots, their labels' majority."""
+    _, labels = load_bank(folder, manifest)
+    n_classes = len(manifest["class_names"])
+
+    def infer(image):
+        return majority(labels[np.asarray(nearest(image), dtype=np.int64)], n_classes)
+
+    return infer
 
 
 def load_bank(folder, manifest):
@@ -281,7 +358,8 @@ def enrol_main(argv):
     parser.add_argument("images", help="a folder of class sub-folders (named as the classes) of PNG/JPEG images")
     parser.add_argument("--per-class", type=int, default=0, help="images per class (default 0: all)")
     parser.add_argument("--new-only", action="store_true", help="a folder named as an existing class is an error")
-    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime")
+    parser.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                        help="what runs the trunk (default: openvino for an IR, onnxruntime for ONNX)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device: CPU or MYRIAD")
     args = parser.parse_args(argv)
     manifest = read_manifest(args.bundle)
@@ -297,12 +375,18 @@ def enrol_main(argv):
     existing = [n for n in names if n in manifest["class_names"]]
     if args.new_only and existing:
         fail("class " + existing[0] + " already exists in the bundle; rename the folder or drop --new-only")
-    embed = make_embed(args.bundle, manifest, args.runtime, args.device)
     images, labels = shifted_copies(images, labels, int(spec.get("bank_shifts", 0)))
     order = np.argsort(labels, kind="stable")  # class by class, as slicenet enrol appends them
     images, labels = images[order], labels[order]
-    points = embed_all(embed, images, int(manifest["input"]["shape"][0]))
     bank, bank_labels = load_bank(args.bundle, manifest)
+    stick = spec.get("stick")
+    if stick and len(bank) + len(images) > int(stick["capacity"]):
+        fail("the enrolled bank would hold " + str(len(bank) + len(images)) + " prototypes but the stick's graph "
+             "has " + str(stick["capacity"]) + " slots: enrol fewer images (--per-class) or re-export with a larger "
+             "--capacity")
+    runtime = args.runtime or ("openvino" if spec["model"].endswith(".xml") else "onnxruntime")
+    embed = make_embed(args.bundle, manifest, runtime, args.device)
+    points = embed_all(embed, images, int(manifest["input"]["shape"][0]))
     class_names = list(manifest["class_names"]) + [n for n in names if n not in manifest["class_names"]]
     new_labels = np.array([class_names.index(names[i]) for i in labels], dtype=np.int64)
     bank = np.concatenate([bank, points.astype(bank.dtype)])
@@ -314,12 +398,16 @@ def enrol_main(argv):
     generation = int(spec.get("generation", 0)) + 1
     files = {"bank": "bank-" + str(generation) + ".npy", "bank_labels": "bank_labels-" + str(generation) + ".npy"}
     old = [spec["bank"], spec["bank_labels"]]
+    if stick:  # the stick's ranking graph holds the bank too: its constants rewritten under a new name
+        old += [stick["model"], stick["weights"]]
+        stick.update(write_slots(args.bundle, stick, bank, spec["metric"], generation))
+        files.update(stick_model=stick["model"], stick_weights=stick["weights"])
     write_atomically(os.path.join(args.bundle, files["bank"]), save_array(bank))
     write_atomically(os.path.join(args.bundle, files["bank_labels"]), save_array(bank_labels))
     samples = np.load(os.path.join(args.bundle, manifest["samples"]["file"]))
     expected = classify(embed_all(embed, samples[:, 0], int(manifest["input"]["shape"][0])), bank, bank_labels,
                         len(class_names), spec["k"], spec["metric"], spec["vote"])
-    spec.update(files, generation=generation)
+    spec.update(bank=files["bank"], bank_labels=files["bank_labels"], generation=generation)
     manifest["class_names"] = class_names
     manifest["samples"]["expected_classes"] = expected
     manifest["samples"].pop("expected_votes", None)
@@ -384,12 +472,21 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--out", default="result.json")
     parser.add_argument("--board", help="name of the board for the result (default: read from the system)")
+    parser.add_argument("--distance", choices=["host", "stick"], default="host",
+                        help="--enrollable NCS2 bundles: the k-NN distances in numpy on this host (default), or on "
+                             "the stick (its ranking graph, the bank as its constants; only the label vote here)")
     args = parser.parse_args(argv)
 
     manifest = read_manifest(args.bundle)
     check_files(args.bundle, manifest)
     enrollable = "enrollable" in manifest and not args.model
-    model_path = os.path.join(args.bundle, manifest["enrollable"]["model"] if enrollable
+    stick = manifest["enrollable"].get("stick") if enrollable and args.distance == "stick" else None
+    if args.distance == "stick" and not stick:
+        fail("--distance stick needs an NCS2 bundle exported with --enrollable and a majority vote (its "
+             "ranked-G.xml); this one has " + ("none" if enrollable else "no bank outside the graph"))
+    if stick and args.runtime != "openvino":
+        fail("--distance stick runs the stick's ranking graph: use --runtime openvino")
+    model_path = os.path.join(args.bundle, stick["model"] if stick else manifest["enrollable"]["model"] if enrollable
                               else args.model or manifest["model"])
     samples = np.load(os.path.join(args.bundle, manifest["samples"]["file"]))
     expected = manifest["samples"]["expected_classes"]
@@ -404,7 +501,7 @@ def main(argv=None):
     if not os.path.isfile(model_path):
         fail(args.model + " is not in the bundle: compile it first (see the bundle's README)" if args.model
              else manifest["model"] + " is missing from the bundle; copy the whole folder")
-    output = manifest["enrollable"]["output"] if enrollable else "class"
+    output = stick["output"] if stick else manifest["enrollable"]["output"] if enrollable else "class"
     if args.runtime in ("onnxruntime", "tensorrt"):
         infer, created, runtime, version, where = onnxruntime_runner(
             model_path, args.providers, tensorrt=args.runtime == "tensorrt", fp16=args.precision == "fp16",
@@ -413,7 +510,10 @@ def main(argv=None):
             runtime = "onnxruntime-tensorrt"
     else:
         infer, created, runtime, version, where = openvino_runner(model_path, args.device, output_name=output)
-    if enrollable:  # the trunk in the runtime, the vote over the (enrolled) bank in numpy on this host
+    if stick:  # trunk and distances in the runtime, the k nearest slots' labels counted here
+        infer = stick_infer(args.bundle, manifest, infer)
+        runtime += "+numpy-vote"
+    elif enrollable:  # the trunk in the runtime, the vote over the (enrolled) bank in numpy on this host
         infer = enrollable_infer(args.bundle, manifest, infer)
         runtime += "+numpy-knn"
     if args.runtime == "tensorrt":
@@ -452,6 +552,7 @@ def main(argv=None):
         "runtime_version": str(version),
         "device": where,
         "precision": precision,
+        "distance_step": ("stick" if stick else "host") if enrollable else "graph",
         "power_mode": power_mode(),
         "python": platform.python_version(),
         "batch": batch,

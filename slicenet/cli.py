@@ -208,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "manifest then says 'not checked')")
     export.add_argument("--enrollable", action="store_true",
                         help="also ship the trunk graph alone and the bank as files, so that 'run_engine.py enrol "
-                             "BUNDLE DIR' adds classes on the board (the vote then runs in numpy on the host)")
+                             "BUNDLE DIR' adds classes on the board (the vote then runs in numpy on the host; "
+                             "ncs2: or on the stick, 'run_engine.py run --distance stick')")
+    export.add_argument("--capacity", type=int, default=0,
+                        help="with --enrollable, target ncs2: prototypes the stick's ranking graph holds, enrolled "
+                             "ones included (default 0: twice the bank)")
     export.set_defaults(func=cmd_export)
 
     check = commands.add_parser("check-2022", help="read, compile and run models with OpenVINO 2022.3.2, the NCS2's "
@@ -657,7 +661,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
                                     images=images, labels=labels, batch=args.batch, check_2022=args.check_2022,
-                                    enrollable=args.enrollable, enrol_shifts=_bank_shifts(args.run))
+                                    enrollable=args.enrollable, enrol_shifts=_bank_shifts(args.run),
+                                    capacity=args.capacity)
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:
         print(f"{args.target}: {v['runtime']} ({v['precision']}) agrees with the torch engine on "

@@ -272,13 +272,34 @@ class Engine:
         """The trunk and post-processing alone: uint8 image [batch, 1, H, W] -> embedding [batch, D], the
         bank's own space (an enrollable bundle's graph: the vote then runs beside it, over a bank that
         can grow). One view per query."""
-        if self.n_views != 1:
-            raise InputError("an enrollable bundle takes one view per query: export an engine without "
-                             "--query-shifts")
+        self._check_one_view()
         g = Graph()
         x, _ = self._describe_trunk(g, batch)
         g.output("embedding", self.post.describe(g, x), "float32", (batch, int(self.bank_head.bank.shape[1])))
         return g
+
+    def describe_ranking(self, *, bank_t: np.ndarray, bank_norm2: np.ndarray, batch: int = 1) -> Graph:
+        """The trunk, post-processing and the ranking of a bank held as two constants of C slots: uint8
+        image [batch, 1, H, W] -> nearest [batch, k], the indices of the k slots with the largest
+        q . bank_t - bank_norm2 (the layout of ``boards.run_engine.slot_constants``). The distance step of
+        an enrollable bundle on the NCS2; its host counts the labels of the k nearest (a majority vote)."""
+        head = self.bank_head
+        if head.kind != "majority" or head.metric not in ("euclidean", "sqeuclidean", "cosine"):
+            raise InputError(f"the ranking graph votes by majority over euclidean or cosine distances, not the "
+                             f"{head.kind} vote over {head.metric}")
+        self._check_one_view()
+        g = Graph()
+        x, _ = self._describe_trunk(g, batch)
+        dot = g.matmul(self.post.describe(g, x), g.constant("bank_t", bank_t), name="dot")
+        scores = g.sub(dot, g.constant("bank_norm2", bank_norm2), name="neg_distance")
+        _, nearest = g.topk(scores, head.n_neighbors, axis=1, name="nearest")
+        g.output("nearest", nearest, "int64", (batch, head.n_neighbors))
+        return g
+
+    def _check_one_view(self) -> None:
+        if self.n_views != 1:
+            raise InputError("an enrollable bundle takes one view per query: export an engine without "
+                             "--query-shifts")
 
     def _describe_trunk(self, g: Graph, batch: int) -> tuple[str, int]:
         """Image input, views, normalisation and convolutions: (the raw features [rows, D], rows)."""

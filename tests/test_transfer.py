@@ -302,6 +302,72 @@ def test_an_enrollable_bundle_enrols_on_the_host_as_slicenet_enrol_does(five, tm
     assert board == enrolled.predict(images)[0].tolist()
 
 
+def runner(bundle, *args):
+    return subprocess.run([sys.executable, str(bundle / "run_engine.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_an_ncs2_bundle_enrols_into_the_sticks_ranking_graph(five, tmp_path):
+    """The distance step on the stick: the bank as constants of ranked-G.bin, rewritten by the board's
+    enrol exactly as the export laid them out, and classifying as the host's vote does."""
+    from slicenet.boards import run_engine
+
+    assert main(["export", str(five), "--target", "ncs2", "--enrollable", "--no-check-2022", "--out",
+                 str(tmp_path / "x")]) == 0
+    bundle = next((tmp_path / "x").glob("*/ncs2"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    stick = manifest["enrollable"]["stick"]
+    bank = np.load(bundle / "bank-0.npy")
+    assert stick["capacity"] == 2 * len(bank) and stick["model"] == "ranked-0.xml"
+    assert any(v["runtime"] == "openvino+numpy-vote" and v["agreement"] == 1.0 for v in manifest["verification"])
+
+    def slots_hold(bundle, stick, bank):
+        weights = (bundle / stick["weights"]).read_bytes()
+        expected = run_engine.slot_constants(bank, "euclidean", stick["capacity"])
+        slots = (stick["constants"]["bank_t"], stick["constants"]["bank_norm2"])
+        return all(weights[c["offset"]:c["offset"] + c["size"]] == v.astype(np.float16).tobytes()
+                   for c, v in zip(slots, expected, strict=True))
+
+    assert slots_hold(bundle, stick, bank)  # numpy's FP16 rounding is the export's, bit for bit
+    folder = write_folder(tmp_path / "new", ["5", "6"])
+    result = runner(bundle, "enrol", bundle, folder, "--per-class", "4", "--runtime", "openvino")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    stick, bank = manifest["enrollable"]["stick"], np.load(bundle / manifest["enrollable"]["bank"])
+    assert stick["model"] == "ranked-1.xml" and not (bundle / "ranked-0.bin").exists() and slots_hold(bundle, stick,
+                                                                                                       bank)
+    result = runner(bundle, "run", "--bundle", bundle, "--runtime", "openvino", "--distance", "stick", "--warmup",
+                    "1", "--iterations", "3", "--out", tmp_path / "r.json")
+    assert result.returncode == 0, result.stderr
+    measured = json.loads((tmp_path / "r.json").read_text())
+    assert measured["distance_step"] == "stick" and measured["samples_matching_expected"] == measured["samples"]
+    images = np.stack([np.asarray(Image.open(p)) for p in sorted((folder / "6").iterdir())])
+    nearest = run_engine.openvino_runner(str(bundle / stick["model"]), "CPU", output_name="nearest")[0]
+    labels = np.load(bundle / manifest["enrollable"]["bank_labels"])
+    on_stick = run_engine.majority(labels[run_engine.embed_all(nearest, images, 1)], 7)
+    embed = run_engine.make_embed(str(bundle), manifest, "openvino", "CPU")
+    assert on_stick == run_engine.classify(run_engine.embed_all(embed, images, 1), bank, labels, 7, 9, "euclidean",
+                                           "majority")
+
+
+def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path):
+    bank = len(engine_of(five).bank_head.bank)
+    result = cli("export", five, "--target", "ncs2", "--enrollable", "--capacity", bank - 1, "--out", tmp_path / "y")
+    assert result.returncode == 2 and "--capacity" in result.stderr and not (tmp_path / "y").exists()
+    assert main(["export", str(five), "--target", "ncs2", "--enrollable", "--no-check-2022", "--capacity", str(bank),
+                 "--out", str(tmp_path / "x")]) == 0
+    bundle = next((tmp_path / "x").glob("*/ncs2"))
+    before = sorted(p.name for p in bundle.iterdir()), (bundle / "manifest.json").read_bytes()
+    result = runner(bundle, "enrol", bundle, write_folder(tmp_path / "new", ["5"]), "--per-class", "1")
+    assert result.returncode == 2 and "slots" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (sorted(p.name for p in bundle.iterdir()), (bundle / "manifest.json").read_bytes()) == before
+    onnx = cli("export", five, "--target", "onnx", "--enrollable", "--out", tmp_path / "o")
+    assert onnx.returncode == 0, onnx.stderr
+    result = runner(next((tmp_path / "o").glob("*/onnx")), "run", "--bundle", next((tmp_path / "o").glob("*/onnx")),
+                    "--runtime", "openvino", "--distance", "stick")
+    assert result.returncode == 2 and "--distance stick needs an NCS2 bundle" in result.stderr
+
+
 def test_enrol_on_a_bundle_without_the_bank_outside_is_one_line(tiny_run, tmp_path):
     assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path / "x")]) == 0
     bundle = next((tmp_path / "x").glob("*/onnx"))

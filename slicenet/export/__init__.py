@@ -83,7 +83,7 @@ def board_runner() -> Path:
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
                   labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True,
-                  enrollable: bool = False, enrol_shifts: int = 0) -> dict:
+                  enrollable: bool = False, enrol_shifts: int = 0, capacity: int = 0) -> dict:
     """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written).
 
     With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
@@ -91,16 +91,25 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
     check cannot run, the manifest says "not checked" and why. ``enrollable`` adds the trunk graph alone
     (image -> embedding) and the bank as files, so ``run_engine.py enrol`` can add classes on the board;
     its trunk + numpy vote is verified against the torch engine like the whole graph; ``enrol_shifts``:
-    the shifted copies the board makes of each enrolled image (as the run's bank was built)."""
+    the shifted copies the board makes of each enrolled image (as the run's bank was built). A target
+    that runs the distance step on the device (the NCS2) also gets the ranking graph of ``capacity`` bank
+    slots (0: twice the bank) for a majority vote; both steps are verified."""
     from ..extras import require
 
     chosen = target(target_name)
     if not 1 <= batch <= MAX_BATCH:
         raise InputError(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
     require("onnx", "onnxruntime", "openvino", purpose=f"export --target {target_name}")
+    if capacity < 0:
+        raise InputError(f"--capacity must be 0 (twice the bank) or a number of prototypes, got {capacity}")
     if enrollable:
-        engine.bank_head  # a dense engine: one line, before anything is written  # noqa: B018
+        bank_head = engine.bank_head  # a dense engine: one line, before anything is written
         engine.describe_features(batch=batch)  # test-time views: likewise
+        if capacity and capacity < len(bank_head.bank):
+            raise InputError(f"--capacity {capacity} is below the bank's {len(bank_head.bank)} prototypes: "
+                             "give at least that many slots (default 0: twice the bank)")
+    elif capacity:
+        raise InputError("--capacity sizes an enrollable bundle's bank on the stick: add --enrollable")
     runner = board_runner()
     name = bundle_name(run_dir)
     bundle = bundle_folder(run_dir, target_name=target_name, out_root=out_root, batch=batch)
@@ -115,7 +124,7 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                 raise InputError(f"target {target_name}: {v.runtime} disagrees with the torch engine on "
                                  f"{v.disagreements} of {v.images} test images ({v.near_ties} of them numerical "
                                  "near-ties); not exported")
-        enrollable_spec = None
+        enrollable_spec, stick_models = None, []
         if enrollable:
             enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
                                                                      labels=labels, batch=batch)
@@ -126,6 +135,20 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                 raise InputError(f"target {target_name}: the enrollable trunk and numpy vote disagree with the torch "
                                  f"engine on {verification.disagreements} of {verification.images} test images; "
                                  "not exported")
+            slots = capacity or 2 * len(bank_head.bank)
+            ranked = chosen.ranks_on_device and _write_ranking(engine, chosen, staging, images=images, labels=labels,
+                                                               batch=batch, capacity=slots)
+            if ranked:
+                stick, ranking = ranked
+                checks["enrollable"]["ranking"] = stick.pop("checks")
+                enrollable_spec["stick"] = stick
+                stick_models.append(stick["model"])
+                enrollable_spec["distance_step"] += f"; or on the stick: {stick['model']}, run --distance stick"
+                verifications.append(ranking)
+            elif chosen.ranks_on_device:
+                checks["enrollable"]["ranking"] = {"status": "not written", "reason": (
+                    f"the {bank_head.kind} vote over {bank_head.metric} distances needs every prototype's distance: "
+                    "it runs on the host")}
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
         samples = np.ascontiguousarray(images[pick][:, None])
@@ -134,7 +157,7 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
             if enrollable and check_2022:  # the stick's trunk graph too: read and compiled by 2022.3.2
                 from . import ov2022
 
-                trunk = ov2022.check([staging / "trunk.xml", staging / "trunk.onnx"])
+                trunk = ov2022.check([staging / m for m in ("trunk.xml", "trunk.onnx", *stick_models)])
                 if trunk["status"] == "failed":
                     raise InputError(f"target {target_name}: the enrollable trunk: {ov2022.describe(trunk)}; "
                                      "not exported")
@@ -189,6 +212,33 @@ def _write_enrollable(engine: Engine, chosen: Target, staging: Path, *, images: 
                                 float((predicted == labels).mean()), f"{runtime}+numpy-knn",
                                 "fp16-weights" if chosen.name == "ncs2" else "fp32", engine.near_ties(images[differ]))
     return spec, check, verification
+
+
+def _write_ranking(engine: Engine, chosen: Target, staging: Path, *, images: np.ndarray, labels: np.ndarray,
+                   batch: int, capacity: int) -> tuple[dict, Verification] | None:
+    """``ranked-0.xml``: the distance step on the device, its bank in ``capacity`` slots laid out by the
+    board runner's own ``slot_constants`` (which ``enrol`` rewrites), checked against the torch engine
+    through the runner's vote. Returns (the manifest's stick entry, its Verification), or None for a
+    head whose vote needs every prototype's distance (local mean)."""
+    from ..boards import run_engine
+
+    head = engine.bank_head
+    if head.kind != "majority" or head.metric not in ("euclidean", "sqeuclidean", "cosine"):
+        return None
+    bank_t, norm2 = run_engine.slot_constants(head.bank.numpy(), head.metric, capacity)
+    written = chosen.write_ranking(engine.describe_ranking(bank_t=bank_t, bank_norm2=norm2, batch=batch), staging,
+                                   "ranked-0")
+    nearest = run_engine.openvino_runner(str(staging / "ranked-0.xml"), "CPU", output_name="nearest")[0]
+    found = run_engine.embed_all(nearest, images, batch)
+    predicted = np.array(run_engine.majority(head.bank_labels.numpy()[found], engine.n_classes))
+    expected, _, _ = engine.predict(images)
+    differ = predicted != expected
+    verification = Verification(len(images), float((~differ).mean()), float((expected == labels).mean()),
+                                float((predicted == labels).mean()), "openvino+numpy-vote", "fp16-weights",
+                                engine.near_ties(images[differ]))
+    stick = {"model": "ranked-0.xml", "weights": "ranked-0.bin", "output": "nearest", "capacity": capacity,
+             "empty_norm2": run_engine.EMPTY_NORM2, **written}
+    return stick, verification
 
 
 def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verifications: list[Verification], *,

@@ -36,7 +36,9 @@ def write_ir(graph: Graph) -> Any:
             array = graph.constants[name]
             if np.issubdtype(array.dtype, np.integer):
                 array = array.astype(np.int32)
-            values[name] = ops.constant(array).output(0)
+            constant = ops.constant(array)
+            constant.set_friendly_name(name)  # the IR's layer keeps the graph's name (a bank's slots are found by it)
+            values[name] = constant.output(0)
         return values[name]
 
     def topk(x: Any, k: int, axis: int, sort: str) -> Any:

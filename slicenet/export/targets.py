@@ -38,6 +38,7 @@ class Target:
     allowed_ops: ClassVar[frozenset[str] | None] = None  # None: any operation of the opset
     model: ClassVar[str] = "engine.onnx"  # what run_engine.py runs
     ov2022_models: ClassVar[tuple[str, ...]] = ()  # files OpenVINO 2022.3.2 must read (export.ov2022)
+    ranks_on_device: ClassVar[bool] = False  # an enrollable bundle's distance step can run on the device too
     readme: ClassVar[str] = """# {name}: ONNX (opset {opset}) for ONNX Runtime
 
     python3 run_engine.py --runtime onnxruntime      # checks sha256, runs the samples, writes result.json
@@ -79,6 +80,11 @@ class Target:
         self.check_onnx(model)
         onnx.save(model, str(folder / "trunk.onnx"))
         return "trunk.onnx", "onnxruntime", {"onnx_opset": self.onnx_opset, "operations": len(model.graph.node)}
+
+    def write_ranking(self, graph: Graph, folder: Path, stem: str) -> dict:
+        """An enrollable bundle's distance step on the device (``Engine.describe_ranking``, where
+        ``ranks_on_device``): its checks and where its bank's constants lie in the file."""
+        raise InputError(f"target {self.name} runs an enrollable bundle's distance step on its host")
 
     def readme_text(self, *, name: str, engine: Engine, checks: dict) -> str:
         return self.readme.format(name=name, opset=self.onnx_opset, k=getattr(engine.head, "n_neighbors", ""),
@@ -199,6 +205,7 @@ class Ncs2Target(BoardTarget):
     name = "ncs2"
     model = "engine.xml"
     ov2022_models = ("engine.xml", "engine.onnx")  # the IR, and the fallback mo converts
+    ranks_on_device = True
     readme = """# {name}: Intel Neural Compute Stick 2 (MYRIAD, OpenVINO 2022.3 LTS)
 
 `engine.xml` / `engine.bin` are an FP16 IR (v{ir_version}) built from opset1/opset3 operations only,
@@ -245,6 +252,26 @@ Copy `result.json` back and run `slicenet bench --ingest result.json` on the hos
         _, _, checks = super().write_trunk(graph, folder)
         ov.save_model(write_ir(graph.fold_constants()), str(folder / "trunk.xml"), compress_to_fp16=True)
         return "trunk.xml", "openvino", {**checks, "ir": check_ir_opsets(folder / "trunk.xml")}
+
+
+    def write_ranking(self, graph: Graph, folder: Path, stem: str) -> dict:
+        """The ranking graph as an FP16 IR by the stick's rules, and the offset, size and shape of its
+        bank constants in the .bin (what ``run_engine.py enrol`` rewrites)."""
+        import openvino as ov
+
+        ov.save_model(write_ir(graph.fold_constants()), str(folder / f"{stem}.xml"), compress_to_fp16=True)
+        checks = check_ir_opsets(folder / f"{stem}.xml")
+        text = (folder / f"{stem}.xml").read_text()
+        constants = {}
+        for name in ("bank_t", "bank_norm2"):
+            found = re.search(rf'<layer [^>]*name="{name}(?:_compressed)?" type="Const"[^>]*>\s*<data '
+                              r'element_type="([^"]+)" shape="([^"]*)" offset="(\d+)" size="(\d+)"', text)
+            if not found or found.group(1) != "f16":
+                raise InputError(f"the NCS2 ranking graph stores {name} " + (f"as {found.group(1)}, not FP16" if found
+                                 else "under another name") + ": it cannot be enrolled into")
+            constants[name] = {"offset": int(found.group(3)), "size": int(found.group(4)),
+                               "shape": [int(d) for d in found.group(2).split(",")]}
+        return {"checks": checks, "constants": constants, "element_type": "f16"}
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (Target(), OpenvinoTarget(), JetsonTarget(), Ncs2Target())}
