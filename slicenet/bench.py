@@ -40,6 +40,7 @@ class Session:
     session_creation_ms: float
     peak_rss_mb: float
     first_inference_ms: float = 0.0
+    distance: str = "graph"  # an enrollable bundle's distance step: graph (inside it), host or stick
 
 
 def _peak_rss_mb() -> float:
@@ -68,9 +69,21 @@ def open_run(run_dir: Path, *, threads: int, batch: int) -> Session:
                    (run_dir / ENGINE).stat().st_size, created * 1000.0, _peak_rss_mb())
 
 
-def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None = None) -> Session:
+DISTANCES = ("graph", "host", "stick")  # the whole graph; an enrollable bundle's trunk + numpy vote; its ranking graph
+
+
+def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None = None,
+                distance: str = "graph") -> Session:
+    """A timed session of ``bundle`` in ``runtime``. ``distance`` picks what an enrollable bundle runs:
+    its whole graph (the bank inside), its trunk graph with the k-NN step in numpy over the bank files
+    ("host", as ``run_engine.py run`` does), or its ranking graph with only the label vote in numpy
+    ("stick", ``run --distance stick``)."""
     if runtime == "torch":
+        if distance != "graph":
+            raise InputError("--distance host or stick times an exported enrollable bundle, not --runtime torch")
         return open_run(bundle, threads=threads, batch=batch or 1)
+    if distance not in DISTANCES:
+        raise InputError(f"unknown --distance {distance!r}: expected one of {', '.join(DISTANCES)}")
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")
@@ -81,8 +94,16 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
                          f"run 'slicenet export RUN --target T --batch {batch}' and bench that bundle")
     sample = np.load(bundle / manifest["samples"]["file"])[:exported]
     name = str(bundle).rstrip("/")  # as the user named it: two bundles of one run in other folders stay apart
+    spec = manifest.get("enrollable") or {}
+    if distance != "graph" and not (spec.get("stick") if distance == "stick" else spec):
+        raise InputError(f"{bundle} has no {distance}-side distance step: export it with --enrollable" +
+                         (" --target ncs2 and a majority vote" if distance == "stick" else ""))
+    if distance == "stick" and runtime != "openvino":
+        raise InputError("--distance stick times the stick's ranking graph, an IR: use --runtime openvino")
+    outputs = {"graph": ["class", "votes"], "host": ["embedding"], "stick": ["nearest"]}[distance]
     if runtime == "onnxruntime":
-        model = bundle / manifest["onnx_model"]
+        model = bundle / (spec.get("model", "").replace(".xml", ".onnx") if distance == "host"
+                          else manifest["onnx_model"])
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -94,12 +115,13 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         created = time.perf_counter() - started
 
         def infer(image, session=session):
-            session.run(["class", "votes"], {"image": image})
+            return session.run(outputs, {"image": image})[0]
 
         version = ort.__version__
         model_bytes = model.stat().st_size
     elif runtime == "openvino":
-        model = bundle / manifest["model"]
+        model = bundle / {"graph": manifest["model"], "host": spec.get("model", ""),
+                          "stick": spec.get("stick", {}).get("model", "")}[distance]
         import openvino as ov
 
         from .export import OPENVINO_EXACT_CPU
@@ -113,13 +135,29 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         request = compiled.create_infer_request()
 
         def infer(image, request=request):
-            request.infer({"image": image})
+            return request.infer({"image": image})[outputs[0]]
 
         version = ov.__version__
         model_bytes = sum(p.stat().st_size for p in (model, model.with_suffix(".bin")) if p.is_file())
     else:
         raise InputError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    return Session(name, bundle, runtime, version, infer, sample, model_bytes, created * 1000.0, _peak_rss_mb())
+    if distance != "graph":  # the board runner's own vote, over the bundle's (enrolled) bank
+        from .boards import run_engine
+
+        bank, labels = run_engine.load_bank(str(bundle), manifest)
+        classes = len(manifest["class_names"])
+        model_bytes += sum((bundle / spec[f]).stat().st_size for f in ("bank", "bank_labels"))
+        embed = infer
+        if distance == "host":
+            def infer(image, embed=embed):
+                return run_engine.classify(embed(image), bank, labels, classes, spec["k"], spec["metric"],
+                                           spec["vote"])
+        else:
+            def infer(image, embed=embed):
+                return run_engine.majority(labels[np.asarray(embed(image), dtype=np.int64)], classes)
+        name += f" ({distance} distance)"
+    return Session(name, bundle, runtime, version, infer, sample, model_bytes, created * 1000.0, _peak_rss_mb(),
+                   distance=distance)
 
 
 def run_interleaved(sessions: list[Session], count: int, warmup: int) -> dict[str, list[float]]:
@@ -182,7 +220,7 @@ def summarise(session: Session, latencies: list[float], *, threads: int, batch: 
         "min_ms": float(values.min()), "max_ms": float(values.max()),
         "throughput_fps": float(batch * 1000.0 / values.mean()), "first_inference_ms": session.first_inference_ms,
         "session_creation_ms": session.session_creation_ms, "model_bytes": session.model_bytes,
-        "peak_rss_mb": session.peak_rss_mb,
+        "peak_rss_mb": session.peak_rss_mb, "distance_step": session.distance,
     }
 
 

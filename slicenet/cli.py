@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "counts where every round shows it")
     bench.add_argument("--batch", type=int, default=None,
                        help="images per inference: checked against the bundles (export them with --batch N)")
+    bench.add_argument("--distance", nargs="+", default=["graph"], choices=["graph", "host", "stick"],
+                       help="what each bundle runs, each timed interleaved with the others: its whole graph "
+                            "(default); with --enrollable bundles the trunk and the k-NN step in numpy (host) or, "
+                            "NCS2 bundles, the ranking graph and only the label vote in numpy (stick)")
     bench.add_argument("--json", type=Path, help="also write the list of results to this file")
     bench.add_argument("--results", type=Path, default=DEFAULT_REPORT / "bench",
                        help=f"folder for one JSON file per bundle timed (default {DEFAULT_REPORT}/bench, which "
@@ -735,8 +739,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     profiles = bench.load_profiles(args.profiles or board_file("profiles.toml"))
     sessions, latencies = bench.run_rounds(
-        lambda: [bench.open_bundle(bundle, args.runtime, threads=args.threads, batch=args.batch)
-                 for bundle in args.bundles], count=args.count, warmup=args.warmup, rounds=args.rounds)
+        lambda: [bench.open_bundle(bundle, args.runtime, threads=args.threads, batch=args.batch, distance=distance)
+                 for bundle in args.bundles for distance in args.distance], count=args.count, warmup=args.warmup,
+        rounds=args.rounds)
     results = []
     for session in sessions:
         row = bench.summarise(session, latencies[session.name], threads=args.threads, batch=len(session.sample))
@@ -748,10 +753,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        multiply_adds=metrics.get("multiply_adds"), cost=None, estimates=[])
         else:
             manifest = json.loads((session.bundle / "manifest.json").read_text())
-            model = onnx.load(str(session.bundle / manifest["onnx_model"]))
-            cost = bench.graph_cost(model)
-            row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
-            row["estimates"] = bench.estimates(cost, profiles, operations=len(model.graph.node))
+            if session.distance == "graph":  # the cost model reads the whole graph; a split step has none
+                model = onnx.load(str(session.bundle / manifest["onnx_model"]))
+                cost = bench.graph_cost(model)
+                row["cost"] = {k: v for k, v in cost.items() if k != "flops_by_op"}
+                row["estimates"] = bench.estimates(cost, profiles, operations=len(model.graph.node))
+            else:
+                row["cost"], row["estimates"] = None, []
             row["test_accuracy"] = next((v["accuracy_exported"] for v in manifest["verification"]), None)
             row["engine_bytes"] = manifest["engine_bytes"]
             row["multiply_adds"] = manifest.get("multiply_adds")  # absent from bundles exported before it was recorded

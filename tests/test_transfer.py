@@ -348,6 +348,12 @@ def test_an_ncs2_bundle_enrols_into_the_sticks_ranking_graph(five, tmp_path):
     embed = run_engine.make_embed(str(bundle), manifest, "openvino", "CPU")
     assert on_stick == run_engine.classify(run_engine.embed_all(embed, images, 1), bank, labels, 7, 9, "euclidean",
                                            "majority")
+    # slicenet bench times the three paths interleaved
+    assert main(["bench", str(bundle), "--runtime", "openvino", "--distance", "graph", "host", "stick", "--count", "4",
+                 "--warmup", "1", "--rounds", "1", "--json", str(tmp_path / "b.json"), "--results",
+                 str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [r["distance_step"] for r in rows] == ["graph", "host", "stick"] and rows[2]["estimates"] == []
 
 
 def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path):
@@ -366,6 +372,8 @@ def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path)
     result = runner(next((tmp_path / "o").glob("*/onnx")), "run", "--bundle", next((tmp_path / "o").glob("*/onnx")),
                     "--runtime", "openvino", "--distance", "stick")
     assert result.returncode == 2 and "--distance stick needs an NCS2 bundle" in result.stderr
+    result = cli("bench", next((tmp_path / "o").glob("*/onnx")), "--runtime", "openvino", "--distance", "stick")
+    assert result.returncode == 2 and "no stick-side distance step" in result.stderr
 
 
 def test_enrol_on_a_bundle_without_the_bank_outside_is_one_line(tiny_run, tmp_path):
