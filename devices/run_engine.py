@@ -142,36 +142,65 @@ def device_name():
 
 # -- enrollable bundles: the trunk's embedding in the runtime, the k-NN vote here in numpy ---------------
 
-def distances(queries, bank, metric):
-    """[Q, B] distances, in float64, as the engine ranks them."""
-    if metric == "cosine":
-        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-        return 1.0 - queries.dot(bank.T)
-    if metric == "manhattan":
-        return np.abs(queries[:, None, :] - bank[None, :, :]).sum(-1)
-    squared = np.maximum((queries ** 2).sum(1)[:, None] - 2.0 * queries.dot(bank.T) + (bank ** 2).sum(1)[None, :], 0.0)
-    return np.sqrt(squared) if metric == "euclidean" else squared
+class HostBank:
+    """A bank ready for the host's k-NN step, prepared once: float64 prototypes (unit rows for cosine)
+    and their squared norms, so an inference costs one matrix product and a partial sort."""
+
+    def __init__(self, bank, labels, metric):
+        self.original = np.asarray(bank, dtype=np.float64)  # the local-mean vote averages these
+        self.metric = metric
+        self.labels = np.asarray(labels, dtype=np.int64)
+        rows = self.original
+        if metric == "cosine":
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        self.rows = rows
+        self.norm2 = np.einsum("ij,ij->i", rows, rows)
+
+    def distances(self, queries):
+        """[Q, B] distances, in float64, as the engine ranks them."""
+        if self.metric == "cosine":
+            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+            return 1.0 - queries.dot(self.rows.T)
+        if self.metric == "manhattan":
+            return np.abs(queries[:, None, :] - self.rows[None, :, :]).sum(-1)
+        squared = np.maximum(np.einsum("ij,ij->i", queries, queries)[:, None] - 2.0 * queries.dot(self.rows.T) +
+                             self.norm2[None, :], 0.0)
+        return np.sqrt(squared) if self.metric == "euclidean" else squared
+
+
+def nearest(d, k):
+    """Indices [Q, k] of each row's k smallest distances, nearest first, ties to the smaller index (a
+    stable sort's order) -- through a partition, so only the candidates are sorted."""
+    if k >= d.shape[1]:
+        return np.argsort(d, axis=1, kind="stable")
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
+    rows = []
+    for row, bound in zip(d, kth):
+        candidates = np.flatnonzero(row <= bound[0])
+        rows.append(candidates[np.argsort(row[candidates], kind="stable")[:k]])
+    return np.array(rows, dtype=np.int64).reshape(len(d), k)
 
 
 def classify(embedding, bank, labels, n_classes, k, metric, vote):
     """Classes [N] of embedded queries: the majority of the k nearest prototypes (ties to the smallest
-    class index), or the local-mean vote (the class whose k nearest prototypes' mean is nearest)."""
-    queries, bank = np.asarray(embedding, dtype=np.float64), np.asarray(bank, dtype=np.float64)
+    class index), or the local-mean vote (the class whose k nearest prototypes' mean is nearest).
+    ``bank``: the prototypes [B, D], or a HostBank of them (prepared once for many calls)."""
+    prepared = bank if isinstance(bank, HostBank) else HostBank(bank, labels, metric)
+    queries = np.asarray(embedding, dtype=np.float64)
     classes = []
     for start in range(0, len(queries), 256):
         chunk = queries[start:start + 256]
-        d = distances(chunk, bank, metric)
+        d = prepared.distances(chunk)
         if vote != "local-mean":
-            classes.extend(majority(labels[np.argsort(d, axis=1, kind="stable")[:, :k]], n_classes))
+            classes.extend(majority(prepared.labels[nearest(d, k)], n_classes))
             continue
         scores = np.full((len(chunk), n_classes), -np.inf)
         for c in range(n_classes):
-            members = np.flatnonzero(labels == c)
+            members = np.flatnonzero(prepared.labels == c)
             if len(members) == 0:
                 continue
             near = members[np.argsort(d[:, members], axis=1, kind="stable")[:, :k]]
-            scores[:, c] = -np.linalg.norm(chunk - bank[near].mean(1), axis=1)
+            scores[:, c] = -np.linalg.norm(chunk - prepared.original[near].mean(1), axis=1)
         classes.extend(int(c) for c in scores.argmax(1))
     return classes
 
@@ -242,13 +271,13 @@ def write_slots(folder, stick, bank, metric, generation):
     return {"model": stem + ".xml", "weights": stem + ".bin"}
 
 
-def stick_infer(folder, manifest, nearest):
+def stick_infer(folder, manifest, ranking):
     """``infer`` for the distance step on the stick: the graph's k nearest slots, their labels' majority."""
     _, labels = load_bank(folder, manifest)
     n_classes = len(manifest["class_names"])
 
     def infer(image):
-        return majority(labels[np.asarray(nearest(image), dtype=np.int64)], n_classes)
+        return majority(labels[np.asarray(ranking(image), dtype=np.int64)], n_classes)
 
     return infer
 
@@ -263,11 +292,11 @@ def load_bank(folder, manifest):
 def enrollable_infer(folder, manifest, embed):
     """``infer`` for an enrollable bundle: the runtime's embedding, then the vote over the bundle's bank."""
     spec = manifest["enrollable"]
-    bank, labels = load_bank(folder, manifest)
+    bank = HostBank(*load_bank(folder, manifest), metric=spec["metric"])
     n_classes = len(manifest["class_names"])
 
     def infer(image):
-        return classify(embed(image), bank, labels, n_classes, spec["k"], spec["metric"], spec["vote"])
+        return classify(embed(image), bank, None, n_classes, spec["k"], spec["metric"], spec["vote"])
 
     return infer
 

@@ -145,12 +145,13 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         from .boards import run_engine
 
         bank, labels = run_engine.load_bank(str(bundle), manifest)
+        prepared = run_engine.HostBank(bank, labels, spec["metric"])
         classes = len(manifest["class_names"])
         model_bytes += sum((bundle / spec[f]).stat().st_size for f in ("bank", "bank_labels"))
         embed = infer
         if distance == "host":
             def infer(image, embed=embed):
-                return run_engine.classify(embed(image), bank, labels, classes, spec["k"], spec["metric"],
+                return run_engine.classify(embed(image), prepared, None, classes, spec["k"], spec["metric"],
                                            spec["vote"])
         else:
             def infer(image, embed=embed):

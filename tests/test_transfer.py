@@ -394,3 +394,15 @@ def test_the_boards_shifted_copies_are_slicenets():
     for pixels in (0, 1, 2):
         ours, theirs = shifted_copies(images, labels, pixels), run_engine.shifted_copies(images, labels, pixels)
         assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+
+
+def test_the_boards_partial_sort_keeps_a_stable_sorts_order():
+    """The host's k nearest through a partition: the same indices, in the same order, as a stable
+    argsort, ties (to the smaller index) included."""
+    from slicenet.boards import run_engine
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        d = rng.integers(0, 5, (3, 30)).astype(float)  # many exact ties
+        k = int(rng.integers(1, 32))
+        assert np.array_equal(run_engine.nearest(d, k), np.argsort(d, axis=1, kind="stable")[:, :k])
