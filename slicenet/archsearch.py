@@ -304,6 +304,111 @@ def check_front(members: list[dict]) -> list[dict]:
     return checks
 
 
+# -- how faithfully the short budget ranks structures -------------------------------------------------
+
+RANK_SEED = 500  # the long runs' seed offset: no evaluation of the search uses it (theirs count from 0)
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rho: Pearson's correlation of the average ranks."""
+    ra, rb = average_ranks(np.asarray(a, float)), average_ranks(np.asarray(b, float))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(np.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator else float("nan")
+
+
+def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b (ties in either list corrected for)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    denominator = float(np.sqrt((da != 0).sum() * (db != 0).sum()))
+    return float((da * db).sum() / denominator) if denominator else float("nan")
+
+
+def repeat_noise(evaluations: dict) -> dict:
+    """How much one short evaluation of a structure varies with its search's seed, against how much
+    structures differ: the within-structure standard deviation (pooled over structures evaluated at
+    least twice), the spread of the structures' means, and the one-way intraclass correlation ICC(1)
+    (the share of a single evaluation's variance that is the structure's)."""
+    groups = [np.array([r["validation_accuracy"] for r in records]) for records in evaluations.values()]
+    repeated = [g for g in groups if len(g) >= 2]
+    if not repeated:
+        return {"structures_repeated": 0}
+    within = float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in repeated) / sum(len(g) - 1 for g in repeated)))
+    means = np.array([g.mean() for g in groups])
+    n = len(groups)
+    sizes = np.array([len(g) for g in groups], dtype=float)
+    k0 = (sizes.sum() - (sizes ** 2).sum() / sizes.sum()) / (n - 1) if n > 1 else 1.0
+    grand = np.concatenate(groups).mean()
+    between_ms = float((sizes * (means - grand) ** 2).sum() / (n - 1)) if n > 1 else 0.0
+    within_ms = within ** 2
+    icc = (between_ms - within_ms) / (between_ms + (k0 - 1) * within_ms) if between_ms + within_ms else float("nan")
+    return {"structures_repeated": len(repeated), "evaluations_repeated": int(sum(len(g) for g in repeated)),
+            "within_sd": within, "between_sd_of_means": float(means.std(ddof=1)) if n > 1 else 0.0,
+            "icc1": float(icc)}
+
+
+def rank_check(config: ArchConfig, out: Path, *, count: int, generations: int, images: int = 0,
+               cluster: str | None = None) -> dict:
+    """``count`` of a finished search's structures (evenly spread over its ranking, best and worst
+    included) searched again with a longer budget (``generations`` per convolution on ``images``
+    images, default the short budget's), each an ordinary run ``OUT/rank-check/<structure>-g<G>``
+    (kept if finished, continued if checkpointed); the short fitness against the long runs' validation
+    accuracy as Spearman's rho and Kendall's tau-b, written into ``arch.json`` as ``rank_check``."""
+    from .config import make_config
+    from .runs import optimise_or_resume
+
+    state = _load(out, config)
+    if state["generation"] <= config.generations:
+        raise InputError(f"{out}: the search is not finished (generation {state['generation']} of "
+                         f"{config.generations}); run it to the end with --resume first")
+    if count < 3:
+        raise InputError(f"--rank-check needs at least 3 structures to rank, got {count}")
+    if generations < 1:
+        raise InputError(f"--rank-generations must be at least 1, got {generations}")
+    images = images or config.search_images
+    short = sorted(((float(np.mean([r["validation_accuracy"] for r in records])), code)
+                   for code, records in state["evaluations"].items()), reverse=True)
+    if len(short) < count:
+        raise InputError(f"the search evaluated {len(short)} distinct structures: --rank-check at most that many")
+    picked = [short[int(round(i))] for i in np.linspace(0, len(short) - 1, count)]
+    jobs: list[dict[str, Any]] = [
+        {"config": make_config(dataset=config.dataset, preset=preset_name(Genome.parse(code), config.filters),
+                               generations=[generations], search_images=images, bank_shifts=0,
+                               seed=config.seed * 1000 + RANK_SEED),
+         "run_dir": out / "rank-check" / f"{slug(Genome.parse(code))}-g{generations}",
+         "command": f"slicenet arch-search --rank-check (structure {code})"} for _, code in picked]
+    if cluster:
+        from .cluster import fan_out
+
+        results = fan_out(optimise_or_resume, jobs, cluster=cluster)
+    else:
+        results = [optimise_or_resume(**job) for job in jobs]
+    rows = [{"genome": code, "short_validation": accuracy, "short_evaluations": len(state["evaluations"][code]),
+             "long_validation": m["validation_accuracy"], "long_test": m["test_accuracy"],
+             "long_wall_seconds": m["wall_seconds"], "run": str(job["run_dir"])}
+            for (accuracy, code), job, m in zip(picked, jobs, results, strict=True)]
+    a, b = np.array([r["short_validation"] for r in rows]), np.array([r["long_validation"] for r in rows])
+    state["rank_check"] = {"structures": rows, "generations": generations, "images": images,
+                           "spearman": spearman(a, b), "kendall_tau_b": kendall_tau_b(a, b),
+                           "spearman_long_test": spearman(a, np.array([r["long_test"] for r in rows])),
+                           "noise": repeat_noise(state["evaluations"])}
+    write_json(out / STATE, state)
+    return state
+
+
 def describe(code: str) -> str:
     """A structure as text: each stage's DAG ("in -> 1; 1 -> 2; 2 -> out")."""
     from .genetic import decode_stage

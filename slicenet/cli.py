@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     arch.add_argument("--cluster", default=None, help="evaluate a generation's individuals as Ray tasks (local[:N], "
                       "auto or HEAD:PORT)")
     arch.add_argument("--quiet", action="store_true", help="no line per generation")
+    arch.add_argument("--rank-check", type=int, default=0, metavar="N",
+                      help="after the search: N of its structures (evenly spread over its ranking) searched again "
+                           "with a longer budget, and the rank correlation of short and long fitness (in arch.json)")
+    arch.add_argument("--rank-generations", type=int, default=30,
+                      help="with --rank-check: generations per convolution of the long searches (default 30, 5x "
+                           "the short default)")
+    arch.add_argument("--rank-images", type=int, default=0,
+                      help="with --rank-check: images a generation of the long searches (default 0: as the short)")
 
     transfer = commands.add_parser("transfer", help="a run's trunk on a new dataset: keep it, re-search some layers "
                                    "(or let a GA choose which) from its weights, and a new bank")
@@ -566,6 +574,8 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
         from .cluster import parse_cluster
 
         parse_cluster(args.cluster)
+    if args.rank_check and args.rank_check < 3:
+        raise InputError(f"--rank-check needs at least 3 structures to rank, got {args.rank_check}")
     print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
           f"{config.population} individuals x {config.generations + 1} generations, each a "
           f"{config.search_generations}-generation search per convolution on {config.search_images} images",
@@ -577,6 +587,13 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
                   f"{row['mean']:.4f} median {row['median']:.4f}; best {row['best']}", file=sys.stderr)
 
     state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, on_generation=on_generation)
+    if args.rank_check:
+        state = archsearch.rank_check(config, args.out, count=args.rank_check, generations=args.rank_generations,
+                                      images=args.rank_images, cluster=args.cluster)
+        check = state["rank_check"]
+        print(f"rank check: {len(check['structures'])} structures, {config.search_generations} against "
+              f"{check['generations']} generations per convolution: Spearman {check['spearman']:.2f}, Kendall "
+              f"tau-b {check['kendall_tau_b']:.2f}", file=sys.stderr)
     print(f"front ({config.cost}): " + "; ".join(f"{m['genome']} {100 * m['validation_accuracy']:.2f} % at "
                                                  f"{m['cost']:,.4g}" for m in state["front"]))
     print(f"next: slicenet report --arch {args.out} | slicenet export {state['front'][-1]['run']} --target onnx"

@@ -439,6 +439,37 @@ def arch_tables(states: list[dict]) -> list[str]:
                    if any(str(c.get(k, "")).startswith("fails") for k in ("jetson", "ncs2", "ncs2_ir"))]
         lines += ["", "Every front member's exported graph checked against the Jetson's and the NCS2's rules: "
                   + (f"{len(checks) - len(failing)} of {len(checks)} pass" if checks else "not checked yet") + "."]
+        lines += _fitness_faithfulness(state)
+    return lines
+
+
+def _fitness_faithfulness(state: dict) -> list[str]:
+    """How faithfully the short fitness ranks structures: its noise over repeated evaluations, and the
+    rank check against longer searches (``arch-search --rank-check``) where it was run."""
+    from .archsearch import repeat_noise
+
+    noise = state.get("rank_check", {}).get("noise") or repeat_noise(state["evaluations"])
+    lines = []
+    if noise.get("structures_repeated"):
+        lines += ["", f"Noise of the short fitness: {noise['structures_repeated']} structures evaluated more than once "
+                  f"({noise['evaluations_repeated']} evaluations) vary by {100 * noise['within_sd']:.2f} points "
+                  f"(pooled standard deviation) with the search's seed; the structures' means spread by "
+                  f"{100 * noise['between_sd_of_means']:.2f} points; ICC(1) {noise['icc1']:.2f} (the share of one "
+                  "evaluation's variance that is the structure's)."]
+    check = state.get("rank_check")
+    if not check:
+        return lines
+    config = state["config"]
+    lines += ["", f"Rank check: {len(check['structures'])} structures searched again with {check['generations']} "
+              f"generations per convolution on {check['images']} images (the short fitness: "
+              f"{config['search_generations']} on {config['search_images']}). Spearman's rho "
+              f"{check['spearman']:.2f}, Kendall's tau-b {check['kendall_tau_b']:.2f} (short fitness against the long "
+              f"searches' validation accuracy; against their test accuracy: rho {check['spearman_long_test']:.2f}).",
+              "", "| structure | short validation (evaluations) | long validation | long test | long wall s |",
+              "|---|---|---|---|---|"]
+    lines += [f"| `{r['genome']}` | {_pct(r['short_validation'])} ({r['short_evaluations']}) | "
+              f"{_pct(r['long_validation'])} | {_pct(r['long_test'])} | {r['long_wall_seconds']:,.0f} |"
+              for r in check["structures"]]
     return lines
 
 

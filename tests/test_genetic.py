@@ -151,6 +151,35 @@ def test_a_two_generation_search_gives_run_directories_and_a_front(tmp_path):
                  "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "REPORT.md").read_text()
     assert "## Architecture search" in report and state["front"][0]["genome"] in report
+    # the rank check: 3 of its structures searched again for longer, their rank correlation recorded
+    assert main([*ARCH, "--out", str(tmp_path / "arch"), "--resume", "--rank-check", "3", "--rank-generations",
+                 "2"]) == 0
+    check = json.loads((tmp_path / "arch" / "arch.json").read_text())["rank_check"]
+    assert len(check["structures"]) == 3 and -1 <= check["spearman"] <= 1 and check["generations"] == 2
+    assert all(main(["evaluate", r["run"], "--json"]) == 0 for r in check["structures"])
+    short = [r["short_validation"] for r in check["structures"]]
+    assert short == sorted(short, reverse=True)  # best, middle, worst of the ranking
+    assert main(["report", check["structures"][0]["run"], "--arch", str(tmp_path / "arch"), "--out",
+                 str(tmp_path / "report2")]) == 0
+    assert "Rank check: 3 structures" in (tmp_path / "report2" / "REPORT.md").read_text()
+
+
+def test_rank_correlations_and_noise_match_reference_answers():
+    from scipy import stats
+
+    from slicenet.archsearch import kendall_tau_b, repeat_noise, spearman
+
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        a, b = rng.integers(0, 4, 8).astype(float), rng.integers(0, 4, 8).astype(float)  # with ties
+        assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12, nan_ok=True)
+        assert kendall_tau_b(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12, nan_ok=True)
+    # by hand: structure x evaluated at 0.90 and 0.92, y at 0.95 and 0.97, z once at 0.80
+    records = {c: [{"validation_accuracy": v} for v in values]
+               for c, values in {"x": [0.90, 0.92], "y": [0.95, 0.97], "z": [0.80]}.items()}
+    noise = repeat_noise(records)
+    assert noise["structures_repeated"] == 2 and noise["within_sd"] == pytest.approx(np.sqrt(0.0002 * 2 / 2))
+    assert noise["between_sd_of_means"] == pytest.approx(np.std([0.91, 0.96, 0.80], ddof=1))
 
 
 def test_a_killed_search_resumes_to_the_same_front(tmp_path):
@@ -177,6 +206,7 @@ def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     (["--nodes", "1", "3"], "--nodes must be at least 2 per stage"),
     (["--stages", "0"], "--stages must be at least 1"),
     (["--mutation-bits", "1.5"], "is a probability"),
+    (["--rank-check", "2"], "--rank-check needs at least 3 structures"),
 ])
 def test_bad_nodes_or_stages_are_one_line(tmp_path, flags, match):
     result = subprocess.run([sys.executable, "-m", "slicenet.cli", "arch-search", "--dataset", "digits", *flags,
