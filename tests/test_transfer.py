@@ -274,6 +274,8 @@ def test_an_enrollable_bundle_enrols_on_the_host_as_slicenet_enrol_does(five, tm
     bundle = next((tmp_path / "x").glob("*/onnx"))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["enrollable"]["model"] == "trunk.onnx"
+    readme = (bundle / "README.md").read_text()
+    assert "run_engine.py enrol . NEW_CLASSES_DIR" in readme and "--distance stick" not in readme
     assert any(v["runtime"] == "onnxruntime+numpy-knn" and v["agreement"] == 1.0 for v in manifest["verification"])
     folder = write_folder(tmp_path / "new", ["5", "6"])
     result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "enrol", str(bundle), str(folder),
@@ -319,6 +321,7 @@ def test_an_ncs2_bundle_enrols_into_the_sticks_ranking_graph(five, tmp_path):
     stick = manifest["enrollable"]["stick"]
     bank = np.load(bundle / "bank-0.npy")
     assert stick["capacity"] == 2 * len(bank) and stick["model"] == "ranked-0.xml"
+    assert "--distance stick" in (bundle / "README.md").read_text()
     assert any(v["runtime"] == "openvino+numpy-vote" and v["agreement"] == 1.0 for v in manifest["verification"])
 
     def slots_hold(bundle, stick, bank):

@@ -87,8 +87,29 @@ class Target:
         raise InputError(f"target {self.name} runs an enrollable bundle's distance step on its host")
 
     def readme_text(self, *, name: str, engine: Engine, checks: dict) -> str:
-        return self.readme.format(name=name, opset=self.onnx_opset, k=getattr(engine.head, "n_neighbors", ""),
+        text = self.readme.format(name=name, opset=self.onnx_opset, k=getattr(engine.head, "n_neighbors", ""),
                                   ir_version=checks.get("ir", {}).get("ir_version", ""))
+        if "enrollable" not in checks:
+            return text
+        runtime = "openvino" if self.name in ("openvino", "ncs2") else "onnxruntime"
+        text += f"""
+## Enrolling new classes here
+
+This bundle keeps its bank outside the graph: `trunk.*` gives each image's embedding, `bank-G.npy` and
+`bank_labels-G.npy` are the prototypes. New classes, from a folder of class sub-folders of images
+(named as the classes; a folder named as an existing class adds prototypes to it):
+
+    python3 run_engine.py enrol . NEW_CLASSES_DIR [--per-class N] [--new-only] --runtime {runtime}
+    python3 run_engine.py run --runtime {runtime}                   # the trunk here, the k-NN vote in numpy
+"""
+        if checks["enrollable"].get("ranking", {}).get("status") != "not written" and self.ranks_on_device:
+            text += """    python3 run_engine.py run --runtime openvino --device MYRIAD --distance stick
+
+With `--distance stick` the stick also computes the distances and the k nearest, in `ranked-G.xml`,
+whose `.bin` holds the bank as FP16 constants of a fixed number of slots (manifest.json,
+enrollable.stick.capacity); `enrol` rewrites them and refuses to overfill them.
+"""
+        return text
 
 
 class OpenvinoTarget(Target):
