@@ -416,6 +416,7 @@ def arch_tables(states: list[dict]) -> list[str]:
     from .archsearch import describe
 
     lines = ["", "## Architecture search (Genetic CNN)", ""]
+    lines += _arch_comparison(states)
     for state in states:
         config = state["config"]
         lines += [f"### `{state['folder']}`: {config['dataset']}, stages {config['stages']}, nodes "
@@ -440,6 +441,33 @@ def arch_tables(states: list[dict]) -> list[str]:
         lines += ["", "Every front member's exported graph checked against the Jetson's and the NCS2's rules: "
                   + (f"{len(checks) - len(failing)} of {len(checks)} pass" if checks else "not checked yet") + "."]
         lines += _fitness_faithfulness(state)
+    return lines
+
+
+def _arch_comparison(states: list[dict]) -> list[str]:
+    """Searches of one dataset side by side at equal evaluations (the fewest any of them made): the
+    paper's ablations, GA against random search and the all-zero start against a random one."""
+    by_dataset: dict[str, list[dict]] = {}
+    for state in states:
+        by_dataset.setdefault(state["config"]["dataset"], []).append(state)
+    lines: list[str] = []
+    for dataset, group in by_dataset.items():
+        if len(group) < 2:
+            continue
+        equal = min(state["history"][-1]["evaluations"] for state in group if state["history"])
+        lines += [f"Searches on {dataset} at equal evaluations ({equal}): the best fitness of any generation "
+                  "(a structure's mean over its evaluations so far) and the last generation's mean.", "",
+                  "| search | strategy | init | seed | best fitness | last generation's mean | its best structure |",
+                  "|---|---|---|---|---|---|---|"]
+        for state in group:
+            rows = [r for r in state["history"] if r["evaluations"] <= equal]
+            if not rows:
+                continue
+            best = max(rows, key=lambda r: r["max"])
+            config = state["config"]
+            lines.append(f"| `{state['folder']}` | {config['strategy']} | {config['init']} | {config['seed']} | "
+                         f"{_pct(best['max'])} | {_pct(rows[-1]['mean'])} | `{best['best']}` |")
+        lines.append("")
     return lines
 
 

@@ -199,6 +199,10 @@ def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     strip = [{k: v for k, v in m.items() if k != "run"} for m in a["front"]]
     assert strip == [{k: v for k, v in m.items() if k != "run"} for m in b["front"]]
     assert [r["max"] for r in a["history"]] == [r["max"] for r in b["history"]]
+    # two searches of one dataset: the report sets them side by side at equal evaluations
+    assert main(["report", a["front"][0]["run"], "--arch", str(reference), str(killed), "--out",
+                 str(tmp_path / "report")]) == 0
+    assert "Searches on digits at equal evaluations (8)" in (tmp_path / "report" / "REPORT.md").read_text()
 
 
 @pytest.mark.parametrize("flags,match", [
