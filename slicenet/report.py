@@ -419,7 +419,7 @@ def arch_tables(states: list[dict]) -> list[str]:
     lines += _arch_comparison(states)
     for state in states:
         config = state["config"]
-        lines += [f"### `{state['folder']}`: {config['dataset']}, stages {config['stages']}, nodes "
+        lines += ["", f"### `{state['folder']}`: {config['dataset']}, stages {config['stages']}, nodes "
                   f"{'/'.join(map(str, config['nodes']))}, filters {'/'.join(map(str, config['filters']))}, "
                   f"{config['strategy']}, init {config['init']}, N={config['population']}, T={config['generations']}"
                   + (f", {config['cost']} budget {config['budget']:g}" if config["budget"] else "")
@@ -483,7 +483,8 @@ def _fitness_faithfulness(state: dict) -> list[str]:
                   f"({noise['evaluations_repeated']} evaluations) vary by {100 * noise['within_sd']:.2f} points "
                   f"(pooled standard deviation) with the search's seed; the structures' means spread by "
                   f"{100 * noise['between_sd_of_means']:.2f} points; ICC(1) {noise['icc1']:.2f} (the share of one "
-                  "evaluation's variance that is the structure's)."]
+                  "evaluation's variance that is the structure's" + ("; at or below 0, no difference between the "
+                  "structures shows through the noise" if noise["icc1"] <= 0 else "") + ")."]
     check = state.get("rank_check")
     if not check:
         return lines
