@@ -375,6 +375,8 @@ def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path)
     result = runner(next((tmp_path / "o").glob("*/onnx")), "run", "--bundle", next((tmp_path / "o").glob("*/onnx")),
                     "--runtime", "openvino", "--distance", "stick")
     assert result.returncode == 2 and "--distance stick needs an NCS2 bundle" in result.stderr
+    result = cli("export", five, "--target", "onnx", "--enrollable", "--capacity", bank * 2, "--out", tmp_path / "z")
+    assert result.returncode == 2 and "use --target ncs2" in result.stderr and not (tmp_path / "z").exists()
     result = cli("bench", next((tmp_path / "o").glob("*/onnx")), "--runtime", "openvino", "--distance", "stick")
     assert result.returncode == 2 and "no stick-side distance step" in result.stderr
 

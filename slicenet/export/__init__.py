@@ -110,6 +110,9 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                              "give at least that many slots (default 0: twice the bank)")
     elif capacity:
         raise InputError("--capacity sizes an enrollable bundle's bank on the stick: add --enrollable")
+    if capacity and not chosen.ranks_on_device:
+        raise InputError(f"--capacity sizes the bank of the stick's ranking graph: target {target_name} runs the "
+                         "distance step on its host (use --target ncs2, or drop --capacity)")
     runner = board_runner()
     name = bundle_name(run_dir)
     bundle = bundle_folder(run_dir, target_name=target_name, out_root=out_root, batch=batch)
