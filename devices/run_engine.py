@@ -228,10 +228,7 @@ EMPTY_NORM2 = 60000.0  # within FP16's range (65504): the stick stores the const
 def slot_constants(bank, metric, capacity):
     """(bank_t [D, capacity], bank_norm2 [capacity]) of a bank [B, D] of post-processed prototypes.
     Euclidean: -||q - b||^2 + ||q||^2 = q . 2b - ||b||^2 (the 2 folded in, exact); cosine: q . b / |b|."""
-    bank = np.asarray(bank, dtype=np.float64)
-    if len(bank) > capacity:
-        fail("the bank holds " + str(len(bank)) + " prototypes but the stick's graph has " + str(capacity) +
-             " slots: enrol fewer images (--per-class) or re-export with a larger --capacity")
+    bank = np.asarray(bank, dtype=np.float64)  # at most ``capacity`` rows: enrol and export check that first
     bank_t = np.zeros((bank.shape[1], capacity), dtype=np.float32)
     norm2 = np.full(capacity, EMPTY_NORM2, dtype=np.float32)
     if metric == "cosine":
@@ -273,7 +270,7 @@ def write_slots(folder, stick, bank, metric, generation):
 
 def stick_infer(folder, manifest, ranking):
     """``infer`` for the distance step on the stick: the graph's k nearest slots, their labels' majority."""
-    _, labels = load_bank(folder, manifest)
+    labels = np.load(os.path.join(folder, manifest["enrollable"]["bank_labels"]))  # the bank itself is in the graph
     n_classes = len(manifest["class_names"])
 
     def infer(image):
@@ -340,8 +337,7 @@ def folder_images(directory, size, per_class):
 
 def shifted_copies(images, labels, pixels):
     """The images plus copies shifted by 1..pixels up, down, left and right (zero fill): the bank's
-    "virtual samples", made exactly as slicenet made the bank's (slicenet.data.shifted_copies, which
-    this file cannot import)."""
+    "virtual samples". slicenet.data.shifted_copies calls this one, so the board's copies are slicenet's."""
     if pixels <= 0:
         return images, labels
     out, height, width = [images], images.shape[1], images.shape[2]

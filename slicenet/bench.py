@@ -144,18 +144,9 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
     if distance != "graph":  # the board runner's own vote, over the bundle's (enrolled) bank
         from .boards import run_engine
 
-        bank, labels = run_engine.load_bank(str(bundle), manifest)
-        prepared = run_engine.HostBank(bank, labels, spec["metric"])
-        classes = len(manifest["class_names"])
+        wrap = run_engine.enrollable_infer if distance == "host" else run_engine.stick_infer
+        infer = wrap(str(bundle), manifest, infer)
         model_bytes += sum((bundle / spec[f]).stat().st_size for f in ("bank", "bank_labels"))
-        embed = infer
-        if distance == "host":
-            def infer(image, embed=embed):
-                return run_engine.classify(embed(image), prepared, None, classes, spec["k"], spec["metric"],
-                                           spec["vote"])
-        else:
-            def infer(image, embed=embed):
-                return run_engine.majority(labels[np.asarray(embed(image), dtype=np.int64)], classes)
         name += f" ({distance} distance)"
     return Session(name, bundle, runtime, version, infer, sample, model_bytes, created * 1000.0, _peak_rss_mb(),
                    distance=distance)

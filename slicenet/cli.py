@@ -662,17 +662,10 @@ def cmd_enrol(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bank_shifts(run: Path) -> int:
-    """The shifted copies per image a run's bank was built with (what enrolment repeats)."""
-    from . import runs
-
-    metrics = runs.load_metrics(run)
-    return int((metrics.get("compact") or metrics).get("bank_shifts", 0) or 0)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export, runs
     from .data import load_dataset
+    from .enrol import built_shifts
 
     export.target(args.target)  # an unknown target fails before anything is read
     engine = runs.load_engine(args.run)
@@ -682,7 +675,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
                                     images=images, labels=labels, batch=args.batch, check_2022=args.check_2022,
-                                    enrollable=args.enrollable, enrol_shifts=_bank_shifts(args.run),
+                                    enrollable=args.enrollable, enrol_shifts=built_shifts(runs.load_metrics(args.run)),
                                     capacity=args.capacity)
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:

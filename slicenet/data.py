@@ -285,15 +285,10 @@ def copies_per_image(pixels: int) -> int:
 def shifted_copies(images: np.ndarray, labels: np.ndarray, pixels: int) -> tuple[np.ndarray, np.ndarray]:
     """The images plus copies shifted by 1..``pixels`` up, down, left and right (zero fill).
 
-    "Virtual samples" for a k-NN bank: a digit written a pixel off still finds its neighbours.
+    "Virtual samples" for a k-NN bank: a digit written a pixel off still finds its neighbours. Written
+    once, in the board runner (``slicenet.boards.run_engine``, which may import nothing of slicenet),
+    so a bank enrolled on the board is built exactly as slicenet builds one.
     """
-    if pixels <= 0:
-        return images, labels
-    out, height, width = [images], images.shape[1], images.shape[2]
-    for step in range(1, pixels + 1):
-        for dy, dx in ((step, 0), (-step, 0), (0, step), (0, -step)):
-            moved = np.zeros_like(images)
-            moved[:, max(0, dy): height + min(0, dy), max(0, dx): width + min(0, dx)] = \
-                images[:, max(0, -dy): height - max(0, dy), max(0, -dx): width - max(0, dx)]
-            out.append(moved)
-    return np.concatenate(out), np.tile(labels, len(out))
+    from .boards.run_engine import shifted_copies as board_shifted_copies
+
+    return board_shifted_copies(images, labels, pixels)

@@ -284,9 +284,8 @@ class Engine:
         q . bank_t - bank_norm2 (the layout of ``boards.run_engine.slot_constants``). The distance step of
         an enrollable bundle on the NCS2; its host counts the labels of the k nearest (a majority vote)."""
         head = self.bank_head
-        if head.kind != "majority" or head.metric not in ("euclidean", "sqeuclidean", "cosine"):
-            raise InputError(f"the ranking graph votes by majority over euclidean or cosine distances, not the "
-                             f"{head.kind} vote over {head.metric}")
+        if self.ranking_refusal:
+            raise InputError(self.ranking_refusal)
         self._check_one_view()
         g = Graph()
         x, _ = self._describe_trunk(g, batch)
@@ -295,6 +294,16 @@ class Engine:
         _, nearest = g.topk(scores, head.n_neighbors, axis=1, name="nearest")
         g.output("nearest", nearest, "int64", (batch, head.n_neighbors))
         return g
+
+    @property
+    def ranking_refusal(self) -> str:
+        """Why ``describe_ranking`` cannot hold this engine's vote ("" where it can): the ranking graph
+        gives the k nearest for a majority vote; a local-mean vote needs every prototype's distance."""
+        head = self.bank_head
+        if head.kind == "majority" and head.metric in ("euclidean", "sqeuclidean", "cosine"):
+            return ""
+        return (f"the {head.kind} vote over {head.metric} distances needs every prototype's distance, not the k "
+                "nearest of a ranking graph: it runs on the host")
 
     def _check_one_view(self) -> None:
         if self.n_views != 1:

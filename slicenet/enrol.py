@@ -105,6 +105,13 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
     return enrolled.with_storage(engine.storage["weights"], engine.storage["bank"]), added
 
 
+def built_shifts(metrics: dict) -> int:
+    """The shifted copies per image a run's bank was built with (a compact engine's: its own), which an
+    enrolment repeats; ``metrics``: the run's metrics.json."""
+    compact = metrics.get("compact") if metrics.get("kind") == "compact" else None
+    return int((compact or metrics).get("bank_shifts", 0) or 0)
+
+
 def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_only: bool = False,
               n_neighbors: int = 0, evaluate_on: str = "", bank_shifts: int = -1, command: str = "") -> dict:
     """``slicenet enrol``: a new run directory with the enrolled engine; returns its metrics. Everything
@@ -125,7 +132,7 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
         raise InputError(f"--out {out} exists and is not empty; choose another")
     images, labels, names = dataset_classes(dataset, engine.image_size, per_class=per_class)
     compact = source.get("compact", {}) if source.get("kind") == "compact" else {}
-    shifts = int((compact or source).get("bank_shifts", 0) or 0) if bank_shifts < 0 else bank_shifts
+    shifts = built_shifts(source) if bank_shifts < 0 else bank_shifts
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
                             prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
                             bank_shifts=shifts, seed=int(source.get("seed", 0)))

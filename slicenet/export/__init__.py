@@ -129,8 +129,9 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                                  "near-ties); not exported")
         enrollable_spec, stick_models = None, []
         if enrollable:
+            expected, _, _ = engine.predict(images)  # the torch engine's classes, which each split step must give
             enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
-                                                                     labels=labels, batch=batch)
+                                                                     labels=labels, batch=batch, expected=expected)
             enrollable_spec["bank_shifts"] = enrol_shifts
             checks["enrollable"] = check
             verifications.append(verification)
@@ -138,20 +139,16 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
                 raise InputError(f"target {target_name}: the enrollable trunk and numpy vote disagree with the torch "
                                  f"engine on {verification.disagreements} of {verification.images} test images; "
                                  "not exported")
-            slots = capacity or 2 * len(bank_head.bank)
-            ranked = chosen.ranks_on_device and _write_ranking(engine, chosen, staging, images=images, labels=labels,
-                                                               batch=batch, capacity=slots)
-            if ranked:
-                stick, ranking = ranked
+            if chosen.ranks_on_device and engine.ranking_refusal:
+                checks["enrollable"]["ranking"] = {"status": "not written", "reason": engine.ranking_refusal}
+            elif chosen.ranks_on_device:
+                stick, ranking = _write_ranking(engine, chosen, staging, images=images, labels=labels, batch=batch,
+                                                capacity=capacity or 2 * len(bank_head.bank), expected=expected)
                 checks["enrollable"]["ranking"] = stick.pop("checks")
                 enrollable_spec["stick"] = stick
                 stick_models.append(stick["model"])
                 enrollable_spec["distance_step"] += f"; or on the stick: {stick['model']}, run --distance stick"
                 verifications.append(ranking)
-            elif chosen.ranks_on_device:
-                checks["enrollable"]["ranking"] = {"status": "not written", "reason": (
-                    f"the {bank_head.kind} vote over {bank_head.metric} distances needs every prototype's distance: "
-                    "it runs on the host")}
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(images), size=min(max(n_samples, batch), len(images)), replace=False))
         samples = np.ascontiguousarray(images[pick][:, None])
@@ -189,8 +186,17 @@ def _check_2022(engine: Engine, staging: Path, chosen: Target, samples: np.ndarr
     return result
 
 
+def _split_verification(engine: Engine, predicted: np.ndarray, *, images: np.ndarray, labels: np.ndarray,
+                        expected: np.ndarray, runtime: str, precision: str) -> Verification:
+    """An enrollable bundle's split step (a graph in the runtime, the vote in the board runner's numpy)
+    against the torch engine's classes ``expected``, on every test image, as ``verify`` checks a graph."""
+    differ = predicted != expected
+    return Verification(len(images), float((~differ).mean()), float((expected == labels).mean()),
+                        float((predicted == labels).mean()), runtime, precision, engine.near_ties(images[differ]))
+
+
 def _write_enrollable(engine: Engine, chosen: Target, staging: Path, *, images: np.ndarray, labels: np.ndarray,
-                      batch: int) -> tuple[dict, dict, Verification]:
+                      batch: int, expected: np.ndarray) -> tuple[dict, dict, Verification]:
     """The trunk graph, ``bank-0.npy`` and ``bank_labels-0.npy``; the board runner's own numpy vote over
     the runtime's embeddings is checked against the torch engine on every test image."""
     from ..boards import run_engine
@@ -209,39 +215,30 @@ def _write_enrollable(engine: Engine, chosen: Target, staging: Path, *, images: 
              else run_engine.onnxruntime_runner(path, ["CPUExecutionProvider"], output="embedding"))[0]
     predicted = np.array(run_engine.classify(run_engine.embed_all(embed, images, batch), bank, bank_labels,
                                              engine.n_classes, head.n_neighbors, head.metric, head.kind))
-    expected, _, _ = engine.predict(images)
-    differ = predicted != expected
-    verification = Verification(len(images), float((~differ).mean()), float((expected == labels).mean()),
-                                float((predicted == labels).mean()), f"{runtime}+numpy-knn",
-                                "fp16-weights" if chosen.name == "ncs2" else "fp32", engine.near_ties(images[differ]))
-    return spec, check, verification
+    return spec, check, _split_verification(engine, predicted, images=images, labels=labels, expected=expected,
+                                            runtime=f"{runtime}+numpy-knn",
+                                            precision="fp16-weights" if chosen.name == "ncs2" else "fp32")
 
 
 def _write_ranking(engine: Engine, chosen: Target, staging: Path, *, images: np.ndarray, labels: np.ndarray,
-                   batch: int, capacity: int) -> tuple[dict, Verification] | None:
+                   batch: int, capacity: int, expected: np.ndarray) -> tuple[dict, Verification]:
     """``ranked-0.xml``: the distance step on the device, its bank in ``capacity`` slots laid out by the
-    board runner's own ``slot_constants`` (which ``enrol`` rewrites), checked against the torch engine
-    through the runner's vote. Returns (the manifest's stick entry, its Verification), or None for a
-    head whose vote needs every prototype's distance (local mean)."""
+    board runner's own ``slot_constants`` (which ``enrol`` rewrites), checked against the torch engine's
+    classes ``expected`` through the runner's vote. Returns (the manifest's stick entry, its
+    Verification); only for an engine without a ``ranking_refusal``."""
     from ..boards import run_engine
 
     head = engine.bank_head
-    if head.kind != "majority" or head.metric not in ("euclidean", "sqeuclidean", "cosine"):
-        return None
     bank_t, norm2 = run_engine.slot_constants(head.bank.numpy(), head.metric, capacity)
     written = chosen.write_ranking(engine.describe_ranking(bank_t=bank_t, bank_norm2=norm2, batch=batch), staging,
                                    "ranked-0")
     nearest = run_engine.openvino_runner(str(staging / "ranked-0.xml"), "CPU", output_name="nearest")[0]
     found = run_engine.embed_all(nearest, images, batch)
     predicted = np.array(run_engine.majority(head.bank_labels.numpy()[found], engine.n_classes))
-    expected, _, _ = engine.predict(images)
-    differ = predicted != expected
-    verification = Verification(len(images), float((~differ).mean()), float((expected == labels).mean()),
-                                float((predicted == labels).mean()), "openvino+numpy-vote", "fp16-weights",
-                                engine.near_ties(images[differ]))
     stick = {"model": "ranked-0.xml", "weights": "ranked-0.bin", "output": "nearest", "capacity": capacity,
              "empty_norm2": run_engine.EMPTY_NORM2, **written}
-    return stick, verification
+    return stick, _split_verification(engine, predicted, images=images, labels=labels, expected=expected,
+                                      runtime="openvino+numpy-vote", precision="fp16-weights")
 
 
 def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verifications: list[Verification], *,

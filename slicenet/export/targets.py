@@ -249,15 +249,20 @@ Compile for the stick once; the blob is what the later commands load:
 Copy `result.json` back and run `slicenet bench --ingest result.json` on the host.
 """
 
-    def write(self, engine: Engine, graph: Graph, *, folder: Path, images: np.ndarray, labels: np.ndarray,
-              batch: int) -> tuple[dict, list[Verification]]:
+    @staticmethod
+    def write_fp16_ir(graph: Graph, path: Path) -> dict:
+        """``graph`` as the stick's FP16 IR at ``path``, checked by its rules (opset <= 10, MYRIAD layers).
+        The stick computes in FP16 whatever the file holds: a stored int8 or fp16 bank is decoded to
+        constants, which the FP16 compression stores (one decompression step fewer on the stick)."""
         import openvino as ov
 
+        ov.save_model(write_ir(graph.fold_constants()), str(path), compress_to_fp16=True)
+        return check_ir_opsets(path)
+
+    def write(self, engine: Engine, graph: Graph, *, folder: Path, images: np.ndarray, labels: np.ndarray,
+              batch: int) -> tuple[dict, list[Verification]]:
         checks, verifications = super().write(engine, graph, folder=folder, images=images, labels=labels, batch=batch)
-        # The stick computes in FP16 whatever the file holds: a stored int8 or fp16 bank is decoded to
-        # constants, which the FP16 compression stores (one decompression step fewer on the stick).
-        ov.save_model(write_ir(graph.fold_constants()), str(folder / "engine.xml"), compress_to_fp16=True)
-        checks["ir"] = check_ir_opsets(folder / "engine.xml")
+        checks["ir"] = self.write_fp16_ir(graph, folder / "engine.xml")
         checks["operations"]["ir"] = checks["ir"]["layers"]
         if "f16" not in checks["ir"]["const_precisions"]:
             raise InputError("the NCS2 IR has no FP16 weights; MYRIAD needs an FP16 model")
@@ -268,20 +273,13 @@ Copy `result.json` back and run `slicenet bench --ingest result.json` on the hos
 
     def write_trunk(self, graph: Graph, folder: Path) -> tuple[str, str, dict]:
         """The trunk on the stick (FP16 IR, opset <= 10); the vote runs on the host, in numpy."""
-        import openvino as ov
-
         _, _, checks = super().write_trunk(graph, folder)
-        ov.save_model(write_ir(graph.fold_constants()), str(folder / "trunk.xml"), compress_to_fp16=True)
-        return "trunk.xml", "openvino", {**checks, "ir": check_ir_opsets(folder / "trunk.xml")}
-
+        return "trunk.xml", "openvino", {**checks, "ir": self.write_fp16_ir(graph, folder / "trunk.xml")}
 
     def write_ranking(self, graph: Graph, folder: Path, stem: str) -> dict:
         """The ranking graph as an FP16 IR by the stick's rules, and the offset, size and shape of its
         bank constants in the .bin (what ``run_engine.py enrol`` rewrites)."""
-        import openvino as ov
-
-        ov.save_model(write_ir(graph.fold_constants()), str(folder / f"{stem}.xml"), compress_to_fp16=True)
-        checks = check_ir_opsets(folder / f"{stem}.xml")
+        checks = self.write_fp16_ir(graph, folder / f"{stem}.xml")
         text = (folder / f"{stem}.xml").read_text()
         constants = {}
         for name in ("bank_t", "bank_norm2"):
