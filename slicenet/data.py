@@ -252,26 +252,36 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarra
         raise InputError(f"cannot decode image {path} ({exc}); expected a PNG or JPEG file") from None
 
 
+def class_folders(directory: Path, size: tuple[int, int], *, per_class: int = 0, min_classes: int = 1,
+                  min_images: int = 1) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The images of ``directory``'s class sub-folders (named as their classes, in name order), resized
+    to ``size``: the first ``per_class`` of each in name order (0: all). Fewer than ``min_classes``
+    folders, or a folder with fewer than ``min_images`` PNG/JPEG images, is one line."""
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory; expected one sub-folder of PNG/JPEG images per class")
+    names = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if len(names) < min_classes:
+        raise InputError(f"{directory} has {len(names)} class folder(s); expected at least {min_classes} "
+                         "sub-folder(s) of images, one per class, named as the class")
+    images, labels = [], []
+    for label, name in enumerate(names):
+        files = sorted(p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) < min_images:
+            raise InputError(f"class folder {directory / name} has {len(files)} PNG/JPEG image(s); expected at "
+                             f"least {min_images}: add some or remove the folder")
+        for path in files[: per_class or None]:
+            images.append(load_image(path, size))
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), names
+
+
 def _folder(spec: str, directory: Path, image_size: int) -> Dataset:
     """A user's images, one sub-folder per class; 20 % of each class is held out for testing."""
-    if not directory.is_dir():
-        raise InputError(f"dataset {spec!r}: {directory} is not a directory; expected one sub-folder "
-                         "of PNG/JPEG images per class")
-    classes = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise InputError(f"dataset {spec!r}: found {len(classes)} class folder(s) in {directory}; "
-                         "expected at least two sub-folders, one per class")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(files) < 2:
-            raise InputError(f"dataset {spec!r}: class folder {directory / name} has {len(files)} image(s); "
-                             "expected at least two PNG/JPEG images per class")
-        for path in files:
-            images.append(load_image(path, (image_size, image_size)))
-            labels.append(label)
-    return _split(f"folder:{directory.name}", np.stack(images), np.asarray(labels, dtype=np.int64), 0.2,
-                  tuple(classes))
+    try:
+        images, labels, classes = class_folders(directory, (image_size, image_size), min_classes=2, min_images=2)
+    except InputError as exc:
+        raise InputError(f"dataset {spec!r}: {exc}") from None
+    return _split(f"folder:{directory.name}", images, labels, 0.2, classes)
 
 
 MAX_SHIFTS = 4  # shifted copies (bank) and test-time views (queries) move images by at most 4 pixels

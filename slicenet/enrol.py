@@ -21,37 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import IMAGE_SUFFIXES, load_dataset, load_image, shifted_copies, split_modifiers
+from .data import class_folders, load_dataset, shifted_copies, split_modifiers
 from .engine import Engine
 from .errors import InputError
-
-
-def folder_classes(directory: Path, size: tuple[int, int], *, per_class: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The images of ``directory``'s class sub-folders (one class is enough here), resized to ``size``:
-    the first ``per_class`` of each in name order (0: all)."""
-    if not directory.is_dir():
-        raise InputError(f"{directory} is not a directory; expected one sub-folder of PNG/JPEG images per class")
-    names = tuple(sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    if not names:
-        raise InputError(f"{directory} has no class folders; expected one sub-folder of images per class, named "
-                         "as the class")
-    images, labels = [], []
-    for label, name in enumerate(names):
-        files = sorted(p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise InputError(f"class folder {directory / name} has no PNG/JPEG images; add some or remove it")
-        for path in files[: per_class or None]:
-            images.append(load_image(path, size))
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, dtype=np.int64), names
 
 
 def dataset_classes(spec: str, size: tuple[int, int], *, per_class: int = 0
                     ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """A dataset spec's training images (the first ``per_class`` of each class in split order)."""
     if spec.startswith("folder:"):
-        return folder_classes(Path(spec.partition(":")[2]), size, per_class=per_class)
+        return class_folders(Path(spec.partition(":")[2]), size, per_class=per_class)
     if split_modifiers(spec)[2] is None:
         spec = f"{spec}@{size[0]}"
     dataset = load_dataset(spec, size[0])

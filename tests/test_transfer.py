@@ -229,7 +229,7 @@ def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path):
     (empty / "7").mkdir(parents=True)
     existing = write_folder(tmp_path / "existing", ["2"])
     cases = [
-        (["--dataset", f"folder:{empty}"], "has no PNG/JPEG images"),
+        (["--dataset", f"folder:{empty}"], "has 0 PNG/JPEG image"),
         (["--dataset", f"folder:{existing}", "--new-only"], "class 2 already exists"),
         (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "is not a directory"),
         (["--dataset", f"folder:{existing}", "--per-class", "-1"], "--per-class must be"),
