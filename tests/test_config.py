@@ -1,6 +1,6 @@
 import pytest
 
-from slicenet.config import RunConfig, config_from_toml, make_config, to_toml
+from slicenet.config import RunConfig, config_from_toml, make_config, to_toml, with_preset_defaults
 from slicenet.errors import InputError
 
 
@@ -16,6 +16,15 @@ def test_toml_round_trip(tmp_path):
     path.write_text(to_toml(config, {"command": "x"}))
     assert config_from_toml(path) == config
     assert config_from_toml(path, seed=5).seed == 5  # flags override the file
+
+
+def test_preset_defaults_yield_to_what_the_user_set():
+    radu = with_preset_defaults(make_config(preset="radu"), set())
+    assert (radu.search_images, radu.generations, radu.vote) == (300, (30, 250), "local-mean")
+    mine = with_preset_defaults(make_config(preset="radu", vote="majority", search_images=100),
+                                {"preset", "vote", "search_images"})
+    assert (mine.search_images, mine.generations, mine.vote) == (100, (30, 250), "majority")
+    assert with_preset_defaults(make_config(), set()) == RunConfig()  # the default preset has none
 
 
 @pytest.mark.parametrize("overrides,match", [

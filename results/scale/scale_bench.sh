@@ -29,7 +29,14 @@ for n in ('scale-local', 'scale-2nodes')); same = all(torch.equal(x, y) for p, q
 for x, y in zip(p, q)) and torch.equal(a.head.bank, b.head.bank); print('identical engine on 2 nodes:', same); \
 sys.exit(0 if same else 1)" | tee "$OUT/two-nodes-identical.txt"
 ray stop >/dev/null
-# 3. On a GPU (not run: no GPU has been lent to this project's machines so far).
+# 3. The reference's network on these 2 cores: the preset's defaults (local-mean head), then the majority
+# vote; each run's config, history and metrics are copied here.
+slicenet optimise --method cma --preset radu --device cpu --quiet --out runs/mnist-cma-radu-lm-s0
+slicenet optimise --method cma --preset radu --vote majority --device cpu --quiet --out runs/mnist-cma-radu-s0  # first run as --search-images 300 --generations 30 250, the same settings
+for run in mnist-cma-radu-lm-s0 mnist-cma-radu-s0; do
+  mkdir -p "$OUT/$run" && cp runs/$run/{config.toml,history.csv,metrics.json} "$OUT/$run/"
+done
+# 4. On a GPU (not run: no GPU has been lent to this project's machines so far).
 # slicenet bench-search cpu cuda --preset default --generations 8 --json "$OUT/default-cpu-vs-cuda.json"
 # slicenet bench-search cpu cuda --preset lenet --generations 6 --json "$OUT/lenet-cpu-vs-cuda.json"
 # slicenet bench-search cpu cuda --preset radu --generations 3 --json "$OUT/radu-cpu-vs-cuda.json"
