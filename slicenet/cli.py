@@ -450,7 +450,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     if config.init_from:
         from .data import split_modifiers
 
-        source = runs.load_engine(Path(config.init_from))
+        source = runs.load_trunk(Path(config.init_from))
         if split_modifiers(config.dataset)[2] is None:
             config = dataclasses.replace(config, dataset=f"{config.dataset}@{source.image_size[0]}",
                                          image_size=source.image_size[0])
@@ -606,7 +606,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .config import make_config
 
     config = make_config(None, transfer.TransferConfig, **_flags_given(args))
-    source = runs.load_engine(args.source)  # not a run: one line, before anything is written
+    source = runs.load_trunk(args.source)  # not a run: one line, before anything is written
     spec, size = source.spec, source.image_size[0]
     if args.cluster:
         from .cluster import parse_cluster

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -385,9 +385,7 @@ class Engine:
         except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
             raise InputError(f"{source} is not a slicenet engine file ({exc}); expected the "
                              "engine.safetensors written by 'slicenet optimise'") from None
-        if metadata.get("format") not in FORMATS:
-            raise InputError(f"{source} is not a slicenet engine (format {metadata.get('format')!r}, "
-                             f"expected one of {', '.join(FORMATS)}); a newer slicenet may have written it")
+        _check_format(metadata, source)
         try:
             spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
             image = json.loads(metadata["input"])
@@ -410,6 +408,32 @@ class Engine:
             raise InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); "
                              "re-run 'slicenet optimise' to rebuild it") from None
 
+    @staticmethod
+    def load_trunk(path: str | os.PathLike[str]) -> SourceTrunk:
+        """An engine file's trunk alone (structure, weights, input size), its bank left unread: what a
+        transfer starts from (a radu engine is 737 MB, its trunk 75 KB)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                _check_format(metadata, str(path))
+                tensors = {name: handle.get_tensor(name) for name in handle.keys() if name.startswith("trunk.")}
+        except OSError as exc:
+            raise InputError(f"cannot read engine {path}: {exc.strerror}") from None
+        except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path} is not a slicenet engine file ({exc}); expected the "
+                             "engine.safetensors written by 'slicenet optimise'") from None
+        try:
+            spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
+            image = json.loads(metadata["input"])
+            weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
+                       for i in range(len(spec.layers))]
+            return SourceTrunk(spec, weights, (int(image["height"]), int(image["width"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{path} is a damaged slicenet engine (missing or bad {exc}); "
+                             "re-run 'slicenet optimise' to rebuild it") from None
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Engine:
         try:
@@ -418,6 +442,20 @@ class Engine:
         except OSError as exc:
             raise InputError(f"cannot read engine {path}: {exc.strerror}") from None
         return cls.from_bytes(data, str(path))
+
+
+class SourceTrunk(NamedTuple):
+    """A trunk read from an engine file without its bank (``Engine.load_trunk``)."""
+
+    spec: TrunkSpec
+    weights: Weights
+    image_size: tuple[int, int]
+
+
+def _check_format(metadata: dict[str, str], source: str) -> None:
+    if metadata.get("format") not in FORMATS:
+        raise InputError(f"{source} is not a slicenet engine (format {metadata.get('format')!r}, "
+                         f"expected one of {', '.join(FORMATS)}); a newer slicenet may have written it")
 
 
 def _sections(metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], int]:

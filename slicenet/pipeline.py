@@ -74,9 +74,9 @@ def check_vote(dataset: Dataset, *, vote: str, n_neighbors: int, flag: str = "--
 def load_source(config: RunConfig, dataset: Dataset) -> tuple[TrunkSpec, Weights]:
     """A transfer's source: the trunk and weights of ``config.init_from``'s engine, checked against the
     new images (one-line errors: not a run, images of another size)."""
-    from .runs import load_engine
+    from .runs import load_trunk
 
-    source = load_engine(Path(config.init_from))
+    source = load_trunk(Path(config.init_from))
     if not source.spec.layers:
         raise InputError(f"{config.init_from} has no convolutions (a pixels run): nothing to transfer")
     if dataset.image_size != source.image_size:

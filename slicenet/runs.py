@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_bytes, write_json, write_text
 from .config import BaselineConfig, RunConfig, config_from_toml, load_toml, to_toml
-from .engine import Engine
+from .engine import Engine, SourceTrunk
 from .errors import InputError
 from .search import SearchState
 
@@ -162,6 +162,16 @@ def load_metrics(path: Path) -> dict:
 
 
 def load_engine(path: Path) -> Engine:
+    return Engine.load(engine_file(path))
+
+
+def load_trunk(path: Path) -> SourceTrunk:
+    """A run's trunk (structure, weights, input size) without reading its bank."""
+    return Engine.load_trunk(engine_file(path))
+
+
+def engine_file(path: Path) -> Path:
+    """A finished run's engine file; a path that is not one is a one-line error."""
     path = Path(path)
     if path.is_file():
         raise InputError(f"{path} is a file: pass the run directory ({path.parent}), not its engine file")
@@ -170,7 +180,7 @@ def load_engine(path: Path) -> Engine:
     if not (path / ENGINE).is_file():
         raise InputError(f"{path} has no {ENGINE}: not a finished slicenet run; expected a directory "
                          "written by 'slicenet optimise' (an interrupted one continues with --resume)")
-    return Engine.load(path / ENGINE)
+    return path / ENGINE
 
 
 def load_command(path: Path) -> str:

@@ -48,11 +48,21 @@ def test_round_trip_is_exact_and_size_is_the_file(engine_and_data, tmp_path):
     assert again.info == {"method": "test"}
 
 
-def test_damaged_engine_is_rejected(tmp_path):
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_the_trunk_alone_reads_as_the_whole_engine_has_it(engine_and_data, tmp_path, weights):
+    engine = engine_and_data[0].with_storage(weights, "fp16")
+    (tmp_path / "e.safetensors").write_bytes(engine.to_bytes())
+    whole, trunk = Engine.load(tmp_path / "e.safetensors"), Engine.load_trunk(tmp_path / "e.safetensors")
+    assert trunk.spec == whole.spec and trunk.image_size == whole.image_size
+    assert all(torch.equal(a, b) for pair, other in zip(trunk.weights, whole.weights) for a, b in zip(pair, other))
+
+
+@pytest.mark.parametrize("load", [Engine.load, Engine.load_trunk])
+def test_damaged_engine_is_rejected(tmp_path, load):
     path = tmp_path / "e.safetensors"
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputError, match="not a slicenet engine"):
-        Engine.load(path)
+        load(path)
 
 
 def test_wrong_image_shape(engine_and_data):
