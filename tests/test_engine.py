@@ -54,7 +54,8 @@ def test_the_trunk_alone_reads_as_the_whole_engine_has_it(engine_and_data, tmp_p
     (tmp_path / "e.safetensors").write_bytes(engine.to_bytes())
     whole, trunk = Engine.load(tmp_path / "e.safetensors"), Engine.load_trunk(tmp_path / "e.safetensors")
     assert trunk.spec == whole.spec and trunk.image_size == whole.image_size
-    assert all(torch.equal(a, b) for pair, other in zip(trunk.weights, whole.weights) for a, b in zip(pair, other))
+    assert all(torch.equal(a, b) for pair, other in zip(trunk.weights, whole.weights, strict=True)
+               for a, b in zip(pair, other, strict=True))
 
 
 @pytest.mark.parametrize("load", [Engine.load, Engine.load_trunk])
