@@ -383,11 +383,10 @@ class Engine:
             header_len = int.from_bytes(data[:8], "little")
             metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
         except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{source} is not a slicenet engine file ({exc}); expected the "
-                             "engine.safetensors written by 'slicenet optimise'") from None
+            raise _not_an_engine(source, exc) from None
         _check_format(metadata, source)
         try:
-            spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
+            spec, weights, image_size = _trunk(metadata, tensors)
             image = json.loads(metadata["input"])
             post_settings, head_settings, shifts = _sections(metadata)
             storage = json.loads(metadata.get("storage", '{"weights": "fp32", "bank": "fp32"}'))
@@ -395,18 +394,14 @@ class Engine:
                 if precision not in PRECISIONS:
                     raise ValueError(f"storage precision {precision!r}")
             class_names = tuple(json.loads(metadata["class_names"]))
-            weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
-                       for i in range(len(spec.layers))]
             post = PostProcessing(post_settings["method"], tensors.get("feature_mean"),
                                   decode(tensors, "projection") if stored(tensors, "projection") else None)
             head = head_class(head_settings["kind"]).from_file(head_settings, tensors, len(class_names))
             head.check(class_names)
             return cls(spec, weights, float(image["mean"]), float(image["std"]), post, head, class_names,
-                       (int(image["height"]), int(image["width"])), json.loads(metadata.get("info", "{}")),
-                       Views(int(shifts)), storage)
+                       image_size, json.loads(metadata.get("info", "{}")), Views(int(shifts)), storage)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); "
-                             "re-run 'slicenet optimise' to rebuild it") from None
+            raise _damaged(source, exc) from None
 
     @staticmethod
     def load_trunk(path: str | os.PathLike[str]) -> SourceTrunk:
@@ -417,22 +412,16 @@ class Engine:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                _check_format(metadata, str(path))
                 tensors = {name: handle.get_tensor(name) for name in handle.keys() if name.startswith("trunk.")}
         except OSError as exc:
-            raise InputError(f"cannot read engine {path}: {exc.strerror}") from None
+            raise _unreadable(path, exc) from None
         except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not a slicenet engine file ({exc}); expected the "
-                             "engine.safetensors written by 'slicenet optimise'") from None
+            raise _not_an_engine(str(path), exc) from None
+        _check_format(metadata, str(path))
         try:
-            spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
-            image = json.loads(metadata["input"])
-            weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
-                       for i in range(len(spec.layers))]
-            return SourceTrunk(spec, weights, (int(image["height"]), int(image["width"])))
+            return _trunk(metadata, tensors)
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{path} is a damaged slicenet engine (missing or bad {exc}); "
-                             "re-run 'slicenet optimise' to rebuild it") from None
+            raise _damaged(str(path), exc) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Engine:
@@ -440,7 +429,7 @@ class Engine:
             with open(path, "rb") as handle:
                 data = handle.read()
         except OSError as exc:
-            raise InputError(f"cannot read engine {path}: {exc.strerror}") from None
+            raise _unreadable(path, exc) from None
         return cls.from_bytes(data, str(path))
 
 
@@ -452,10 +441,34 @@ class SourceTrunk(NamedTuple):
     image_size: tuple[int, int]
 
 
+def _trunk(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> SourceTrunk:
+    """The trunk an engine file's header and tensors describe (KeyError, TypeError, ValueError where
+    they are damaged)."""
+    spec = TrunkSpec.from_dict(json.loads(metadata["spec"]))
+    image = json.loads(metadata["input"])
+    weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
+               for i in range(len(spec.layers))]
+    return SourceTrunk(spec, weights, (int(image["height"]), int(image["width"])))
+
+
 def _check_format(metadata: dict[str, str], source: str) -> None:
     if metadata.get("format") not in FORMATS:
         raise InputError(f"{source} is not a slicenet engine (format {metadata.get('format')!r}, "
                          f"expected one of {', '.join(FORMATS)}); a newer slicenet may have written it")
+
+
+def _unreadable(path: str | os.PathLike[str], exc: OSError) -> InputError:
+    return InputError(f"cannot read engine {path}: {exc.strerror}")
+
+
+def _not_an_engine(source: str, exc: Exception) -> InputError:
+    return InputError(f"{source} is not a slicenet engine file ({exc}); expected the engine.safetensors written "
+                      "by 'slicenet optimise'")
+
+
+def _damaged(source: str, exc: Exception) -> InputError:
+    return InputError(f"{source} is a damaged slicenet engine (missing or bad {exc}); re-run 'slicenet optimise' to "
+                      "rebuild it")
 
 
 def _sections(metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], int]:

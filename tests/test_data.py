@@ -81,7 +81,7 @@ def test_folder_dataset(tmp_path):
 
 
 def test_empty_class_folder(tmp_path):
-    with pytest.raises(InputError, match="empty|0 image"):
+    with pytest.raises(InputError, match="has 0 PNG/JPEG image"):
         load_dataset(f"folder:{_folder(tmp_path, {'cat': 5, 'dog': 0})}")
 
 

@@ -134,6 +134,9 @@ def test_a_head_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_pa
     (tmp_path / "e.safetensors").write_bytes(save(engine._tensors(), metadata))
     with pytest.raises(InputError, match=match):
         Engine.load(tmp_path / "e.safetensors")
+    if "format" in change:  # the trunk alone is refused with the same one line
+        with pytest.raises(InputError, match=f"^{tmp_path / 'e.safetensors'} is not a slicenet engine \\(format"):
+            Engine.load_trunk(tmp_path / "e.safetensors")
 
 
 def test_every_head_is_registered_and_round_trips(engine_and_data, tmp_path):
