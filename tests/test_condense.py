@@ -6,7 +6,20 @@ import pytest
 import torch
 
 from slicenet.cli import main
-from slicenet.condense import CompactSettings, budget_search, build_compact, frontier, lvq21, reduce_bank, with_vote
+from slicenet.condense import (
+    CompactSettings,
+    ValidationFeatures,
+    accuracy,
+    budget_search,
+    build_compact,
+    class_centres,
+    fit_post,
+    frontier,
+    lvq21,
+    raw_features,
+    reduce_bank,
+    with_vote,
+)
 from slicenet.engine import Engine, PostProcessing, quantise_round_trip
 from slicenet.errors import InputError
 from slicenet.heads import DenseHead, MajorityHead
@@ -95,6 +108,35 @@ def test_budget_search_never_returns_an_engine_over_budget(engine_and_data):
         assert [p["validation_accuracy"] for p in points] == sorted(p["validation_accuracy"] for p in points)
     with pytest.raises(InputError, match="no engine fits"):
         budget_search(engine, data.x_train, data.y_train, budget_bytes=100, seed=0)
+
+
+def test_validation_features_score_as_the_engine_does(engine_and_data):
+    # The budget search scores its engines on trunk features computed once per precision: the same
+    # answers as running each engine on the images.
+    engine, data = engine_and_data
+    scoring = ValidationFeatures(data.x_test, data.y_test)
+    base = build_compact(engine, data.x_train, data.y_train,
+                         CompactSettings(prototypes=3, dims=16, n_neighbors=1, window=0.2), seed=0)
+    for precision in ("fp32", "fp16", "int8"):
+        for k, metric in ((1, "cosine"), (3, "euclidean")):
+            compact = with_vote(base.with_storage(precision, precision), n_neighbors=k, metric=metric)
+            assert scoring.accuracy(compact) == accuracy(compact, data.x_test, data.y_test)
+    other = dataclasses.replace(base, weights=[(w * 2, b) for w, b in base.weights])
+    with pytest.raises(AssertionError, match="one trunk"):
+        scoring.accuracy(other)
+
+
+def test_a_given_kmeans_start_and_projection_build_the_same_engine(engine_and_data):
+    # What the budget search computes once per cell and shares between LVQ windows.
+    engine, data = engine_and_data
+    settings = CompactSettings(prototypes=4, dims=8, n_neighbors=1, window=0.1)
+    raw = raw_features(engine, data.x_train)
+    post = fit_post(engine, raw, settings.dims)
+    start = class_centres(post(raw).numpy(), data.y_train, engine.n_classes, settings.prototypes, seed=0)
+    given = build_compact(engine, data.x_train, data.y_train, settings, seed=0, raw=raw, post=post, start=start)
+    built = build_compact(engine, data.x_train, data.y_train, settings, seed=0)
+    assert torch.equal(given.bank_head.bank, built.bank_head.bank)
+    assert torch.equal(given.post.projection, built.post.projection)
 
 
 @pytest.mark.parametrize("precision,tolerance", [("fp16", 1e-3), ("int8", 1.0 / 127 + 1e-6)])
