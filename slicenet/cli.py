@@ -665,7 +665,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export, runs
     from .data import load_dataset
-    from .enrol import built_shifts
+    from .enrol import enrolment_rules
 
     export.target(args.target)  # an unknown target fails before anything is read
     engine = runs.load_engine(args.run)
@@ -675,7 +675,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         images, labels = images[: args.verify_images], labels[: args.verify_images]
     manifest = export.export_bundle(engine, run_dir=args.run, target_name=args.target, out_root=args.out,
                                     images=images, labels=labels, batch=args.batch, check_2022=args.check_2022,
-                                    enrollable=args.enrollable, enrol_shifts=built_shifts(runs.load_metrics(args.run)),
+                                    enrollable=args.enrollable, enrolment=enrolment_rules(runs.load_metrics(args.run)),
                                     capacity=args.capacity)
     bundle = export.bundle_folder(Path(args.run), target_name=args.target, out_root=args.out, batch=args.batch)
     for v in manifest["verification"]:

@@ -151,7 +151,8 @@ class CondenseConfig(CompactSettings):
         ]
 
 
-def _kmeans(points: np.ndarray, count: int, seed: int) -> np.ndarray:
+def kmeans_centres(points: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """``count`` k-means centres of ``points`` [N, D] (all of them, copied, where N <= count)."""
     from sklearn.cluster import KMeans
 
     if count >= len(points):
@@ -189,7 +190,7 @@ def _hart_cnn(points: np.ndarray, labels: np.ndarray, count: int, seed: int, n_c
         members = np.flatnonzero(labels == label)
         picked = [i for i in store if labels[i] == label][:count]
         if len(picked) < min(count, len(members)):
-            centres = _kmeans(points[members], min(count, len(members)), seed)
+            centres = kmeans_centres(points[members], min(count, len(members)), seed=seed)
             centre_distances = pairwise_distances(torch.from_numpy(centres), x[members], "euclidean").numpy()
             for row in centre_distances:
                 for j in np.argsort(row):
@@ -208,7 +209,7 @@ def class_centres(points: np.ndarray, labels: np.ndarray, n_classes: int, count:
     bank of method kmeans, and where lvq, joint and optimised start."""
     bank, bank_labels = [], []
     for label in range(n_classes):
-        centres = _kmeans(points[labels == label], count, seed)
+        centres = kmeans_centres(points[labels == label], count, seed=seed)
         bank.append(centres)
         bank_labels.append(np.full(len(centres), label))
     return np.concatenate(bank), np.concatenate(bank_labels)

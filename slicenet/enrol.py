@@ -7,8 +7,10 @@ under the class's name. A folder named as an existing class adds prototypes to i
 refuses that). A compact engine (``slicenet condense``) enrols through its reduction's per-class
 step: each enrolled class is k-means-reduced to the compact bank's prototypes per class (LVQ2.1, the
 refinement after it, moves every class's prototypes against the others' training images, which the
-engine no longer holds). The same arithmetic, in numpy, is ``devices/run_engine.py enrol`` on the
-board: see ``export --enrollable``.
+engine no longer holds). The enrolled run keeps that record, so an enrolment into it reduces the same
+way. The same arithmetic, in numpy, is ``devices/run_engine.py enrol`` on the board (see ``export
+--enrollable``), which has no k-means: into a compact bank it adds up to that many images per class and
+refuses more.
 """
 
 from __future__ import annotations
@@ -65,10 +67,10 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
     new_bank, new_labels, added = [], [], {}
     for label, name in enumerate(names):
         members = points[labels == label]
-        if prototypes_per_class and len(members) > prototypes_per_class:
-            from .condense import _kmeans
+        if prototypes_per_class:
+            from .condense import kmeans_centres
 
-            members = _kmeans(members, prototypes_per_class, seed)
+            members = kmeans_centres(members, prototypes_per_class, seed=seed)
         new_bank.append(members.astype(np.float32))
         new_labels.append(np.full(len(members), class_names.index(name), dtype=np.int64))
         added[name] = int(len(members))
@@ -84,11 +86,23 @@ def enrol(engine: Engine, images: np.ndarray, labels: np.ndarray, names: tuple[s
     return enrolled.with_storage(engine.storage["weights"], engine.storage["bank"]), added
 
 
+def compact_record(metrics: dict) -> dict:
+    """How a compact run's bank was reduced (its metrics.json's ``compact``: prototypes per class, bank
+    shifts, ...), which every enrolment into it repeats and passes on; {} for any other run."""
+    return dict(metrics.get("compact") or {}) if metrics.get("kind") == "compact" else {}
+
+
 def built_shifts(metrics: dict) -> int:
     """The shifted copies per image a run's bank was built with (a compact engine's: its own), which an
     enrolment repeats; ``metrics``: the run's metrics.json."""
-    compact = metrics.get("compact") if metrics.get("kind") == "compact" else None
-    return int((compact or metrics).get("bank_shifts", 0) or 0)
+    return int((compact_record(metrics) or metrics).get("bank_shifts", 0) or 0)
+
+
+def enrolment_rules(metrics: dict) -> dict:
+    """What an enrolment into a run repeats, as an enrollable bundle's manifest records it for the
+    board: ``bank_shifts`` (``built_shifts``) and ``prototypes_per_class`` (a compact bank's, else 0)."""
+    return {"bank_shifts": built_shifts(metrics),
+            "prototypes_per_class": int(compact_record(metrics).get("prototypes") or 0)}
 
 
 def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_only: bool = False,
@@ -110,7 +124,7 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} exists and is not empty; choose another")
     images, labels, names = dataset_classes(dataset, engine.image_size, per_class=per_class)
-    compact = source.get("compact", {}) if source.get("kind") == "compact" else {}
+    compact = compact_record(source)
     shifts = built_shifts(source) if bank_shifts < 0 else bank_shifts
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
                             prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
@@ -130,6 +144,8 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
                "per_class": per_class, "enrol_bank_shifts": shifts, "class_names": list(enrolled.class_names),
                "validation_accuracy": source.get("validation_accuracy", 0.0), "command": command,
                "evaluated_on": f"{evaluate_on or config.dataset}: its test split"}
+    if compact:  # an enrolment into this run reduces its classes as this one did
+        metrics["compact"] = compact
     metrics.update(evaluations=0, wall_seconds=round(time.perf_counter() - started, 3),
                    random_init_test_accuracy=source.get("random_init_test_accuracy", 0.0))
     runs.create_run_dir(out, config, command)

@@ -219,6 +219,21 @@ def test_enrol_more_prototypes_of_an_existing_class(five, tmp_path):
     assert int((new.bank_head.bank_labels == 3).sum()) == int((engine_of(five).bank_head.bank_labels == 3).sum()) + 6
 
 
+def test_a_compact_engine_enrols_through_its_reduction_again_and_again(five, tmp_path):
+    # A condensed engine keeps 3 prototypes per class: every enrolled class is reduced to 3, and so is a
+    # class enrolled into the enrolled engine (its run still says how its bank was reduced).
+    assert main(["condense", str(five), "--prototypes", "3", "--n-neighbors", "1", "--metric", "cosine",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert main(["enrol", str(tmp_path / "c"), "--dataset", f"folder:{write_folder(tmp_path / 'a', ['5'])}",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert main(["enrol", str(tmp_path / "e"), "--dataset", f"folder:{write_folder(tmp_path / 'b', ['6'])}",
+                 "--out", str(tmp_path / "e2")]) == 0
+    counts = torch.bincount(engine_of(tmp_path / "e2").bank_head.bank_labels).tolist()
+    assert counts == [3] * 7
+    metrics = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert metrics["kind"] == "compact" and metrics["compact"]["prototypes"] == 3
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "slicenet.cli", *map(str, args)], capture_output=True, text=True,
                           timeout=120)
@@ -307,6 +322,31 @@ def test_an_enrollable_bundle_enrols_on_the_host_as_slicenet_enrol_does(five, tm
 def runner(bundle, *args):
     return subprocess.run([sys.executable, str(bundle / "run_engine.py"), *map(str, args)], capture_output=True,
                           text=True, timeout=180)
+
+
+def test_a_compact_bundle_enrols_on_the_board_up_to_its_prototypes_per_class(five, tmp_path):
+    # The board has no k-means: up to the compact bank's 3 per class it adds images as slicenet enrol does,
+    # and refuses more (one line, exit 2, the bundle as it was).
+    assert main(["condense", str(five), "--prototypes", "3", "--n-neighbors", "1", "--metric", "cosine",
+                 "--out", str(tmp_path / "c")]) == 0
+    assert main(["export", str(tmp_path / "c"), "--target", "onnx", "--enrollable", "--out", str(tmp_path / "x")]) == 0
+    bundle = next((tmp_path / "x").glob("*/onnx"))
+    before = (bundle / "manifest.json").read_text()
+    assert json.loads(before)["enrollable"]["prototypes_per_class"] == 3
+    folder = write_folder(tmp_path / "new", ["5", "6"])
+    board = [sys.executable, str(bundle / "run_engine.py"), "enrol", str(bundle), str(folder)]
+    result = subprocess.run(board, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "keeps 3 prototypes per class" in result.stderr and "at most 3 images per class" in result.stderr
+    assert (bundle / "manifest.json").read_text() == before
+    result = subprocess.run([*board, "--per-class", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert main(["enrol", str(tmp_path / "c"), "--dataset", f"folder:{folder}", "--per-class", "3", "--out",
+                 str(tmp_path / "e")]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    enrolled = engine_of(tmp_path / "e")
+    assert np.allclose(np.load(bundle / manifest["enrollable"]["bank"]), enrolled.bank_head.bank.numpy(), atol=1e-5)
+    assert np.array_equal(np.load(bundle / manifest["enrollable"]["bank_labels"]), enrolled.bank_head.bank_labels)
 
 
 def test_an_ncs2_bundle_enrols_into_the_sticks_ranking_graph(five, tmp_path):

@@ -83,15 +83,16 @@ def board_runner() -> Path:
 
 def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: Path, images: np.ndarray,
                   labels: np.ndarray, n_samples: int = 32, batch: int = 1, check_2022: bool = True,
-                  enrollable: bool = False, enrol_shifts: int = 0, capacity: int = 0) -> dict:
+                  enrollable: bool = False, enrolment: dict | None = None, capacity: int = 0) -> dict:
     """Write ``out_root/<run>/<target>[-b<batch>]/`` and return its manifest (verified before it is written).
 
     With ``check_2022``, the files the target lists in ``ov2022_models`` (the NCS2's IR and its ONNX
     fallback) must be read and compiled by OpenVINO 2022.3.2's own runtime (``ov2022``); where that
     check cannot run, the manifest says "not checked" and why. ``enrollable`` adds the trunk graph alone
     (image -> embedding) and the bank as files, so ``run_engine.py enrol`` can add classes on the board;
-    its trunk + numpy vote is verified against the torch engine like the whole graph; ``enrol_shifts``:
-    the shifted copies the board makes of each enrolled image (as the run's bank was built). A target
+    its trunk + numpy vote is verified against the torch engine like the whole graph; ``enrolment``
+    (``enrol.enrolment_rules``): the shifted copies the board makes of each enrolled image (as the run's
+    bank was built) and a compact bank's prototypes per class, which the board keeps to. A target
     that runs the distance step on the device (the NCS2) also gets the ranking graph of ``capacity`` bank
     slots (0: twice the bank) for a majority vote; both steps are verified."""
     from ..extras import require
@@ -132,7 +133,7 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
             expected, _, _ = engine.predict(images)  # the torch engine's classes, which each split step must give
             enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
                                                                      labels=labels, batch=batch, expected=expected)
-            enrollable_spec["bank_shifts"] = enrol_shifts
+            enrollable_spec.update(enrolment or {"bank_shifts": 0, "prototypes_per_class": 0})
             checks["enrollable"] = check
             verifications.append(verification)
             if verification.disagreements > verification.near_ties:
