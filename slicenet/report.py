@@ -230,7 +230,9 @@ def transfer_table(rows: list[dict]) -> list[str]:
     for r in sorted(transfers, key=lambda r: (r["dataset"], str(r["transfer"]["source"]))):
         t, ga = r["transfer"], r.get("ga")
         tuned = t["tune"] + (f" ({t['granularity']}s)" if t.get("granularity") == "filter" and t["tune"] != "none"
-                             else "") + (f", layers after {t['keep']} re-initialised" if t.get("keep") else "")
+                             else "")
+        if t.get("keep"):  # a depth genome's
+            tuned += f", the source's first {t['keep']} layers carried over (any after them re-initialised)"
         evaluations, wall = r["evaluations"], r["wall_seconds"]
         if ga is not None:
             tuned = (f"random selection ({ga['mode']} genomes, {ga['transfers']} transfers) chose: {tuned}"
@@ -322,7 +324,9 @@ def _reference_cells(group: dict) -> str:
 
 
 def compact_table(rows: list[dict]) -> list[str]:
-    compact = [r for r in rows if r["compact"]]
+    # condensed engines beside their source's full bank (an engine enrolled into one keeps its
+    # reduction's record, not a full bank: the enrolment table has it)
+    compact = [r for r in rows if r["compact"] and not r["enrolled"]]
     if not compact:
         return []
     lines = ["", "## Compact engines (condensed banks)", "",

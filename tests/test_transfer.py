@@ -232,6 +232,12 @@ def test_a_compact_engine_enrols_through_its_reduction_again_and_again(five, tmp
     assert counts == [3] * 7
     metrics = json.loads((tmp_path / "e2" / "metrics.json").read_text())
     assert metrics["kind"] == "compact" and metrics["compact"]["prototypes"] == 3
+    # the report tables the condensed engine beside its full bank, and the enrolled ones as enrolments
+    assert main(["report", str(tmp_path / "c"), str(tmp_path / "e2"), "--out", str(tmp_path / "r")]) == 0
+    report = (tmp_path / "r" / "REPORT.md").read_text()
+    compact = report.split("## Compact engines")[1].split("\n## ")[0]
+    assert "--out " + str(tmp_path / "c") in compact and "e2" not in compact
+    assert "6 (3)" in report.split("## Enrolment")[1]
 
 
 def cli(*args):
