@@ -31,6 +31,23 @@ slicenet transfer $S --dataset digits --tune ga --ga depth --ga-population 4 --g
 done_ runs/tr-fashion-none || slicenet transfer $S --dataset fashion-mnist --tune none --quiet --out runs/tr-fashion-none
 done_ runs/tr-fashion-all || slicenet transfer $S --dataset fashion-mnist --tune all --quiet --out runs/tr-fashion-all
 done_ runs/tr-fashion-1 || slicenet transfer $S --dataset fashion-mnist --tune 1 --quiet --out runs/tr-fashion-1
+#    The two GAs at the digits runs' sizes (4 x 2 generations each).
+slicenet transfer $S --dataset fashion-mnist --tune ga --ga mask --ga-population 4 --ga-generations 1 --quiet \
+  --out runs/tr-fashion-ga-mask
+slicenet transfer $S --dataset fashion-mnist --tune ga --ga depth --ga-population 4 --ga-generations 1 --quiet \
+  --out runs/tr-fashion-ga-depth
+# 3b. The same enrolment into compact banks (condense --prototypes P: LVQ, P per class), where every class,
+#     old and new, has P prototypes: the enrolled images are k-means-reduced to P (with their shifted copies).
+for p in 5 20 50; do
+  for source in mnist04-cma-s0 mnist10trunk-04bank; do
+    done_ runs/$source-p$p || slicenet condense runs/$source --prototypes $p --out runs/$source-p$p
+    ns=$([ "$p" -eq 20 ] && echo "1 5 20" || echo 20)
+    for n in $ns; do
+      done_ runs/enrol-$source-p$p-$n || slicenet enrol runs/$source-p$p --dataset 'mnist#5-9' --per-class $n \
+        --n-neighbors 1 --evaluate-on mnist --out runs/enrol-$source-p$p-$n
+    done
+  done
+done
 # 4. The backprop side: the same source trunk fine-tuned by backprop (k-NN head on its features, as above).
 done_ runs/bp-digits-all || slicenet baseline --dataset digits --init-from $S --head knn --quiet --out runs/bp-digits-all
 done_ runs/bp-digits-freeze0 || slicenet baseline --dataset digits --init-from $S --freeze 0 --head knn --quiet \
@@ -39,5 +56,6 @@ done_ runs/bp-fashion-all || slicenet baseline --dataset fashion-mnist --init-fr
   --out runs/bp-fashion-all
 best() { python -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(s['evaluated'].values(), key=lambda e: e['validation_accuracy'])['run'])" "$1"; }
 slicenet report runs/tr-digits-none runs/tr-digits-all runs/tr-digits-1 "$(best runs/tr-digits-random/ga.json)" \
-  "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" runs/tr-fashion-* \
+  "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" runs/tr-fashion-none \
+  runs/tr-fashion-all runs/tr-fashion-1 "$(best runs/tr-fashion-ga-mask/ga.json)" "$(best runs/tr-fashion-ga-depth/ga.json)" \
   runs/bp-* runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/enrol-* --out "$OUT"
