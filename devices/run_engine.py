@@ -400,17 +400,17 @@ def enrol_main(argv):
     existing = [n for n in names if n in manifest["class_names"]]
     if args.new_only and existing:
         fail("class " + existing[0] + " already exists in the bundle; rename the folder or drop --new-only")
-    shifts = int(spec.get("bank_shifts", 0))
+    n_images = len(labels)
+    images, labels = shifted_copies(images, labels, int(spec.get("bank_shifts", 0)))
     keep = int(spec.get("prototypes_per_class", 0))  # a compact bank: slicenet enrol k-means-reduces to this many
-    copies = 1 + 4 * max(0, shifts)
-    most = int(np.bincount(labels).max()) * copies
+    copies = len(labels) // n_images  # each image and its shifted copies
+    most = int(np.bincount(labels).max())
     if keep and most > keep:
         fewer = ("enrol at most " + str(keep // copies) + " images per class (--per-class), or "
                  if keep >= copies else "")
         fail("this compact engine keeps " + str(keep) + " prototypes per class and a class here would bring " +
              str(most) + " (each image with its " + str(copies - 1) + " shifted copies): " + fewer +
              "enrol on the host with slicenet enrol, which k-means-reduces each class to " + str(keep))
-    images, labels = shifted_copies(images, labels, shifts)
     order = np.argsort(labels, kind="stable")  # class by class, as slicenet enrol appends them
     images, labels = images[order], labels[order]
     bank, bank_labels = load_bank(args.bundle, manifest)

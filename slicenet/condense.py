@@ -383,6 +383,17 @@ def fit_post(engine: Engine, raw: torch.Tensor, dims: int) -> PostProcessing:
     return PostProcessing(engine.post.method, mean, projection)
 
 
+def shared_fit(engine: Engine, raw: torch.Tensor, labels: np.ndarray, *, method: str, prototypes: int, dims: int,
+               seed: int) -> tuple[PostProcessing, tuple[np.ndarray, np.ndarray] | None]:
+    """What the engines of one (prototypes, dims) setting share whatever their LVQ window and k, as
+    ``build_compact`` takes them: the post-processing fitted to ``raw`` and the k-means start of the
+    prototypes (none for cnn, which picks its own)."""
+    post = fit_post(engine, raw, dims)
+    if method == "cnn":
+        return post, None
+    return post, class_centres(post(raw).numpy(), labels, engine.n_classes, prototypes, seed=seed)
+
+
 def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settings: CompactSettings, *, seed: int,
                   raw: torch.Tensor | None = None, n_neighbors: int | None = None,
                   evaluator: EvaluatorFactory | None = None, post: PostProcessing | None = None,
@@ -478,8 +489,7 @@ class ValidationFeatures:
         assert engine.n_views == 1, "a compact engine votes on one view"
         precision = engine.storage["weights"]
         if precision not in self._raw:
-            x = normalise_images(self.images, engine.input_mean, engine.input_std).to(engine.device)
-            self._raw[precision] = engine.weights, features(x, engine.spec, engine.weights)
+            self._raw[precision] = engine.weights, raw_features(engine, self.images)
         weights, raw = self._raw[precision]
         assert all(torch.equal(a, b) for pair, other in zip(weights, engine.weights, strict=True)
                    for a, b in zip(pair, other, strict=True)), "ValidationFeatures serves engines of one trunk"
@@ -534,9 +544,8 @@ def choose_and_build(engine: Engine, images: np.ndarray, labels: np.ndarray, set
     built: dict[tuple[int, float], Engine] = {}
     scoring = ValidationFeatures(images[val], labels[val])
     assert settings.prototypes is not None, "choose_and_build needs settings.prototypes"
-    post = fit_post(engine, raw_fit, settings.dims)  # and the k-means start: the same for every window and k
-    start = (None if method == "cnn" else
-             class_centres(post(raw_fit).numpy(), fit_labels, engine.n_classes, settings.prototypes, seed=seed))
+    post, start = shared_fit(engine, raw_fit, fit_labels, method=method, prototypes=settings.prototypes,
+                             dims=settings.dims, seed=seed)
     for window in windows:
         for k in candidates:  # built per k where the prototypes depend on k (the optimised method tunes them for it)
             key = (k if method == "optimised" else 0, window)
@@ -601,14 +610,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
         macs = trunk_macs + n_features * dims + bank_numbers  # the engine's multiply_adds
         if bank_numbers > budget_bytes or (budget_macs is not None and macs > budget_macs):
             continue
-        # What every window of this cell shares, per split: the post-processing (PCA) and the k-means
-        # start of the prototypes (cnn picks its own).
-        shared = []
-        for _, fit_labels, raw_fit, _ in data:
-            post = fit_post(engine, raw_fit, dims)
-            start = (None if grid_method == "cnn" else
-                     class_centres(post(raw_fit).numpy(), fit_labels, engine.n_classes, prototypes, seed=seed))
-            shared.append((post, start))
+        shared = [shared_fit(engine, raw_fit, fit_labels, method=grid_method, prototypes=prototypes, dims=dims,
+                             seed=seed) for _, fit_labels, raw_fit, _ in data]  # per split, for every window
         for window in windows:
             scores: dict[tuple[str, int, str], list[float]] = {}
             costs: dict[str, tuple[int, int]] = {}

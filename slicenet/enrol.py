@@ -124,10 +124,10 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out} exists and is not empty; choose another")
     images, labels, names = dataset_classes(dataset, engine.image_size, per_class=per_class)
-    compact = compact_record(source)
-    shifts = built_shifts(source) if bank_shifts < 0 else bank_shifts
+    rules = enrolment_rules(source)
+    shifts = rules["bank_shifts"] if bank_shifts < 0 else bank_shifts
     enrolled, added = enrol(engine, images, labels, names, new_only=new_only,
-                            prototypes_per_class=int(compact.get("prototypes") or 0), n_neighbors=n_neighbors,
+                            prototypes_per_class=rules["prototypes_per_class"], n_neighbors=n_neighbors,
                             bank_shifts=shifts, seed=int(source.get("seed", 0)))
     test_set = load_dataset(evaluate_on or config.dataset, engine.image_size[0])
     if test_set.image_size != engine.image_size:
@@ -144,7 +144,7 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
                "per_class": per_class, "enrol_bank_shifts": shifts, "class_names": list(enrolled.class_names),
                "validation_accuracy": source.get("validation_accuracy", 0.0), "command": command,
                "evaluated_on": f"{evaluate_on or config.dataset}: its test split"}
-    if compact:  # an enrolment into this run reduces its classes as this one did
+    if compact := compact_record(source):  # an enrolment into this run reduces its classes as this one did
         metrics["compact"] = compact
     metrics.update(evaluations=0, wall_seconds=round(time.perf_counter() - started, 3),
                    random_init_test_accuracy=source.get("random_init_test_accuracy", 0.0))
