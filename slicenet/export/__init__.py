@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..engine import Engine
+from ..enrol import enrolment_rules
 from ..errors import InputError
 from .ir_writer import write_ir
 from .onnx_writer import write_onnx
@@ -133,7 +134,7 @@ def export_bundle(engine: Engine, *, run_dir: Path, target_name: str, out_root: 
             expected, _, _ = engine.predict(images)  # the torch engine's classes, which each split step must give
             enrollable_spec, check, verification = _write_enrollable(engine, chosen, staging, images=images,
                                                                      labels=labels, batch=batch, expected=expected)
-            enrollable_spec.update(enrolment or {"bank_shifts": 0, "prototypes_per_class": 0})
+            enrollable_spec.update(enrolment or enrolment_rules({}))  # a plain bank, unshifted
             checks["enrollable"] = check
             verifications.append(verification)
             if verification.disagreements > verification.near_ties:
