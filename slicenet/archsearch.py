@@ -33,6 +33,7 @@ import numpy as np
 
 from .atomic import write_json
 from .config import Checked, RunConfig, option
+from .data import load_dataset
 from .errors import InputError
 from .genetic import (
     GASettings,
@@ -44,6 +45,7 @@ from .genetic import (
     preset_name,
     stage_bits,
 )
+from .trunk import resolve_preset
 
 STATE = "arch.json"
 COSTS = ("macs", "bytes", "latency")
@@ -159,10 +161,13 @@ def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, r
 
 
 def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str | None = None,
-           on_generation: Callable[[dict], None] | None = None) -> dict:
-    """Run (or, with ``resume``, continue) the search in ``out``; returns the final state."""
+           on_start: Callable[[], None] | None = None, on_generation: Callable[[dict], None] | None = None) -> dict:
+    """Run (or, with ``resume``, continue) the search in ``out``; returns the final state. ``on_start``
+    is called once the inputs are checked and the state is in place, before the first evaluation."""
     config.validate()
     state = _load(out, config) if resume else _start(out, config)
+    if on_start is not None:
+        on_start()
     rng = np.random.default_rng()
     while state["generation"] <= config.generations:
         rng.bit_generator.state = state["rng"]
@@ -199,6 +204,15 @@ def _start(out: Path, config: ArchConfig) -> dict:
                          "another --out")
     rng = np.random.default_rng(config.seed)
     population = initial_population(config.population, config.nodes, rng, zeros=config.init == "zeros")
+    # A dataset that does not load, or images too small for a structure: one line, before the state is
+    # written (a state left behind would refuse the corrected command).
+    image_size = load_dataset(config.dataset).image_size
+    try:
+        for genome in population:
+            resolve_preset(preset_name(genome, config.filters), image_size)
+    except InputError:
+        raise InputError(f"--stages {config.stages} pool {image_size[0]}x{image_size[1]} images to nothing: use fewer "
+                         "--stages or larger images (--dataset D@H)") from None
     state = {"format": "slicenet-arch-search/1", "config": config.to_dict(), "generation": 0,
              "population": [g.code() for g in population], "rng": rng.bit_generator.state, "evaluations": {},
              "history": [], "front": []}

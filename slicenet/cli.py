@@ -576,17 +576,20 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
         parse_cluster(args.cluster)
     if args.rank_check and args.rank_check < 3:
         raise InputError(f"--rank-check needs at least 3 structures to rank, got {args.rank_check}")
-    print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
-          f"{config.population} individuals x {config.generations + 1} generations, each a "
-          f"{config.search_generations}-generation search per convolution on {config.search_images} images",
-          file=sys.stderr)
+
+    def on_start() -> None:
+        print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
+              f"{config.population} individuals x {config.generations + 1} generations, each a "
+              f"{config.search_generations}-generation search per convolution on {config.search_images} images",
+              file=sys.stderr)
 
     def on_generation(row: dict) -> None:
         if not args.quiet:
             print(f"generation {row['generation']}: fitness max {row['max']:.4f} min {row['min']:.4f} mean "
                   f"{row['mean']:.4f} median {row['median']:.4f}; best {row['best']}", file=sys.stderr)
 
-    state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, on_generation=on_generation)
+    state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, on_start=on_start,
+                               on_generation=on_generation)
     if args.rank_check:
         state = archsearch.rank_check(config, args.out, count=args.rank_check, generations=args.rank_generations,
                                       images=args.rank_images, cluster=args.cluster)

@@ -126,7 +126,8 @@ def trunk(genome: Genome, filters: tuple[int, ...], *, in_channels: int = 1) -> 
     """The trunk a genome codes: per stage its input node, kept nodes and output node (a single
     convolution where the stage has no edge), the output pooled; layers in topological order."""
     if len(filters) != len(genome.stages):
-        raise InputError(f"--filters gives {len(filters)} widths for {len(genome.stages)} stages: give one per stage")
+        raise InputError(f"preset {preset_name(genome, filters)!r} gives {len(filters)} filter widths for "
+                         f"{len(genome.stages)} stages: give one per stage, e.g. genetic:4,8:1-01/0-01-100")
     layers: list[LayerSpec] = []
 
     def add(out: int, sources: tuple[int, ...], pool: int = 1) -> int:

@@ -3,6 +3,7 @@ probabilities, graph trunks against one trunk at a time, and arch-search end to 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from slicenet.cli import main
+from slicenet.errors import InputError
 from slicenet.genetic import (
     GASettings,
     Genome,
@@ -27,7 +29,7 @@ from slicenet.genetic import (
     stage_bits,
     trunk,
 )
-from slicenet.trunk import Block, features, init_weights, population_features
+from slicenet.trunk import Block, features, init_weights, population_features, resolve_preset
 
 
 def test_the_papers_example_decodes_by_hand():
@@ -53,6 +55,16 @@ def test_an_all_zero_stage_is_one_convolution_and_isolated_nodes_are_dropped():
     assert [spec.sources(i) for i in range(5)] == [(-1,), (0,), (1,), (2,), (3,)]
     isolated = decode_stage((0, 0, 1, 0, 0, 0), 4)  # 2->3 only: nodes 1 and 4 have no edge
     assert isolated.nodes == (2, 3)
+
+
+@pytest.mark.parametrize("preset,match", [
+    ("genetic:4:1-01/0-00-000", "gives 1 filter widths for 2 stages"),
+    ("genetic:4,x:1-01/0-00-000", "expected genetic:<filters per stage>:<genome>"),
+    ("genetic:4,8:1-0x/0-00-000", "must be groups of 1, 2, 3, ... bits"),
+])
+def test_a_bad_genetic_preset_is_one_line(preset, match):
+    with pytest.raises(InputError, match=re.escape(match)):
+        resolve_preset(preset, (28, 28))
 
 
 def test_a_node_sums_its_predecessors():
@@ -211,6 +223,9 @@ def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     (["--stages", "0"], "--stages must be at least 1"),
     (["--mutation-bits", "1.5"], "is a probability"),
     (["--rank-check", "2"], "--rank-check needs at least 3 structures"),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),  # checked before the search's state is written
+    (["--dataset", "digits@4", "--stages", "3", "--nodes", "3", "3", "3", "--filters", "2", "2", "2"],
+     "use fewer --stages or larger images"),
 ])
 def test_bad_nodes_or_stages_are_one_line(tmp_path, flags, match):
     result = subprocess.run([sys.executable, "-m", "slicenet.cli", "arch-search", "--dataset", "digits", *flags,
