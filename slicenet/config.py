@@ -217,22 +217,23 @@ def with_preset_defaults(config: RunConfig, given: set[str]) -> RunConfig:
 
 def _coerce(cls: type, name: str, value: Any) -> Any:
     default = getattr(cls(), name)
+    where = f"--{name.replace('_', '-')} (config key {name})"  # a flag or a TOML key: the message names both
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise InputError(f"config {name}: expected true or false, got {value!r}")
+            raise InputError(f"{where}: expected true or false, got {value!r}")
         return value
     if isinstance(default, tuple):
         items = value if isinstance(value, (list, tuple)) else [value]
         if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
-            raise InputError(f"config {name}: expected one or more positive integers, got {value!r}")
+            raise InputError(f"{where}: expected one or more positive integers, got {value!r}")
         return tuple(items)
     if default is None:  # an optional number (condense's budgets)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise InputError(f"config {name}: expected a number, got {value!r}")
+            raise InputError(f"{where}: expected a number, got {value!r}")
         return value
     if not isinstance(value, type(default)) and not (
             isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-        raise InputError(f"config {name}: expected {type(default).__name__}, got {value!r}")
+        raise InputError(f"{where}: expected {type(default).__name__}, got {value!r}")
     return type(default)(value)
 
 

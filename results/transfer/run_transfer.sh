@@ -51,6 +51,22 @@ for p in 5 20 50; do
     done
   done
 done
+# 3c. The same enrolment with the reference's wide trunk (--preset radu, 9,216 features), searched on 0-4, against
+#     the ten-class radu run (results/scale: runs/mnist-cma-radu-lm-s0) with its bank rebuilt from 0-4.
+R=runs/mnist-cma-radu-lm-s0
+done_ runs/mnist04-cma-radu-s0 || slicenet optimise --method cma --preset radu --dataset 'mnist#0-4' --device cpu \
+  --quiet --out runs/mnist04-cma-radu-s0
+done_ runs/mnist10radu-04bank || slicenet transfer $R --dataset 'mnist#0-4' --tune none --quiet --out runs/mnist10radu-04bank
+for source in mnist04-cma-radu-s0 mnist10radu-04bank; do
+  for n in 1 5 20 0; do
+    k=$([ "$n" -gt 0 ] && echo 1 || echo 0)
+    done_ runs/enrol-$source-$n || slicenet enrol runs/$source --dataset 'mnist#5-9' --per-class $n --n-neighbors $k \
+      --evaluate-on mnist --out runs/enrol-$source-$n
+  done
+  done_ runs/$source-p20 || slicenet condense runs/$source --prototypes 20 --out runs/$source-p20
+  done_ runs/enrol-$source-p20-20 || slicenet enrol runs/$source-p20 --dataset 'mnist#5-9' --per-class 20 \
+    --n-neighbors 1 --evaluate-on mnist --out runs/enrol-$source-p20-20
+done
 # 4. The backprop side: the same source trunk fine-tuned by backprop (k-NN head on its features, as above).
 done_ runs/bp-digits-all || slicenet baseline --dataset digits --init-from $S --head knn --quiet --out runs/bp-digits-all
 done_ runs/bp-digits-freeze0 || slicenet baseline --dataset digits --init-from $S --freeze 0 --head knn --quiet \
