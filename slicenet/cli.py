@@ -420,6 +420,12 @@ def _fan_out(args: argparse.Namespace, config: Any, root: Path) -> int:
     after the other without one); a finished run is kept, a checkpointed one continued."""
     from . import runs
 
+    repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+    if repeated:
+        raise InputError(f"--seeds names seed {', '.join(map(str, repeated))} more than once: give each seed once "
+                         "(each is its own run directory, seed<N>)")
+    for seed in args.seeds:
+        dataclasses.replace(config, seed=seed).validate()  # a negative seed: one line, before any run starts
     jobs = [{"config": dataclasses.replace(config, seed=seed), "run_dir": Path(root) / f"seed{seed}",
              "command": _command(args) + f"  # seed {seed}", "device": args.device} for seed in args.seeds]
     print(f"{len(jobs)} runs ({', '.join(str(j['run_dir']) for j in jobs)}) "
@@ -520,18 +526,22 @@ def cmd_condense(args: argparse.Namespace) -> int:
     dataset = load_dataset(config.dataset, engine.image_size[0])
     from tqdm import tqdm
 
-    bar = tqdm(desc="budget search", unit="cell", file=sys.stderr, disable=settings.budget_kb is None,
-               dynamic_ncols=True)
+    bars: list[tqdm] = []  # the bar starts with the grid's first cell: an error before it is the only line
 
     def on_cell(done: int, total: int) -> None:  # one (prototypes per class, dims) cell of the grid
-        bar.total = total
-        bar.update(done + 1 - bar.n)
+        if not bars:
+            bars.append(tqdm(desc="budget search", unit="cell", total=total, file=sys.stderr, dynamic_ncols=True))
+        bars[0].update(done + 1 - bars[0].n)
 
-    with bar, _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
-        compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
-                                           source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell,
-                                           evaluator=lambda problem: runs.make_evaluator(
-                                               problem, device=args.device, cluster=args.cluster))
+    try:
+        with _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
+            compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
+                                               source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell,
+                                               evaluator=lambda problem: runs.make_evaluator(
+                                                   problem, device=args.device, cluster=args.cluster))
+    finally:
+        for bar in bars:
+            bar.close()
     compact.info = {**engine.info, "condensed_from": str(run)}
     metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
                "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}

@@ -588,10 +588,19 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
     ``shifts`` as for ``choose_and_build``; ``generations`` per round of joint's layer search;
     ``on_cell(done, total)`` reports progress over the grid's (prototypes, dims) cells.
     """
+    trunk_macs = engine.spec.multiply_adds(engine.image_size)
+    trunk_bytes = engine.with_storage("int8", "int8").spec.parameters
+
+    def nothing_fits() -> InputError:
+        within = f"{budget_bytes} bytes" + (f" and {budget_macs} multiply-adds" if budget_macs is not None else "")
+        return InputError(f"no engine fits in {within} (the trunk alone needs about {trunk_bytes} bytes at int8 "
+                          f"and {trunk_macs} multiply-adds); raise --budget-kb or --budget-macs")
+
+    if trunk_bytes > budget_bytes or (budget_macs is not None and trunk_macs > budget_macs):
+        raise nothing_fits()  # before the training features are computed
     data = [_fit_split(engine, images, labels, validation_fraction=validation_fraction, seed=seed + split,
                        shifts=shifts) for split in range(splits)]
     n_features = data[0][2].shape[1]
-    trunk_macs = engine.spec.multiply_adds(engine.image_size)
     class_sizes = np.bincount(data[0][1], minlength=engine.n_classes)
     # joint tunes the trunk's last layer for one bank: the grid is searched with LVQ, then the pick is
     # tuned and kept tuned only if that raises its validation accuracy (same splits).
@@ -647,10 +656,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                 if on_trial is not None:
                     on_trial(trial)
     if not trials:
-        within = f"{budget_bytes} bytes" + (f" and {budget_macs} multiply-adds" if budget_macs is not None else "")
-        raise InputError(f"no engine fits in {within} (the trunk alone needs about "
-                         f"{engine.with_storage('int8', 'int8').spec.parameters} bytes at int8 and {trunk_macs} "
-                         "multiply-adds); raise --budget-kb or --budget-macs")
+        raise nothing_fits()
     best = pick_within_noise(trials, n_validation=len(data[0][3]) * splits)
     settings = CompactSettings(method=grid_method, prototypes=best["prototypes"], dims=best["dims"],
                                precision=best["precision"], n_neighbors=best["n_neighbors"], metric=best["metric"],

@@ -39,7 +39,8 @@ class Checked:
         return []
 
     def validate(self) -> None:
-        for ok, message in self.checks():
+        seed = getattr(self, "seed", 0)  # every seeded configuration: numpy's generators take no negative seed
+        for ok, message in [(seed >= 0, f"--seed must be 0 or positive, got {seed}"), *self.checks()]:
             if not ok:
                 raise InputError(f"bad configuration: {message}")
 

@@ -139,6 +139,12 @@ def cli(*args, cwd=None):
     (["optimise", "--dataset", "digits", "--query-shifts", "5"], "query_shifts must be between 0 and 4 pixels"),
     (["optimise", "--dataset", "digits", "--query-shifts", "1", "--prototypes", "5"],
      "test-time views (query_shifts) need the full bank"),
+    (["optimise", "--dataset", "digits", "--seed", "-1"], "--seed must be 0 or positive, got -1"),
+    (["optimise", "--dataset", "digits", "--seeds", "0", "-2"], "--seed must be 0 or positive, got -2"),
+    (["optimise", "--dataset", "digits", "--seeds", "0", "1", "0"], "--seeds names seed 0 more than once"),
+    (["baseline", "--dataset", "digits", "--seed", "-3"], "--seed must be 0 or positive"),
+    (["arch-search", "--dataset", "digits", "--seed", "-1", "--out", "/tmp/never-written"],
+     "--seed must be 0 or positive"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match):
     result = cli(*args)

@@ -204,10 +204,12 @@ def test_budget_cli_prints_the_frontier(run, tmp_path, capsys):
     (["--budget-kb", "20", "--budget-macs", "0"], "--budget-macs must be a positive"),
     (["--prototypes", "2", "--splits", "3"], "give --budget-kb too"),
     (["--budget-kb", "6", "--splits", "-1"], "--splits must be 0 (auto) or at least 1"),
+    (["--budget-kb", "0.01"], "no engine fits in 10 bytes (the trunk alone needs"),  # before the grid starts
 ])
 def test_condense_refuses_bad_flags(run, capsys, flags, message):
     assert main(["condense", str(run), *flags]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_the_report_names_a_condensed_engine_by_its_own_k(run, tmp_path):
