@@ -39,6 +39,11 @@ class Optimiser(ABC):
         self.generation = 0
         self.best_x = np.asarray(x0, dtype=np.float64).copy()
         self.best_f = np.inf
+        self.rng = np.random.default_rng(seed)  # every draw of the optimiser's own: same seed, same run
+
+    def _cloud(self, x0: np.ndarray, sigma0: float) -> np.ndarray:
+        """A first population: ``x0`` plus isotropic Gaussian noise of spread ``sigma0``."""
+        return x0 + sigma0 * self.rng.standard_normal((self.population_size, self.dimension))
 
     @abstractmethod
     def ask(self) -> np.ndarray:

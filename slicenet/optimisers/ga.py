@@ -15,13 +15,12 @@ class GA(Optimiser):
                  mutation_rate: float = 0.1, mutation_decay: float = 0.5):
         super().__init__(x0, sigma0=sigma0, population_size=population_size, seed=seed,
                          max_generations=max_generations)
-        self.rng = np.random.default_rng(seed)
         self.elite = min(elite, population_size - 1)
         self.crossover_rate = crossover_rate  # probability a pair of parents is recombined
         self.mutation_rate = mutation_rate  # probability each gene is perturbed
         self.mutation_decay = mutation_decay  # sigma shrinks to this fraction by the last generation
         self.sigma0 = sigma0
-        self.population = x0 + sigma0 * self.rng.standard_normal((population_size, self.dimension))
+        self.population = self._cloud(x0, sigma0)
         self.population[0] = x0  # the starting point competes too
 
     def ask(self) -> np.ndarray:

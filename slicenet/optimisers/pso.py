@@ -38,9 +38,8 @@ class PSO(Optimiser):
                  inertia_start: float = 0.7, inertia_end: float = 0.4):
         super().__init__(x0, sigma0=sigma0, population_size=population_size, seed=seed,
                          max_generations=max_generations)
-        self.rng = np.random.default_rng(seed)
         self.inertia = (inertia_start, inertia_end)
-        start = x0 + sigma0 * self.rng.standard_normal((population_size, self.dimension))
+        start = self._cloud(x0, sigma0)
         self.swarm = create_swarm(population_size, self.dimension, init_pos=start,
                                   options={"c1": cognitive, "c2": social, "w": inertia_start})
         self.swarm.velocity = 0.1 * sigma0 * self.rng.standard_normal(start.shape)
