@@ -90,7 +90,7 @@ class TransferConfig(Checked):
     generations: tuple[int, ...] = option((30, 120), "the search's generations per re-tuned layer")
     search_images: int = option(1000, "training images scored per generation")
     n_neighbors: int = option(9, "k of the k-NN head (the depth GA chooses its own)")
-    vote: str = option("majority", "k-NN head: majority or local-mean")
+    vote: str = option("", "k-NN head: majority or local-mean (default: the source run's)")
     bank_shifts: int = option(-1, "bank copies shifted by 1..n pixels (-1 = auto, as optimise)")
     seed: int = option(0, "seeds the GA, the searches and re-initialised layers")
 
@@ -111,14 +111,23 @@ class TransferConfig(Checked):
         from .data import split_modifiers
 
         dataset = self.dataset if split_modifiers(self.dataset)[2] is not None else f"{self.dataset}@{size}"
+        vote = self.vote or source_vote(source)
         overrides: dict[str, Any] = {
             "dataset": dataset, "init_from": str(source), "tune": tune, "image_size": size,
             "granularity": granularity or self.granularity, "keep": keep, "generations": list(self.generations),
-            "search_images": self.search_images, "n_neighbors": n_neighbors or self.n_neighbors, "vote": self.vote,
+            "search_images": self.search_images, "n_neighbors": n_neighbors or self.n_neighbors, "vote": vote,
             "bank_shifts": self.bank_shifts, "seed": self.seed if seed is None else seed}
         if sigma_scale is not None:
             overrides["sigma_scale"] = sigma_scale
         return make_config(**overrides)
+
+
+def source_vote(source: Path) -> str:
+    """The k-NN vote a source run's engine uses (a local-mean radu run transfers as one), majority where its
+    metrics.json does not say."""
+    from . import runs
+
+    return str(runs.load_metrics(source).get("vote") or "majority")
 
 
 # -- the two GAs ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 prototypes) on digits, with their one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -58,6 +59,18 @@ def test_tune_none_keeps_every_layer_and_rebuilds_the_bank(source, tmp_path):
     assert metrics["evaluations"] == 0 and metrics["transfer"]["tune"] == "none"
     # the source's trunk as it was: the "random init" column of a transfer is its starting point
     assert metrics["random_init_test_accuracy"] == metrics["test_accuracy"]
+
+
+def test_a_transfer_votes_as_its_source_unless_told(source, tmp_path):
+    from slicenet.transfer import TransferConfig
+
+    local = tmp_path / "local-mean-source"
+    shutil.copytree(source, local)
+    metrics = json.loads((local / "metrics.json").read_text())
+    (local / "metrics.json").write_text(json.dumps({**metrics, "vote": "local-mean"}))
+    assert TransferConfig().run_config(source, size=16, tune="none").vote == "majority"
+    assert TransferConfig().run_config(local, size=16, tune="none").vote == "local-mean"  # a radu run stays one
+    assert TransferConfig(vote="majority").run_config(local, size=16, tune="none").vote == "majority"
 
 
 def test_tune_a_layer_searches_only_that_layer(source, tmp_path):
