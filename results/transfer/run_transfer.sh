@@ -78,4 +78,5 @@ slicenet report runs/tr-digits-none runs/tr-digits-all runs/tr-digits-1 "$(best 
   "$(best runs/tr-digits-ga-mask/ga.json)" "$(best runs/tr-digits-ga-depth/ga.json)" \
   "$(best runs/tr-digits-ga-depth-short/ga.json)" runs/tr-fashion-none \
   runs/tr-fashion-all runs/tr-fashion-1 "$(best runs/tr-fashion-ga-mask/ga.json)" "$(best runs/tr-fashion-ga-depth/ga.json)" \
-  runs/bp-* runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/enrol-* --out "$OUT"
+  runs/bp-* runs/mnist04-cma-s0 runs/mnist10trunk-04bank runs/mnist04-cma-radu-s0 runs/mnist10radu-04bank runs/enrol-* \
+  --out "$OUT"
