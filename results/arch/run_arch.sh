@@ -8,6 +8,8 @@ slicenet arch-search --dataset mnist --out runs/arch-mnist-s0
 slicenet arch-search --dataset mnist --strategy random --out runs/arch-mnist-random-s0   # stopped after generation 1 (time)
 # The front's member within the default preset's multiply-adds, searched in full as optimise does:
 slicenet optimise --method cma --preset genetic:4,8:0-00/0-00-000 --out runs/mnist-cma-genetic-zero-s0
+# The same all-zero structure at the widest stage 2 within that budget (4 and 10 filters: 98,784 multiply-adds)
+slicenet optimise --method cma --preset genetic:4,10:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-4x10-s0
 # A second seed of the GA against random search, and the all-zero start against the random start (both
 # seeds), each at 16 evaluations (N=8, T=1):
 slicenet arch-search --dataset mnist --generations 1 --seed 1 --out runs/arch-mnist-s1
@@ -36,7 +38,7 @@ for seed in 0 1; do
 done
 # The default preset's second seed, with the full bank (its condense --budget-kb 74 was stopped for time)
 slicenet optimise --method cma --dataset fashion-mnist --seed 1 --quiet --out runs/fashion-cma-s1
-slicenet report runs/mnist-cma-s0 runs/mnist-cma-genetic-zero-s0 runs/fashion-cma-s0 runs/fashion-cma-s1 runs/fashion-cma-genetic-best-s* \
+slicenet report runs/mnist-cma-s0 runs/mnist-cma-genetic-zero-s0 runs/mnist-cma-genetic-zero-4x10-s0 runs/fashion-cma-s0 runs/fashion-cma-s1 runs/fashion-cma-genetic-best-s* \
   runs/fashion-arch-best-74kb \
   runs/fashion-arch-best-p15 runs/fashion-arch-best-p50-d64 runs/fashion-arch-best-p100-d32 --arch runs/arch-mnist-s0 runs/arch-mnist-random-s0 \
   runs/arch-mnist-s1 runs/arch-mnist-random-s1 runs/arch-mnist-zeros-s0 runs/arch-mnist-zeros-s1 runs/arch-fashion-s0 \
