@@ -23,7 +23,7 @@ import torch
 from . import __version__
 from .errors import InputError
 from .graph import Graph
-from .heads import BankHead, Head, bank_head, head_class
+from .heads import BANK_HEADS, BankHead, Head, bank_head, head_class
 from .knn import POSTPROCESSING, postprocess
 from .storage import PRECISIONS, check_precision, decode, encode, round_trip, stored
 from .trunk import TrunkSpec, Weights, features
@@ -386,7 +386,7 @@ class Engine:
             raise _not_an_engine(source, exc) from None
         _check_format(metadata, source)
         try:
-            spec, weights, image_size = _trunk(metadata, tensors)
+            spec, weights, image_size, _ = _trunk(metadata, tensors)
             image = json.loads(metadata["input"])
             post_settings, head_settings, shifts = _sections(metadata)
             storage = json.loads(metadata.get("storage", '{"weights": "fp32", "bank": "fp32"}'))
@@ -405,8 +405,8 @@ class Engine:
 
     @staticmethod
     def load_trunk(path: str | os.PathLike[str]) -> SourceTrunk:
-        """An engine file's trunk alone (structure, weights, input size), its bank left unread: what a
-        transfer starts from (a radu engine is 737 MB, its trunk 75 KB)."""
+        """An engine file's trunk alone (structure, weights, input size) and its head's vote, its bank left
+        unread: what a transfer starts from (a radu engine is 737 MB, its trunk 75 KB)."""
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -439,6 +439,7 @@ class SourceTrunk(NamedTuple):
     spec: TrunkSpec
     weights: Weights
     image_size: tuple[int, int]
+    vote: str  # the bank's k-NN vote (majority or local-mean); majority for an engine without a bank
 
 
 def _trunk(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> SourceTrunk:
@@ -448,7 +449,9 @@ def _trunk(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> Source
     image = json.loads(metadata["input"])
     weights = [(decode(tensors, f"trunk.{i}.weight"), decode(tensors, f"trunk.{i}.bias"))
                for i in range(len(spec.layers))]
-    return SourceTrunk(spec, weights, (int(image["height"]), int(image["width"])))
+    kind = _sections(metadata)[1]["kind"]
+    return SourceTrunk(spec, weights, (int(image["height"]), int(image["width"])),
+                       kind if kind in BANK_HEADS else "majority")
 
 
 def _check_format(metadata: dict[str, str], source: str) -> None:

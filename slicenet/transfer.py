@@ -109,9 +109,10 @@ class TransferConfig(Checked):
                    ) -> RunConfig:
         """The optimise run of one transfer: the new images resized to the source's ``size``."""
         from .data import split_modifiers
+        from .runs import load_trunk
 
         dataset = self.dataset if split_modifiers(self.dataset)[2] is not None else f"{self.dataset}@{size}"
-        vote = self.vote or source_vote(source)
+        vote = self.vote or load_trunk(source).vote  # as the source engine votes (a local-mean radu run stays one)
         overrides: dict[str, Any] = {
             "dataset": dataset, "init_from": str(source), "tune": tune, "image_size": size,
             "granularity": granularity or self.granularity, "keep": keep, "generations": list(self.generations),
@@ -120,14 +121,6 @@ class TransferConfig(Checked):
         if sigma_scale is not None:
             overrides["sigma_scale"] = sigma_scale
         return make_config(**overrides)
-
-
-def source_vote(source: Path) -> str:
-    """The k-NN vote a source run's engine uses (a local-mean radu run transfers as one), majority where its
-    metrics.json does not say."""
-    from . import runs
-
-    return str(runs.load_metrics(source).get("vote") or "majority")
 
 
 # -- the two GAs ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from PIL import Image
 from slicenet.cli import main
 from slicenet.data import load_dataset
 from slicenet.engine import Engine
+from slicenet.heads import LocalMeanHead
 from slicenet.transfer import (
     K_CHOICES,
     MASK_FLIP,
@@ -64,10 +65,14 @@ def test_tune_none_keeps_every_layer_and_rebuilds_the_bank(source, tmp_path):
 def test_a_transfer_votes_as_its_source_unless_told(source, tmp_path):
     from slicenet.transfer import TransferConfig
 
+    # The vote comes from the source's engine file, which every run has (an enrolled run's metrics.json
+    # records no vote setting, only its engine's head).
     local = tmp_path / "local-mean-source"
     shutil.copytree(source, local)
-    metrics = json.loads((local / "metrics.json").read_text())
-    (local / "metrics.json").write_text(json.dumps({**metrics, "vote": "local-mean"}))
+    engine = engine_of(source)
+    head = LocalMeanHead(n_neighbors=3, metric="euclidean").fit(engine.head.bank, engine.head.bank_labels,
+                                                                engine.n_classes)
+    (local / "engine.safetensors").write_bytes(engine.with_head(head).to_bytes())
     assert TransferConfig().run_config(source, size=16, tune="none").vote == "majority"
     assert TransferConfig().run_config(local, size=16, tune="none").vote == "local-mean"  # a radu run stays one
     assert TransferConfig(vote="majority").run_config(local, size=16, tune="none").vote == "majority"
