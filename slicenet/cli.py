@@ -424,10 +424,11 @@ def _fan_out(args: argparse.Namespace, config: Any, root: Path) -> int:
     if repeated:
         raise InputError(f"--seeds names seed {', '.join(map(str, repeated))} more than once: give each seed once "
                          "(each is its own run directory, seed<N>)")
-    for seed in args.seeds:
-        dataclasses.replace(config, seed=seed).validate()  # a negative seed: one line, before any run starts
-    jobs = [{"config": dataclasses.replace(config, seed=seed), "run_dir": Path(root) / f"seed{seed}",
-             "command": _command(args) + f"  # seed {seed}", "device": args.device} for seed in args.seeds]
+    configs = [dataclasses.replace(config, seed=seed) for seed in args.seeds]
+    for seeded in configs:
+        seeded.validate()  # a negative seed: one line, before any run starts
+    jobs = [{"config": seeded, "run_dir": Path(root) / f"seed{seeded.seed}",
+             "command": _command(args) + f"  # seed {seeded.seed}", "device": args.device} for seeded in configs]
     print(f"{len(jobs)} runs ({', '.join(str(j['run_dir']) for j in jobs)}) "
           + (f"as Ray tasks on {args.cluster}" if args.cluster else "one after the other"), file=sys.stderr)
     if args.cluster:
