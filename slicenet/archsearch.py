@@ -7,11 +7,12 @@ each individual is an ordinary run directory, ``OUT/individuals/<genome>-e<k>``,
 export, bench and condense accept. A genome evaluated again (the paper's rule) gets another run with
 another search seed, and its fitness is the mean of all its runs.
 
-Hardware-aware: a cost (trunk multiply-adds, engine bytes, or the estimated latency on a board of
-``devices/profiles.toml``) is either a hard budget (an individual over it gets the worst fitness) or,
-with ``front``, the second objective of NSGA-II's selection; the accuracy / cost front of every
-structure evaluated is kept, and each front member's exported graph is checked against the Jetson's
-and the NCS2's rules.
+Hardware-aware: three costs (trunk multiply-adds, engine KB, and the estimated latency on a board of
+``devices/profiles.toml``) can each be a hard budget (``budget_macs``, ``budget_kb``, ``budget_ms``: an
+individual over one gets the worst fitness), and one of them, ``cost``, is the second objective: of
+NSGA-II's selection with ``front``, and of the accuracy / cost front of every structure evaluated,
+which is always kept; each front member's exported graph is checked against the Jetson's and the
+NCS2's rules.
 
 The search's state, ``OUT/arch.json``, is written atomically after every generation, with the
 generator's state: after a kill, the same command with ``--resume`` redoes the generation it was in
@@ -48,7 +49,23 @@ from .genetic import (
 from .trunk import resolve_preset
 
 STATE = "arch.json"
-COSTS = ("macs", "bytes", "latency")
+COST_UNITS = {"macs": "macs", "bytes": "kb", "latency": "ms"}  # --cost NAME and its --budget-UNIT
+COSTS = tuple(COST_UNITS)
+
+
+# The paper's MNIST setting (Xie and Yuille 2017, section 4.1): S=2, K=(3, 5), N=20, T=50 (its operators'
+# probabilities are ArchConfig's defaults). ``--paper`` sets these; the filter widths stay --filters'.
+PAPER_SETTING: dict[str, Any] = {"stages": 2, "nodes": (3, 5), "population": 20, "generations": 50}
+
+
+def with_paper_setting(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with the paper's setting added; a flag that would contradict it is refused."""
+    clash = [key for key in PAPER_SETTING if overrides.get(key) is not None]
+    if clash:
+        given = " ".join(f"--{key}" for key in clash)
+        raise InputError(f"--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: drop {given}, or "
+                         "drop --paper and give all four")
+    return {**overrides, **PAPER_SETTING}
 
 
 @dataclass(frozen=True)
@@ -69,9 +86,15 @@ class ArchConfig(Checked):
     strategy: str = option("ga", "ga (the paper's GA) or random (random structures at equal evaluations)")
     cost: str = option("macs", "the cost: macs (the trunk's multiply-adds per image), bytes (the engine file) "
                        "or latency (estimated ms of its exported graph on --board)")
-    board: str = option("jetson-nano:10W-fp16", "board and mode of devices/profiles.toml for --cost latency")
-    budget: float = option(0.0, "a hard budget of that cost (multiply-adds, KB or ms): an individual over it "
-                           "gets the worst fitness; 0 = none")
+    board: str = option("jetson-nano:10W-fp16", "board and mode of devices/profiles.toml for --cost latency and "
+                       "--budget-ms")
+    budget_macs: int | None = option(None, "a hard budget: an individual whose trunk needs more multiply-adds per "
+                                     "image gets the worst fitness and stays off the front")
+    budget_kb: float | None = option(None, "a hard budget: likewise for an engine file over this many KB "
+                                     "(1 KB = 1000 B; the individual's engine, its bank every fit image: "
+                                     "'condense --budget-kb' fits a bank to a budget afterwards)")
+    budget_ms: float | None = option(None, "a hard budget: likewise for an estimated latency on --board over this "
+                                     "many ms")
     front: bool = option(False, "the whole accuracy / cost front: NSGA-II's selection (non-domination rank, "
                          "then crowding distance) in place of the roulette")
     search_generations: int = option(6, "per individual: generations of the serial search per convolution")
@@ -97,10 +120,36 @@ class ArchConfig(Checked):
             (self.init in ("random", "zeros"), f"--init {self.init!r}: expected random or zeros"),
             (self.strategy in ("ga", "random"), f"--strategy {self.strategy!r}: expected ga or random"),
             (self.cost in COSTS, f"--cost {self.cost!r}: expected one of {', '.join(COSTS)}"),
-            (self.budget >= 0, f"--budget must be 0 (none) or positive, got {self.budget}"),
+            *[(value is None or value > 0, f"--budget-{unit} must be positive, got {value}")
+              for unit, value in self.budgets.items()],
             (self.search_generations >= 1, f"--search-generations must be at least 1, got {self.search_generations}"),
             (self.search_images >= 20, f"--search-images must be at least 20, got {self.search_images}"),
         ]
+
+    @property
+    def budgets(self) -> dict[str, float | None]:
+        """The hard budgets by cost: {"macs": .., "kb": .., "ms": ..}, None where none is given."""
+        return {"macs": self.budget_macs, "kb": self.budget_kb, "ms": self.budget_ms}
+
+    @property
+    def costs(self) -> tuple[str, ...]:
+        """The costs an individual is measured by: the objective (``cost``) and every budgeted one."""
+        wanted = {COST_UNITS[self.cost], *(unit for unit, value in self.budgets.items() if value is not None)}
+        return tuple(unit for unit in COST_UNITS.values() if unit in wanted)
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> dict:
+        """A saved ``config`` of arch.json in today's keys: searches before the per-cost budget flags
+        kept one ``budget`` on their ``cost`` (0 = none)."""
+        saved = dict(saved)
+        budget = saved.pop("budget", None)
+        if budget is not None:
+            for unit in COST_UNITS.values():
+                saved.setdefault(f"budget_{unit}", None)
+            if budget:
+                kind = COST_UNITS[saved["cost"]]
+                saved[f"budget_{kind}"] = int(budget) if kind == "macs" else float(budget)
+        return saved
 
     @property
     def ga(self) -> GASettings:
@@ -121,29 +170,38 @@ def slug(genome: Genome) -> str:
     return re.sub(r"[^01]+", "_", genome.code()) or "empty"
 
 
-def individual_cost(config: ArchConfig, run_dir: Path) -> float:
-    """The individual's cost: its trunk's multiply-adds per image, its engine in KB, or the estimated
-    latency in ms of its exported graph on ``config.board``."""
+def board_profile(board: str) -> dict:
+    """The profile of ``board`` ("jetson-nano:10W-fp16", a board and one of its modes of
+    devices/profiles.toml), reduced to that one mode: what a latency estimate needs."""
+    from . import bench
+    from .export import board_file
+
+    profiles = bench.load_profiles(board_file("profiles.toml"))["boards"]
+    name, _, mode = board.partition(":")
+    modes = profiles.get(name, {}).get("modes", {})
+    if mode not in modes:
+        known = ", ".join(f"{b}:{m}" for b, p in profiles.items() for m in p.get("modes", {}))
+        raise InputError(f"--board {board!r}: expected a board and mode of devices/profiles.toml: {known}")
+    return {"boards": {name: {**profiles[name], "modes": {mode: modes[mode]}}}}
+
+
+def individual_costs(config: ArchConfig, run_dir: Path) -> dict[str, float]:
+    """The individual's costs, by unit, those ``config`` needs: its trunk's multiply-adds per image
+    ("macs"), its engine file in KB ("kb"), the estimated latency in ms of its exported graph on
+    ``config.board`` ("ms")."""
     from .runs import load_engine
 
     engine = load_engine(run_dir)
-    if config.cost == "macs":
-        return float(engine.spec.multiply_adds(engine.image_size))
-    if config.cost == "bytes":
-        return engine.engine_bytes / 1000.0
-    from . import bench
-    from .export import board_file
-    from .export.onnx_writer import write_onnx
+    costs = {"macs": float(engine.spec.multiply_adds(engine.image_size)), "kb": engine.engine_bytes / 1000.0}
+    if "ms" in config.costs:
+        from . import bench
+        from .export.onnx_writer import write_onnx
 
-    board, _, mode = config.board.partition(":")
-    profiles = bench.load_profiles(board_file("profiles.toml"))
-    if board not in profiles.get("boards", {}):
-        raise InputError(f"--board {config.board!r}: expected one of {', '.join(profiles['boards'])} (with :mode)")
-    model = write_onnx(engine.describe(), opset=13)
-    rows = bench.estimates(bench.graph_cost(model), {"boards": {board: profiles["boards"][board]}},
-                           operations=len(model.graph.node))
-    matching = [r["estimated_ms"] for r in rows if r["mode"] == mode] or [rows[0]["estimated_ms"]]
-    return float(matching[0])
+        model = write_onnx(engine.describe(), opset=13)
+        (row,) = bench.estimates(bench.graph_cost(model), board_profile(config.board),
+                                 operations=len(model.graph.node))
+        costs["ms"] = float(row["estimated_ms"])
+    return {unit: costs[unit] for unit in config.costs}
 
 
 def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, run_dir: str) -> dict:
@@ -155,9 +213,13 @@ def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, r
                                  command=f"slicenet arch-search (individual {genome_code}, evaluation {evaluation})",
                                  device="cpu")
     return {"run": run_dir, "validation_accuracy": metrics["validation_accuracy"],
-            "test_accuracy": metrics["test_accuracy"], "cost": individual_cost(config, Path(run_dir)),
+            "test_accuracy": metrics["test_accuracy"], **_costs(config, individual_costs(config, Path(run_dir))),
             "multiply_adds": metrics["multiply_adds"], "engine_bytes": metrics["engine_bytes"],
             "wall_seconds": metrics["wall_seconds"]}
+
+
+def _costs(config: ArchConfig, costs: dict[str, float]) -> dict:
+    return {"cost": costs[COST_UNITS[config.cost]], "costs": costs}
 
 
 def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str | None = None,
@@ -207,6 +269,8 @@ def _start(out: Path, config: ArchConfig) -> dict:
     # A dataset that does not load, or images too small for a structure: one line, before the state is
     # written (a state left behind would refuse the corrected command).
     image_size = load_dataset(config.dataset).image_size
+    if "ms" in config.costs:
+        board_profile(config.board)
     try:
         for genome in population:
             resolve_preset(preset_name(genome, config.filters), image_size)
@@ -228,9 +292,10 @@ def _load(out: Path, config: ArchConfig) -> dict:
         raise InputError(f"{out} has no {STATE}: nothing to resume; start the search without --resume") from None
     except ValueError as exc:
         raise InputError(f"{out / STATE} is damaged ({exc}); start the search again in another --out") from None
-    if state.get("config") != config.to_dict():
+    if ArchConfig.from_saved(state.get("config", {})) != config.to_dict():
         raise InputError(f"{out} was started with other settings; resume it with the same flags, or choose another "
                          "--out")
+    state["config"] = config.to_dict()
     return state
 
 
@@ -259,25 +324,30 @@ def _evaluate(config: ArchConfig, out: Path, population: list[Genome], state: di
     return records
 
 
+def within_budgets(config: ArchConfig, records: list[dict]) -> bool:
+    """Whether a structure (its evaluations' records) keeps every hard budget, each cost the mean of
+    its records (a record before per-cost budgets holds only ``cost``, the one its budget was on)."""
+    for unit, budget in config.budgets.items():
+        if budget is not None and np.mean([r.get("costs", {unit: r["cost"]})[unit] for r in records]) > budget:
+            return False
+    return True
+
+
 def _scores(config: ArchConfig, population: list[Genome], evaluations: dict) -> tuple[np.ndarray, ...]:
-    """(fitness, mean validation accuracy, cost) per individual; over the budget: the worst fitness."""
+    """(fitness, mean validation accuracy, cost) per individual; over a budget: the worst fitness."""
     accuracy = np.array([np.mean([r["validation_accuracy"] for r in evaluations[g.code()]]) for g in population])
     cost = np.array([np.mean([r["cost"] for r in evaluations[g.code()]]) for g in population])
-    fitness = accuracy.copy()
-    if config.budget:
-        fitness[cost > config.budget] = 0.0
-    return fitness, accuracy, cost
+    within = np.array([within_budgets(config, evaluations[g.code()]) for g in population])
+    return np.where(within, accuracy, 0.0), accuracy, cost
 
 
 def front(config: ArchConfig, evaluations: dict) -> list[dict]:
-    """Every structure evaluated that no other beats in both accuracy and cost (within the budget)."""
+    """Every structure evaluated that no other beats in both accuracy and cost (within the budgets)."""
     rows = [{"genome": code, "validation_accuracy": float(np.mean([r["validation_accuracy"] for r in records])),
              "cost": float(np.mean([r["cost"] for r in records])), "evaluations": len(records),
              "test_accuracy": float(np.mean([r["test_accuracy"] for r in records])),
              "run": max(records, key=lambda r: r["validation_accuracy"])["run"]}
-            for code, records in evaluations.items()]
-    if config.budget:
-        rows = [r for r in rows if r["cost"] <= config.budget]
+            for code, records in evaluations.items() if within_budgets(config, records)]
     if not rows:
         return []
     ranks = pareto_ranks(np.array([r["validation_accuracy"] for r in rows]), np.array([r["cost"] for r in rows]))

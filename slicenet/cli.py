@@ -54,8 +54,9 @@ EXAMPLES = {
                  "slicenet condense runs/mnist-cma-s0 --prototypes 5 --precision int8 --metric cosine"],
     "export": ["slicenet export runs/mnist-cma-s0 --target ncs2", "slicenet export runs/mnist-cma-s0 --target jetson"],
     "arch-search": ["slicenet arch-search --dataset mnist --stages 2 --nodes 3 4 --filters 4 8 --out runs/arch",
-                    "slicenet arch-search --nodes 3 5 --population 20 --generations 50 --out runs/arch-paper",
-                    "slicenet arch-search --front --cost latency --board ncs2:usb-fp16 --out runs/arch-ncs2"],
+                    "slicenet arch-search --paper --out runs/arch-paper",
+                    "slicenet arch-search --front --cost latency --board ncs2:usb-fp16 --out runs/arch-ncs2",
+                    "slicenet arch-search --budget-macs 108800 --out runs/arch-within-default"],
     "transfer": ["slicenet transfer runs/mnist-cma-s0 --dataset digits --tune none --out runs/digits-from-mnist",
                  "slicenet transfer runs/mnist-cma-s0 --dataset fashion-mnist --tune 1 --out runs/fm-tune1",
                  "slicenet transfer runs/mnist-cma-s0 --dataset digits --tune ga --ga mask --out runs/digits-ga"],
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "gradient-free search (hardware-aware: a budget or the accuracy / cost front)")
     arch.set_defaults(keys=add_config_flags(arch, ArchConfig), func=cmd_arch_search)
     arch.add_argument("--out", type=Path, required=True, help="the search's folder: arch.json and individuals/")
+    arch.add_argument("--paper", action="store_true", help="the paper's MNIST setting: --stages 2 --nodes 3 5 "
+                      "--population 20 --generations 50 (1,020 evaluations; the widths stay --filters')")
     arch.add_argument("--resume", action="store_true", help="continue the search in --out (after a kill: the same "
                       "result)")
     arch.add_argument("--cluster", default=None, help="evaluate a generation's individuals as Ray tasks (local[:N], "
@@ -580,7 +583,8 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
     from . import archsearch
     from .config import make_config
 
-    config = make_config(None, archsearch.ArchConfig, **_flags_given(args))
+    flags = _flags_given(args)
+    config = make_config(None, archsearch.ArchConfig, **(archsearch.with_paper_setting(flags) if args.paper else flags))
     if args.cluster:
         from .cluster import parse_cluster
 
@@ -608,10 +612,13 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
         print(f"rank check: {len(check['structures'])} structures, {config.search_generations} against "
               f"{check['generations']} generations per convolution: Spearman {check['spearman']:.2f}, Kendall "
               f"tau-b {check['kendall_tau_b']:.2f}", file=sys.stderr)
+    if not state["front"]:
+        print("no individual within the budget: raise " + " or ".join(
+            f"--budget-{unit}" for unit, value in config.budgets.items() if value is not None))
+        return 0
     print(f"front ({config.cost}): " + "; ".join(f"{m['genome']} {100 * m['validation_accuracy']:.2f} % at "
                                                  f"{m['cost']:,.4g}" for m in state["front"]))
-    print(f"next: slicenet report --arch {args.out} | slicenet export {state['front'][-1]['run']} --target onnx"
-          if state["front"] else "no individual within the budget: raise --budget")
+    print(f"next: slicenet report --arch {args.out} | slicenet export {state['front'][-1]['run']} --target onnx")
     return 0
 
 

@@ -397,6 +397,8 @@ def load_arch(folders: list[Path]) -> list[dict]:
     """The states of architecture searches (``OUT/arch.json`` of ``slicenet arch-search``)."""
     import json
 
+    from .archsearch import ArchConfig
+
     states = []
     for folder in folders:
         path = Path(folder) / "arch.json"
@@ -408,6 +410,7 @@ def load_arch(folders: list[Path]) -> list[dict]:
         except ValueError as exc:
             raise InputError(f"{path} is damaged ({exc})") from None
         state["folder"] = str(folder)
+        state["config"] = ArchConfig.from_saved(state.get("config", {}))
         states.append(state)
     return states
 
@@ -426,7 +429,8 @@ def arch_tables(states: list[dict]) -> list[str]:
         lines += ["", f"### `{state['folder']}`: {config['dataset']}, stages {config['stages']}, nodes "
                   f"{'/'.join(map(str, config['nodes']))}, filters {'/'.join(map(str, config['filters']))}, "
                   f"{config['strategy']}, init {config['init']}, N={config['population']}, T={config['generations']}"
-                  + (f", {config['cost']} budget {config['budget']:g}" if config["budget"] else "")
+                  + "".join(f", budget {value:g} {unit}" for unit in ("macs", "kb", "ms")
+                            if (value := config[f"budget_{unit}"]) is not None)
                   + (", NSGA-II front" if config["front"] else ""), "",
                   "Fitness: the k-NN validation accuracy of each individual's short gradient-free search "
                   f"({config['search_generations']} generations per convolution, {config['search_images']} images a "

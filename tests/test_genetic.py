@@ -217,8 +217,64 @@ def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     assert "Searches on digits at equal evaluations (8)" in (tmp_path / "report" / "REPORT.md").read_text()
 
 
+def _record(accuracy: float, macs: float, kb: float) -> dict:
+    return {"validation_accuracy": accuracy, "test_accuracy": accuracy, "cost": macs, "run": f"r{accuracy}",
+            "costs": {"macs": macs, "kb": kb}}
+
+
+def test_budgets_give_the_worst_fitness_and_keep_structures_off_the_front():
+    from slicenet.archsearch import ArchConfig, _scores, front
+    from slicenet.config import make_config
+
+    # by hand: a within both budgets; b over the multiply-adds; c over the KB (its mean of two records);
+    # d within both and cheaper than a but less accurate: the front is d, a
+    evaluations = {"0-00 0-00": [_record(0.90, 100, 10)], "1-00 0-00": [_record(0.99, 300, 10)],
+                   "0-01 0-00": [_record(0.97, 150, 12), _record(0.95, 150, 30)],
+                   "0-10 0-00": [_record(0.80, 50, 5)]}
+    population = [Genome.parse(code) for code in evaluations]
+    config = make_config(None, ArchConfig, budget_macs=200, budget_kb=20.0)
+    assert config.costs == ("macs", "kb")
+    fitness, accuracy, cost = _scores(config, population, evaluations)
+    assert fitness.tolist() == [0.90, 0.0, 0.0, 0.80] and accuracy.tolist() == pytest.approx([0.90, 0.99, 0.96, 0.80])
+    assert cost.tolist() == [100, 300, 150, 50]
+    assert [m["genome"] for m in front(config, evaluations)] == ["0-10 0-00", "0-00 0-00"]
+    # no budget: everyone scored as measured, and on the front (each costs more and scores more)
+    fitness, _, _ = _scores(ArchConfig(), population, evaluations)
+    assert fitness.tolist() == pytest.approx([0.90, 0.99, 0.96, 0.80])
+    assert [m["genome"] for m in front(ArchConfig(), evaluations)] == ["0-10 0-00", "0-00 0-00", "0-01 0-00",
+                                                                     "1-00 0-00"]
+
+
+def test_a_search_saved_with_one_budget_on_its_cost_resumes_as_before(tmp_path):
+    from slicenet.archsearch import STATE, ArchConfig, _load
+    from slicenet.config import make_config
+
+    config = make_config(None, ArchConfig, cost="bytes", budget_kb=74.0)
+    old = {k: v for k, v in config.to_dict().items() if not k.startswith("budget_")}
+    (tmp_path / STATE).write_text(json.dumps({"config": {**old, "budget": 74.0}, "generation": 0}))
+    assert _load(tmp_path, config)["config"] == config.to_dict()
+    assert ArchConfig.from_saved({**old, "budget": 0.0}) == ArchConfig(cost="bytes").to_dict()
+    with pytest.raises(InputError, match="started with other settings"):
+        _load(tmp_path, make_config(None, ArchConfig, cost="bytes", budget_kb=64.0))
+
+
+def test_the_paper_setting_is_one_flag():
+    from slicenet.archsearch import ArchConfig, with_paper_setting
+    from slicenet.config import make_config
+
+    config = make_config(None, ArchConfig, **with_paper_setting({"dataset": "digits", "nodes": None}))
+    assert (config.stages, config.nodes, config.population, config.generations) == (2, (3, 5), 20, 50)
+    assert (config.crossover_pairs, config.crossover_stages, config.mutation_individuals,
+            config.mutation_bits) == (0.2, 0.3, 0.8, 0.1)
+
+
 @pytest.mark.parametrize("flags,match", [
     (["--stages", "3"], "--nodes gives 2 node counts for --stages 3"),
+    (["--budget-kb", "0"], "--budget-kb must be positive"),
+    (["--cost", "latency", "--board", "ncs2:usb-fp32"], "expected a board and mode of devices/profiles.toml"),
+    (["--budget-ms", "2", "--board", "nano"], "expected a board and mode of devices/profiles.toml"),
+    (["--paper", "--population", "8"], "--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: "
+                                       "drop --population"),
     (["--nodes", "1", "3"], "--nodes must be at least 2 per stage"),
     (["--stages", "0"], "--stages must be at least 1"),
     (["--mutation-bits", "1.5"], "is a probability"),
