@@ -89,7 +89,8 @@ class ArchConfig(Checked):
     board: str = option("jetson-nano:10W-fp16", "board and mode of devices/profiles.toml for --cost latency and "
                        "--budget-ms")
     budget_macs: int | None = option(None, "a hard budget: an individual whose trunk needs more multiply-adds per "
-                                     "image gets the worst fitness and stays off the front")
+                                     "image gets the worst fitness and stays off the front (known from its "
+                                     "structure: it is not run)")
     budget_kb: float | None = option(None, "a hard budget: likewise for an engine file over this many KB "
                                      "(1 KB = 1000 B; the individual's engine, its bank every fit image: "
                                      "'condense --budget-kb' fits a bank to a budget afterwards)")
@@ -137,8 +138,8 @@ class ArchConfig(Checked):
         wanted = {COST_UNITS[self.cost], *(unit for unit, value in self.budgets.items() if value is not None)}
         return tuple(unit for unit in COST_UNITS.values() if unit in wanted)
 
-    @classmethod
-    def from_saved(cls, saved: dict) -> dict:
+    @staticmethod
+    def from_saved(saved: dict) -> dict:
         """A saved ``config`` of arch.json in today's keys: searches before the per-cost budget flags
         kept one ``budget`` on their ``cost`` (0 = none)."""
         saved = dict(saved)
@@ -234,12 +235,14 @@ def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str 
     while state["generation"] <= config.generations:
         rng.bit_generator.state = state["rng"]
         population = [Genome.parse(code) for code in state["population"]]
-        records = _evaluate(config, out, population, state, cluster=cluster)
+        skipped = _over_macs_budget(config, population, state)
+        records = _evaluate(config, out, [g for g in population if g.code() not in skipped], state, cluster=cluster)
         fitness, accuracy, cost = _scores(config, population, state["evaluations"])
         row = {"generation": state["generation"], "evaluations": sum(map(len, state["evaluations"].values())),
                "max": float(np.max(fitness)), "min": float(np.min(fitness)), "mean": float(np.mean(fitness)),
                "median": float(statistics.median(fitness)),
-               "best": population[int(np.argmax(fitness))].code(), "individuals": records}
+               "best": population[int(np.argmax(fitness))].code(), "individuals": records,
+               "skipped": [g.code() for g in population if g.code() in skipped]}
         state["history"].append(row)
         if on_generation is not None:
             on_generation(row)
@@ -279,7 +282,7 @@ def _start(out: Path, config: ArchConfig) -> dict:
                          "--stages or larger images (--dataset D@H)") from None
     state = {"format": "slicenet-arch-search/1", "config": config.to_dict(), "generation": 0,
              "population": [g.code() for g in population], "rng": rng.bit_generator.state, "evaluations": {},
-             "history": [], "front": []}
+             "history": [], "front": [], "image_size": list(image_size)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / STATE, state)
     return state
@@ -297,6 +300,23 @@ def _load(out: Path, config: ArchConfig) -> dict:
                          "--out")
     state["config"] = config.to_dict()
     return state
+
+
+def _over_macs_budget(config: ArchConfig, population: list[Genome], state: dict) -> dict[str, float]:
+    """The structures of ``population`` whose trunk needs more multiply-adds than ``--budget-macs``, with
+    their multiply-adds: a structure's count is known before its search, so these get the worst fitness
+    without a run (under a tight budget most random structures are over it). Recorded in the state's
+    ``skipped``, never in its evaluations."""
+    if config.budget_macs is None:
+        return {}
+    if "image_size" not in state:  # a search saved before skipping: its images' size, once
+        state["image_size"] = list(load_dataset(config.dataset).image_size)
+    size = tuple(state["image_size"])
+    macs = {g.code(): float(resolve_preset(preset_name(g, config.filters), size)[1].multiply_adds(size))
+            for g in population}
+    over = {code: m for code, m in macs.items() if m > config.budget_macs}
+    state.setdefault("skipped", {}).update(over)
+    return over
 
 
 def _evaluate(config: ArchConfig, out: Path, population: list[Genome], state: dict, *,
@@ -334,10 +354,17 @@ def within_budgets(config: ArchConfig, records: list[dict]) -> bool:
 
 
 def _scores(config: ArchConfig, population: list[Genome], evaluations: dict) -> tuple[np.ndarray, ...]:
-    """(fitness, mean validation accuracy, cost) per individual; over a budget: the worst fitness."""
-    accuracy = np.array([np.mean([r["validation_accuracy"] for r in evaluations[g.code()]]) for g in population])
-    cost = np.array([np.mean([r["cost"] for r in evaluations[g.code()]]) for g in population])
-    within = np.array([within_budgets(config, evaluations[g.code()]) for g in population])
+    """(fitness, mean validation accuracy, cost) per individual; over a budget: the worst fitness. An
+    individual skipped as over ``--budget-macs`` (no evaluation) scores 0 and takes the population's
+    highest cost, so that NSGA-II's selection ranks it below every structure that was run."""
+    run = [g.code() in evaluations for g in population]
+    accuracy = np.array([np.mean([r["validation_accuracy"] for r in evaluations[g.code()]]) if ok else 0.0
+                         for g, ok in zip(population, run, strict=True)])
+    cost = np.array([np.mean([r["cost"] for r in evaluations[g.code()]]) if ok else np.nan
+                     for g, ok in zip(population, run, strict=True)])
+    cost[~np.array(run)] = np.nanmax(cost) if any(run) else 0.0
+    within = np.array([ok and within_budgets(config, evaluations[g.code()])
+                       for g, ok in zip(population, run, strict=True)])
     return np.where(within, accuracy, 0.0), accuracy, cost
 
 

@@ -245,6 +245,24 @@ def test_budgets_give_the_worst_fitness_and_keep_structures_off_the_front():
                                                                      "1-00 0-00"]
 
 
+def test_structures_over_the_multiply_add_budget_are_not_run(tmp_path):
+    # on 8x8 digits with 4 and 8 filters the all-zero structure needs 6,912 multiply-adds and any edge
+    # adds at least two 4-to-4 convolutions (9,216 each): under 7,000 only the all-zero structure is run
+    out = tmp_path / "budget"
+    assert main([*ARCH, "--budget-macs", "7000", "--init", "zeros", "--generations", "2", "--out", str(out)]) == 0
+    state = json.loads((out / "arch.json").read_text())
+    assert list(state["evaluations"]) == ["0-00 0-00"] and state["skipped"]
+    assert all(macs > 7000 for macs in state["skipped"].values())
+    for row in state["history"]:
+        assert len(row["individuals"]) + len(row["skipped"]) == 4
+        assert all(r["costs"]["macs"] == 6912 for r in row["individuals"])
+    assert sorted(p.name.rsplit("-e", 1)[0] for p in (out / "individuals").iterdir()) == ["0_00_0_00"] * len(
+        state["evaluations"]["0-00 0-00"])
+    assert [m["genome"] for m in state["front"]] == ["0-00 0-00"]
+    assert any(row["skipped"] for row in state["history"])  # mutants of the all-zero start, over the budget
+    assert all(row["min"] == 0.0 for row in state["history"] if row["skipped"])  # the worst fitness
+
+
 def test_a_search_saved_with_one_budget_on_its_cost_resumes_as_before(tmp_path):
     from slicenet.archsearch import STATE, ArchConfig, _load
     from slicenet.config import make_config
