@@ -465,7 +465,8 @@ def repeat_noise(evaluations: dict) -> dict:
     grand = np.concatenate(groups).mean()
     between_ms = float((sizes * (means - grand) ** 2).sum() / (n - 1)) if n > 1 else 0.0
     within_ms = within ** 2
-    icc = (between_ms - within_ms) / (between_ms + (k0 - 1) * within_ms) if between_ms + within_ms else float("nan")
+    denominator = between_ms + (k0 - 1) * within_ms  # 0 with one structure only: no ICC
+    icc = (between_ms - within_ms) / denominator if n > 1 and denominator else float("nan")
     return {"structures_repeated": len(repeated), "evaluations_repeated": int(sum(len(g) for g in repeated)),
             "within_sd": within, "between_sd_of_means": float(means.std(ddof=1)) if n > 1 else 0.0,
             "icc1": float(icc)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -429,8 +430,7 @@ def arch_tables(states: list[dict]) -> list[str]:
         lines += ["", f"### `{state['folder']}`: {config['dataset']}, stages {config['stages']}, nodes "
                   f"{'/'.join(map(str, config['nodes']))}, filters {'/'.join(map(str, config['filters']))}, "
                   f"{config['strategy']}, init {config['init']}, N={config['population']}, T={config['generations']}"
-                  + "".join(f", budget {value:g} {unit}" for unit in ("macs", "kb", "ms")
-                            if (value := config[f"budget_{unit}"]) is not None)
+                  + _budgets(config)
                   + (", NSGA-II front" if config["front"] else ""), "",
                   "Fitness: the k-NN validation accuracy of each individual's short gradient-free search "
                   f"({config['search_generations']} generations per convolution, {config['search_images']} images a "
@@ -454,18 +454,31 @@ def arch_tables(states: list[dict]) -> list[str]:
     return lines
 
 
+def _budgets(config: dict) -> str:
+    """A search's hard budgets as text (", budget 108800 macs"), empty where it has none."""
+    return "".join(f", budget {config[f'budget_{unit}']:g} {unit}" for unit in ("macs", "kb", "ms")
+                   if config[f"budget_{unit}"] is not None)
+
+
 def _arch_comparison(states: list[dict]) -> list[str]:
-    """Searches of one dataset side by side at equal evaluations (the fewest any of them made): the
-    paper's ablations, GA against random search and the all-zero start against a random one."""
-    by_dataset: dict[str, list[dict]] = {}
+    """Searches of one dataset and one search space (nodes, filters, budgets and fitness budget) side by
+    side at equal evaluations (the fewest any of them made): the paper's ablations, GA against random
+    search and the all-zero start against a random one."""
+    space = ("dataset", "nodes", "filters", "budget_macs", "budget_kb", "budget_ms", "search_generations",
+             "search_images")
+    by_space: dict[tuple, list[dict]] = {}
     for state in states:
-        by_dataset.setdefault(state["config"]["dataset"], []).append(state)
+        by_space.setdefault(tuple(str(state["config"][key]) for key in space), []).append(state)
     lines: list[str] = []
-    for dataset, group in by_dataset.items():
+    for group in by_space.values():
         if len(group) < 2:
             continue
+        config = group[0]["config"]
+        budgets = _budgets(config)
         equal = min(state["history"][-1]["evaluations"] for state in group if state["history"])
-        lines += [f"Searches on {dataset} at equal evaluations ({equal}): the best fitness of any generation "
+        lines += [f"Searches on {config['dataset']} at equal evaluations ({equal}) over nodes "
+                  f"{'/'.join(map(str, config['nodes']))}, filters {'/'.join(map(str, config['filters']))}{budgets}: "
+                  "the best fitness of any generation "
                   "(a structure's mean over its evaluations so far) and the last generation's mean.", "",
                   "| search | strategy | init | seed | best fitness | last generation's mean | its best structure |",
                   "|---|---|---|---|---|---|---|"]
@@ -492,9 +505,11 @@ def _fitness_faithfulness(state: dict) -> list[str]:
         lines += ["", f"Noise of the short fitness: {noise['structures_repeated']} structures evaluated more than once "
                   f"({noise['evaluations_repeated']} evaluations) vary by {100 * noise['within_sd']:.2f} points "
                   f"(pooled standard deviation) with the search's seed; the structures' means spread by "
-                  f"{100 * noise['between_sd_of_means']:.2f} points; ICC(1) {noise['icc1']:.2f} (the share of one "
-                  "evaluation's variance that is the structure's" + ("; at or below 0, no difference between the "
-                  "structures shows through the noise" if noise["icc1"] <= 0 else "") + ")."]
+                  f"{100 * noise['between_sd_of_means']:.2f} points; "
+                  + ("no ICC(1): the search ran one structure only." if math.isnan(noise["icc1"]) else
+                     f"ICC(1) {noise['icc1']:.2f} (the share of one evaluation's variance that is the structure's"
+                     + ("; at or below 0, no difference between the structures shows through the noise"
+                        if noise["icc1"] <= 0 else "") + ").")]
     check = state.get("rank_check")
     if not check:
         return lines

@@ -192,6 +192,9 @@ def test_rank_correlations_and_noise_match_reference_answers():
     noise = repeat_noise(records)
     assert noise["structures_repeated"] == 2 and noise["within_sd"] == pytest.approx(np.sqrt(0.0002 * 2 / 2))
     assert noise["between_sd_of_means"] == pytest.approx(np.std([0.91, 0.96, 0.80], ddof=1))
+    # one structure only (a budget that leaves one): its noise, and no ICC rather than a division by zero
+    alone = repeat_noise({"x": records["x"]})
+    assert alone["within_sd"] == pytest.approx(np.sqrt(0.0002)) and np.isnan(alone["icc1"])
 
 
 def test_a_killed_search_resumes_to_the_same_front(tmp_path):
@@ -261,6 +264,10 @@ def test_structures_over_the_multiply_add_budget_are_not_run(tmp_path):
     assert [m["genome"] for m in state["front"]] == ["0-00 0-00"]
     assert any(row["skipped"] for row in state["history"])  # mutants of the all-zero start, over the budget
     assert all(row["min"] == 0.0 for row in state["history"] if row["skipped"])  # the worst fitness
+    assert main(["report", state["front"][0]["run"], "--arch", str(out), "--out", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "REPORT.md").read_text()
+    assert ", budget 7000 macs" in report
+    assert f"{len(state['skipped'])} structures over the multiply-add budget were drawn and not run" in report
 
 
 def test_a_search_saved_with_one_budget_on_its_cost_resumes_as_before(tmp_path):
