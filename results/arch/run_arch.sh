@@ -10,6 +10,12 @@ slicenet arch-search --dataset mnist --strategy random --out runs/arch-mnist-ran
 slicenet optimise --method cma --preset genetic:4,8:0-00/0-00-000 --out runs/mnist-cma-genetic-zero-s0
 # The same all-zero structure at the widest stage 2 within that budget (4 and 10 filters: 98,784 multiply-adds)
 slicenet optimise --method cma --preset genetic:4,10:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-4x10-s0
+# Within the default preset's multiply-adds with edges: 3 and 3 filters (23 of 512 structures fit; 4 and 8
+# leave only the all-zero one), from the all-zero start, the over-budget structures not run; then its best
+# structure searched in full:
+slicenet arch-search --dataset mnist --filters 3 3 --budget-macs 108800 --init zeros --generations 3 \
+  --out runs/arch-mnist-3x3-budget-s0
+slicenet optimise --method cma --preset genetic:3,3:0-00/0-00-001 --quiet --out runs/mnist-cma-genetic-3x3-best-s0
 # A second seed of the GA against random search, and the all-zero start against the random start (both
 # seeds), each at 16 evaluations (N=8, T=1):
 slicenet arch-search --dataset mnist --generations 1 --seed 1 --out runs/arch-mnist-s1
@@ -30,16 +36,17 @@ slicenet condense "$best" --budget-kb 74 --out runs/fashion-arch-best-74kb
 slicenet condense "$best" --prototypes 15 --precision int8 --metric cosine --out runs/fashion-arch-best-p15
 slicenet condense "$best" --prototypes 50 --dims 64 --precision int8 --metric cosine --out runs/fashion-arch-best-p50-d64
 slicenet condense "$best" --prototypes 100 --dims 32 --precision int8 --metric cosine --out runs/fashion-arch-best-p100-d32
-# That structure searched in full, as optimise searches a preset (seeds 0 and 1), and condensed within 74 KB:
-for seed in 0 1; do
+# That structure searched in full, as optimise searches a preset (seeds 0, 1 and 2), and condensed within 74 KB:
+for seed in 0 1 2; do
   slicenet optimise --method cma --dataset fashion-mnist --preset genetic:4,8:1-11/0-00-000 --seed $seed --quiet \
     --out runs/fashion-cma-genetic-best-s$seed
   slicenet condense runs/fashion-cma-genetic-best-s$seed --budget-kb 74 --out runs/fashion-cma-genetic-best-s$seed-74kb
 done
 # The default preset's second seed, with the full bank (its condense --budget-kb 74 was stopped for time)
 slicenet optimise --method cma --dataset fashion-mnist --seed 1 --quiet --out runs/fashion-cma-s1
-slicenet report runs/mnist-cma-s0 runs/mnist-cma-genetic-zero-s0 runs/mnist-cma-genetic-zero-4x10-s0 runs/fashion-cma-s0 runs/fashion-cma-s1 runs/fashion-cma-genetic-best-s* \
+slicenet report runs/mnist-cma-s0 runs/mnist-cma-genetic-zero-s0 runs/mnist-cma-genetic-zero-4x10-s0 \
+  runs/mnist-cma-genetic-3x3-best-s0 runs/fashion-cma-s0 runs/fashion-cma-s1 runs/fashion-cma-genetic-best-s* \
   runs/fashion-arch-best-74kb \
   runs/fashion-arch-best-p15 runs/fashion-arch-best-p50-d64 runs/fashion-arch-best-p100-d32 --arch runs/arch-mnist-s0 runs/arch-mnist-random-s0 \
   runs/arch-mnist-s1 runs/arch-mnist-random-s1 runs/arch-mnist-zeros-s0 runs/arch-mnist-zeros-s1 runs/arch-fashion-s0 \
-  --out "$OUT"
+  runs/arch-mnist-3x3-budget-s0 --out "$OUT"
