@@ -58,13 +58,18 @@ COSTS = tuple(COST_UNITS)
 PAPER_SETTING: dict[str, Any] = {"stages": 2, "nodes": (3, 5), "population": 20, "generations": 50}
 
 
+def paper_flags() -> str:
+    """The flags ``--paper`` stands for ("--stages 2 --nodes 3 5 --population 20 --generations 50")."""
+    return " ".join(f"--{key} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
+                    for key, value in PAPER_SETTING.items())
+
+
 def with_paper_setting(overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` with the paper's setting added; a flag that would contradict it is refused."""
     clash = [key for key in PAPER_SETTING if overrides.get(key) is not None]
     if clash:
         given = " ".join(f"--{key}" for key in clash)
-        raise InputError(f"--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: drop {given}, or "
-                         "drop --paper and give all four")
+        raise InputError(f"--paper sets {paper_flags()}: drop {given}, or drop --paper and give them all")
     return {**overrides, **PAPER_SETTING}
 
 

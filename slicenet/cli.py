@@ -105,7 +105,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .archsearch import ArchConfig
+    from .archsearch import ArchConfig, paper_flags
     from .condense import CondenseConfig
     from .config import BaselineConfig, RunConfig
     from .transfer import TransferConfig
@@ -162,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "gradient-free search (hardware-aware: a budget or the accuracy / cost front)")
     arch.set_defaults(keys=add_config_flags(arch, ArchConfig), func=cmd_arch_search)
     arch.add_argument("--out", type=Path, required=True, help="the search's folder: arch.json and individuals/")
-    arch.add_argument("--paper", action="store_true", help="the paper's MNIST setting: --stages 2 --nodes 3 5 "
-                      "--population 20 --generations 50 (1,020 evaluations; the widths stay --filters')")
+    arch.add_argument("--paper", action="store_true", help=f"the paper's MNIST setting: {paper_flags()} "
+                      "(1,020 evaluations; the widths stay --filters')")
     arch.add_argument("--resume", action="store_true", help="continue the search in --out (after a kill: the same "
                       "result)")
     arch.add_argument("--cluster", default=None, help="evaluate a generation's individuals as Ray tasks (local[:N], "
@@ -629,6 +629,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     config = make_config(None, transfer.TransferConfig, **_flags_given(args))
     source = runs.load_trunk(args.source)  # not a run: one line, before anything is written
     spec, size = source.spec, source.image_size[0]
+    config = dataclasses.replace(config, vote=config.vote or source.vote)  # read once, not again per run
     if args.cluster:
         from .cluster import parse_cluster
 

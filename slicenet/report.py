@@ -456,7 +456,9 @@ def arch_tables(states: list[dict]) -> list[str]:
 
 def _budgets(config: dict) -> str:
     """A search's hard budgets as text (", budget 108800 macs"), empty where it has none."""
-    return "".join(f", budget {config[f'budget_{unit}']:g} {unit}" for unit in ("macs", "kb", "ms")
+    from .archsearch import COST_UNITS
+
+    return "".join(f", budget {config[f'budget_{unit}']:g} {unit}" for unit in COST_UNITS.values()
                    if config[f"budget_{unit}"] is not None)
 
 
