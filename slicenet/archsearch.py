@@ -28,7 +28,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,10 @@ from .genetic import (
     stage_bits,
 )
 from .trunk import resolve_preset
+
+if TYPE_CHECKING:
+    from .data import Dataset
+    from .engine import Engine
 
 STATE = "arch.json"
 COST_UNITS = {"macs": "macs", "bytes": "kb", "latency": "ms"}  # --cost NAME and its --budget-UNIT
@@ -97,10 +101,11 @@ class ArchConfig(Checked):
                                      "image gets the worst fitness and stays off the front (known from its "
                                      "structure: it is not run)")
     budget_kb: float | None = option(None, "a hard budget: likewise for an engine file over this many KB "
-                                     "(1 KB = 1000 B; the individual's engine, its bank every fit image: "
-                                     "'condense --budget-kb' fits a bank to a budget afterwards)")
+                                     "(1 KB = 1000 B; the individual's engine, its bank every training image: "
+                                     "'condense --budget-kb' fits a bank to a budget afterwards; not run if its "
+                                     "weights and bank alone are over)")
     budget_ms: float | None = option(None, "a hard budget: likewise for an estimated latency on --board over this "
-                                     "many ms")
+                                     "many ms (known from its structure: it is not run)")
     front: bool = option(False, "the whole accuracy / cost front: NSGA-II's selection (non-domination rank, "
                          "then crowding distance) in place of the roulette")
     search_generations: int = option(6, "per individual: generations of the serial search per convolution")
@@ -197,17 +202,64 @@ def individual_costs(config: ArchConfig, run_dir: Path) -> dict[str, float]:
     ``config.board`` ("ms")."""
     from .runs import load_engine
 
-    engine = load_engine(run_dir)
-    costs = {"macs": float(engine.spec.multiply_adds(engine.image_size)), "kb": engine.engine_bytes / 1000.0}
-    if "ms" in config.costs:
-        from . import bench
-        from .export.onnx_writer import write_onnx
+    return engine_costs(load_engine(run_dir), config.costs, board=config.board)
 
-        model = write_onnx(engine.describe(), opset=13)
-        (row,) = bench.estimates(bench.graph_cost(model), board_profile(config.board),
-                                 operations=len(model.graph.node))
-        costs["ms"] = float(row["estimated_ms"])
-    return {unit: costs[unit] for unit in config.costs}
+
+def engine_costs(engine: Engine, units: tuple[str, ...], *, board: str) -> dict[str, float]:
+    """An engine's costs in ``units`` (of "macs", "kb", "ms"), each measured only if asked for."""
+    costs = {}
+    for unit in units:
+        if unit == "macs":
+            costs[unit] = float(engine.spec.multiply_adds(engine.image_size))
+        elif unit == "kb":
+            costs[unit] = engine.engine_bytes / 1000.0
+        else:
+            from . import bench
+            from .export.onnx_writer import write_onnx
+
+            model = write_onnx(engine.describe(), opset=13)
+            (row,) = bench.estimates(bench.graph_cost(model), board_profile(board), operations=len(model.graph.node))
+            costs[unit] = float(row["estimated_ms"])
+    return costs
+
+
+def stand_in(config: ArchConfig, genome: Genome, dataset: Dataset) -> Engine:
+    """The engine an individual's run will write, but for its values: the structure's trunk with zero
+    weights and, under the run's head, a bank of zeros with a row for every training image (the run's
+    bank: no shifted copies). Its multiply-adds and its exported graph (so the estimated latency) are
+    the run's, since neither depends on values; its file is the run's less the provenance the run
+    records in it."""
+    import torch
+
+    from .engine import Engine
+    from .heads import bank_head
+    from .trunk import init_weights
+
+    run = config.run_config(genome, 0)
+    _, spec = resolve_preset(run.preset, dataset.image_size)
+    weights = [(torch.zeros_like(w), torch.zeros_like(b)) for w, b in init_weights(spec, 0)]
+    raw = torch.zeros(len(dataset.y_train), spec.n_features(dataset.image_size))
+    return Engine.from_features(spec, weights, raw, dataset.y_train, image_size=dataset.image_size, input_mean=0.0,
+                                input_std=1.0, head=bank_head(run.vote, n_neighbors=run.n_neighbors, metric=run.metric),
+                                class_names=dataset.class_names, postprocessing=run.postprocessing,
+                                query_shifts=run.query_shifts)
+
+
+def planned_costs(config: ArchConfig, genome: Genome, dataset: Dataset) -> dict[str, float]:
+    """An individual's budgeted costs as known from its structure, before its run: the multiply-adds
+    and the estimated latency exactly, the engine's KB as a lower bound (the run's engine is
+    ``stand_in``'s with its provenance added, and the file only grows by it), so that a structure
+    over a budget here is over it after its run too."""
+    units = tuple(unit for unit, budget in config.budgets.items() if budget is not None)
+    if units == ("macs",):  # no engine needed
+        _, spec = resolve_preset(preset_name(genome, config.filters), dataset.image_size)
+        return {"macs": float(spec.multiply_adds(dataset.image_size))}
+    return engine_costs(stand_in(config, genome, dataset), units, board=config.board)
+
+
+def _over(config: ArchConfig, costs: dict[str, float]) -> dict[str, float]:
+    """The costs of ``costs`` over their budgets."""
+    return {unit: cost for unit, cost in costs.items() if cost > (config.budgets[unit] or float("inf"))}
 
 
 def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, run_dir: str) -> dict:
@@ -237,10 +289,18 @@ def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str 
     if on_start is not None:
         on_start()
     rng = np.random.default_rng()
+    loaded: list[Dataset] = []
+    planned: dict[str, dict[str, float]] = {}
+
+    def dataset() -> Dataset:  # once, and only if a budget needs it
+        if not loaded:
+            loaded.append(load_dataset(config.dataset))
+        return loaded[0]
+
     while state["generation"] <= config.generations:
         rng.bit_generator.state = state["rng"]
         population = [Genome.parse(code) for code in state["population"]]
-        skipped = _over_macs_budget(config, population, state)
+        skipped = _over_budgets(config, population, state, dataset, planned)
         records = _evaluate(config, out, [g for g in population if g.code() not in skipped], state, cluster=cluster)
         fitness, accuracy, cost = _scores(config, population, state["evaluations"])
         row = {"generation": state["generation"], "evaluations": sum(map(len, state["evaluations"].values())),
@@ -276,7 +336,8 @@ def _start(out: Path, config: ArchConfig) -> dict:
     population = initial_population(config.population, config.nodes, rng, zeros=config.init == "zeros")
     # A dataset that does not load, or images too small for a structure: one line, before the state is
     # written (a state left behind would refuse the corrected command).
-    image_size = load_dataset(config.dataset).image_size
+    dataset = load_dataset(config.dataset)
+    image_size = dataset.image_size
     if "ms" in config.costs:
         board_profile(config.board)
     try:
@@ -285,12 +346,36 @@ def _start(out: Path, config: ArchConfig) -> dict:
     except InputError:
         raise InputError(f"--stages {config.stages} pool {image_size[0]}x{image_size[1]} images to nothing: use fewer "
                          "--stages or larger images (--dataset D@H)") from None
+    _check_budgets_leave_room(config, dataset)
     state = {"format": "slicenet-arch-search/1", "config": config.to_dict(), "generation": 0,
              "population": [g.code() for g in population], "rng": rng.bit_generator.state, "evaluations": {},
-             "history": [], "front": [], "image_size": list(image_size)}
+             "history": [], "front": []}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / STATE, state)
     return state
+
+
+def _check_budgets_leave_room(config: ArchConfig, dataset: Dataset) -> None:
+    """A one-line error if no structure can keep the hard budgets: the all-zero structure (one
+    convolution a stage) is the cheapest in every cost, so if it is over one, every structure is."""
+    zeros = Genome(tuple((0,) * stage_bits(k) for k in config.nodes), config.nodes)
+    over = _over(config, planned_costs(config, zeros, dataset))
+    if "kb" in over:
+        n_features = resolve_preset(preset_name(zeros, config.filters), dataset.image_size)[1].n_features(
+            dataset.image_size)
+        raise InputError(f"--budget-kb {config.budget_kb:g}: the smallest structure's engine is already "
+                         f"{over['kb']:,.0f} KB, its bank every one of the {len(dataset.y_train):,} training images "
+                         f"({n_features} features each), so no structure fits: search without --budget-kb and "
+                         "condense the chosen run (slicenet condense RUN --budget-kb N), or raise --budget-kb")
+    if "macs" in over:
+        raise InputError(f"--budget-macs {config.budget_macs}: the smallest structure (one convolution a stage) "
+                         f"already needs {over['macs']:,.0f} multiply-adds per image, so no structure fits: raise "
+                         "--budget-macs, or narrow --filters")
+    if "ms" in over:
+        raise InputError(f"--budget-ms {config.budget_ms:g}: the smallest structure (one convolution a stage) already "
+                         f"needs an estimated {over['ms']:.3g} ms on {config.board}, its k-NN over every one of the "
+                         f"{len(dataset.y_train):,} training images included, so no structure fits: raise --budget-ms, "
+                         "or search without it and condense the chosen run to a smaller, faster bank")
 
 
 def _load(out: Path, config: ArchConfig) -> dict:
@@ -307,19 +392,18 @@ def _load(out: Path, config: ArchConfig) -> dict:
     return state
 
 
-def _over_macs_budget(config: ArchConfig, population: list[Genome], state: dict) -> dict[str, float]:
-    """The structures of ``population`` whose trunk needs more multiply-adds than ``--budget-macs``, with
-    their multiply-adds: a structure's count is known before its search, so these get the worst fitness
+def _over_budgets(config: ArchConfig, population: list[Genome], state: dict, dataset: Callable[[], Dataset],
+                  planned: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The structures of ``population`` over a hard budget by the costs known before their runs
+    (``planned_costs``, kept in ``planned`` by genome), with the costs over: these get the worst fitness
     without a run (under a tight budget most random structures are over it). Recorded in the state's
-    ``skipped``, never in its evaluations."""
-    if config.budget_macs is None:
+    ``skipped``, never in its evaluations; ``dataset`` loads the search's images if a cost needs them."""
+    if all(budget is None for budget in config.budgets.values()):
         return {}
-    if "image_size" not in state:  # a search saved before skipping: its images' size, once
-        state["image_size"] = list(load_dataset(config.dataset).image_size)
-    size = tuple(state["image_size"])
-    macs = {g.code(): float(resolve_preset(preset_name(g, config.filters), size)[1].multiply_adds(size))
-            for g in population}
-    over = {code: m for code, m in macs.items() if m > config.budget_macs}
+    for genome in population:
+        if genome.code() not in planned:
+            planned[genome.code()] = planned_costs(config, genome, dataset())
+    over = {g.code(): costs for g in population if (costs := _over(config, planned[g.code()]))}
     state.setdefault("skipped", {}).update(over)
     return over
 
@@ -360,7 +444,7 @@ def within_budgets(config: ArchConfig, records: list[dict]) -> bool:
 
 def _scores(config: ArchConfig, population: list[Genome], evaluations: dict) -> tuple[np.ndarray, ...]:
     """(fitness, mean validation accuracy, cost) per individual; over a budget: the worst fitness. An
-    individual skipped as over ``--budget-macs`` (no evaluation) scores 0 and takes the population's
+    individual skipped as over a budget before its run (no evaluation) scores 0 and takes the population's
     highest cost, so that NSGA-II's selection ranks it below every structure that was run."""
     run = [g.code() in evaluations for g in population]
     accuracy = np.array([np.mean([r["validation_accuracy"] for r in evaluations[g.code()]]) if ok else 0.0

@@ -41,6 +41,11 @@ def normalise_images(images: np.ndarray, mean: float, std: float) -> torch.Tenso
     return x.sub_(mean).div_(std).unsqueeze(1)
 
 
+def _check_postprocessing(method: str) -> None:
+    if method not in POSTPROCESSING:
+        raise InputError(f"unknown post-processing {method!r}: expected one of {', '.join(POSTPROCESSING)}")
+
+
 @dataclass(eq=False)
 class PostProcessing:
     """Raw trunk features -> the head's space: centre on the bank's mean feature, project, L2 normalise.
@@ -142,15 +147,25 @@ class Engine:
               postprocessing: str = "centre_l2", query_shifts: int = 0, info: dict | None = None) -> Engine:
         """A k-NN engine whose bank is every image given (each image one prototype), ``head`` its
         settings (``heads.bank_head``)."""
-        if postprocessing not in POSTPROCESSING:
-            raise InputError(f"unknown post-processing {postprocessing!r}: expected one of "
-                             f"{', '.join(POSTPROCESSING)}")
+        _check_postprocessing(postprocessing)  # before the trunk runs over every image
         raw = features(normalise_images(images, input_mean, input_std), spec, weights)
+        return cls.from_features(spec, weights, raw, labels, image_size=(int(images.shape[1]), int(images.shape[2])),
+                                 input_mean=input_mean, input_std=input_std, head=head, class_names=class_names,
+                                 postprocessing=postprocessing, query_shifts=query_shifts, info=info)
+
+    @classmethod
+    def from_features(cls, spec: TrunkSpec, weights: Weights, raw: torch.Tensor, labels: np.ndarray, *,
+                      image_size: tuple[int, int], input_mean: float, input_std: float, head: BankHead,
+                      class_names: tuple[str, ...], postprocessing: str = "centre_l2", query_shifts: int = 0,
+                      info: dict | None = None) -> Engine:
+        """``build``'s engine from its bank's raw trunk features [N, D] (one row per image of
+        ``image_size``), already computed."""
+        _check_postprocessing(postprocessing)
         post = PostProcessing(postprocessing, raw.mean(0))
         fitted = head.fit(post(raw), torch.as_tensor(labels, dtype=torch.int64), len(class_names))
         fitted.check(tuple(class_names))
         return cls(spec, [(w.clone(), b.clone()) for w, b in weights], input_mean, input_std, post, fitted,
-                   tuple(class_names), (int(images.shape[1]), int(images.shape[2])), dict(info or {}),
+                   tuple(class_names), (int(image_size[0]), int(image_size[1])), dict(info or {}),
                    Views(query_shifts))
 
     @property

@@ -435,8 +435,8 @@ def arch_tables(states: list[dict]) -> list[str]:
                   "Fitness: the k-NN validation accuracy of each individual's short gradient-free search "
                   f"({config['search_generations']} generations per convolution, {config['search_images']} images a "
                   "generation); a structure evaluated again is the mean of its runs."
-                  + (f" {len(state['skipped'])} structures over the multiply-add budget were drawn and not run "
-                     "(the worst fitness, 0)." if state.get("skipped") else ""), "",
+                  + (f" {len(state['skipped'])} structures drawn were over a budget by their structure alone and "
+                     "were not run (the worst fitness, 0)." if state.get("skipped") else ""), "",
                   "| generation | evaluations | max | min | mean | median | best structure |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['generation']} | {r['evaluations']} | {_pct(r['max'])} | {_pct(r['min'])} | {_pct(r['mean'])} "

@@ -255,7 +255,7 @@ def test_structures_over_the_multiply_add_budget_are_not_run(tmp_path):
     assert main([*ARCH, "--budget-macs", "7000", "--init", "zeros", "--generations", "2", "--out", str(out)]) == 0
     state = json.loads((out / "arch.json").read_text())
     assert list(state["evaluations"]) == ["0-00 0-00"] and state["skipped"]
-    assert all(macs > 7000 for macs in state["skipped"].values())
+    assert all(costs["macs"] > 7000 for costs in state["skipped"].values())
     for row in state["history"]:
         assert len(row["individuals"]) + len(row["skipped"]) == 4
         assert all(r["costs"]["macs"] == 6912 for r in row["individuals"])
@@ -267,7 +267,51 @@ def test_structures_over_the_multiply_add_budget_are_not_run(tmp_path):
     assert main(["report", state["front"][0]["run"], "--arch", str(out), "--out", str(tmp_path / "report")]) == 0
     report = (tmp_path / "report" / "REPORT.md").read_text()
     assert ", budget 7000 macs" in report
-    assert f"{len(state['skipped'])} structures over the multiply-add budget were drawn and not run" in report
+    assert f"{len(state['skipped'])} structures drawn were over a budget by their structure alone" in report
+
+
+def test_the_costs_known_before_a_run_are_the_runs_and_the_all_zero_structure_is_the_cheapest(tmp_path):
+    from slicenet.archsearch import ArchConfig, evaluate_individual, individual_costs, planned_costs
+    from slicenet.config import make_config
+    from slicenet.data import load_dataset
+
+    config = make_config(None, ArchConfig, dataset="digits", search_generations=1, search_images=100,
+                         budget_macs=10**9, budget_kb=1e6, budget_ms=1e3)
+    dataset = load_dataset("digits")
+    for code in ("0-00 0-00-000", "1-11 0-10-101"):
+        genome = Genome.parse(code)
+        planned = planned_costs(config, genome, dataset)
+        run = tmp_path / code.replace(" ", "_")
+        evaluate_individual(config, code, 0, str(run))
+        measured = individual_costs(config, run)
+        # multiply-adds and the latency estimate exactly; the file less the provenance the run adds
+        assert planned["macs"] == measured["macs"] and planned["ms"] == measured["ms"]
+        assert measured["kb"] - 2.0 < planned["kb"] <= measured["kb"]
+    zeros = planned_costs(config, Genome.parse("0-00 0-00-000"), dataset)
+    for genome in initial_population(12, (3, 4), np.random.default_rng(0)):
+        costs = planned_costs(config, genome, dataset)
+        assert all(costs[unit] >= zeros[unit] for unit in zeros), genome.code()
+
+
+def test_structures_over_a_latency_budget_are_not_run(tmp_path):
+    from slicenet.archsearch import ArchConfig, planned_costs
+    from slicenet.config import make_config
+    from slicenet.data import load_dataset
+
+    # ARCH's space (nodes 3 and 3): a budget between the all-zero structure's estimate and every other
+    # structure's, so that only the all-zero one is run
+    config = make_config(None, ArchConfig, dataset="digits", nodes=(3, 3), budget_ms=1e3)
+    dataset = load_dataset("digits")
+    estimates = {code: planned_costs(config, Genome.parse(code), dataset)["ms"]
+                 for code in (f"{a}-{b}{c} {d}-{e}{f}" for a, b, c, d, e, f in np.ndindex(*(2,) * 6))}
+    zeros = estimates.pop("0-00 0-00")
+    budget = (zeros + min(estimates.values())) / 2
+    out = tmp_path / "latency"
+    assert main([*ARCH, "--budget-ms", repr(budget), "--init", "zeros", "--out", str(out)]) == 0
+    state = json.loads((out / "arch.json").read_text())
+    assert list(state["evaluations"]) == ["0-00 0-00"]
+    assert state["skipped"] and all(costs["ms"] > budget for costs in state["skipped"].values())
+    assert all(r["costs"]["ms"] == zeros for r in state["evaluations"]["0-00 0-00"])  # the estimate, exactly
 
 
 def test_a_search_saved_with_one_budget_on_its_cost_resumes_as_before(tmp_path):
@@ -296,6 +340,9 @@ def test_the_paper_setting_is_one_flag():
 @pytest.mark.parametrize("flags,match", [
     (["--stages", "3"], "--nodes gives 2 node counts for --stages 3"),
     (["--budget-kb", "0"], "--budget-kb must be positive"),
+    (["--budget-kb", "5"], "--budget-kb 5: the smallest structure's engine is already"),  # its bank alone
+    (["--budget-macs", "6000"], "already needs 6,912 multiply-adds per image, so no structure fits"),
+    (["--budget-ms", "1e-6"], "already needs an estimated"),
     (["--cost", "latency", "--board", "ncs2:usb-fp32"], "expected a board and mode of devices/profiles.toml"),
     (["--budget-ms", "2", "--board", "nano"], "expected a board and mode of devices/profiles.toml"),
     (["--paper", "--population", "8"], "--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: "
