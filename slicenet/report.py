@@ -478,6 +478,7 @@ def _arch_comparison(states: list[dict]) -> list[str]:
         config = group[0]["config"]
         budgets = _budgets(config)
         equal = min(state["history"][-1]["evaluations"] for state in group if state["history"])
+        at_equal = {id(state): [r for r in state["history"] if r["evaluations"] <= equal] for state in group}
         lines += [f"Searches on {config['dataset']} at equal evaluations ({equal}) over nodes "
                   f"{'/'.join(map(str, config['nodes']))}, filters {'/'.join(map(str, config['filters']))}{budgets}: "
                   "the best fitness of any generation "
@@ -485,15 +486,44 @@ def _arch_comparison(states: list[dict]) -> list[str]:
                   "| search | strategy | init | seed | best fitness | last generation's mean | its best structure |",
                   "|---|---|---|---|---|---|---|"]
         for state in group:
-            rows = [r for r in state["history"] if r["evaluations"] <= equal]
+            rows = at_equal[id(state)]
             if not rows:
                 continue
             best = max(rows, key=lambda r: r["max"])
             config = state["config"]
             lines.append(f"| `{state['folder']}` | {config['strategy']} | {config['init']} | {config['seed']} | "
                          f"{_pct(best['max'])} | {_pct(rows[-1]['mean'])} | `{best['best']}` |")
-        lines.append("")
+        lines += ["", *ga_against_random(
+            {(state["config"]["strategy"], state["config"]["init"], state["config"]["seed"]):
+             (max(r["max"] for r in at_equal[id(state)]), at_equal[id(state)][-1]["mean"])
+             for state in group if at_equal[id(state)]})]
     return lines
+
+
+def ga_against_random(results: dict[tuple[str, str, int], tuple[float, float]]) -> list[str]:
+    """Whether the GA beats random search: searches paired by start and seed ((strategy, init, seed) ->
+    (best fitness, last generation's mean), at equal evaluations), and a one-sided paired t-test of the
+    GA's best fitness (the validation metric) over random search's at the 5 % level, which needs two
+    pairs or more. Its verdict, a sentence either way; no lines without a pair."""
+    pairs = sorted((init, seed) for strategy, init, seed in results
+                   if strategy == "ga" and ("random", init, seed) in results)
+    if not pairs:
+        return []
+    best = [100 * (results[("ga", *p)][0] - results[("random", *p)][0]) for p in pairs]
+    last = [100 * (results[("ga", *p)][1] - results[("random", *p)][1]) for p in pairs]
+    text = (f"GA against random search, paired by start and seed ({', '.join(f'seed {s} {i}' for i, s in pairs)}): "
+            f"the GA's best fitness minus random search's {', '.join(f'{d:+.2f}' for d in best)} points, its last "
+            f"generation's mean {', '.join(f'{d:+.2f}' for d in last)}; the GA is ahead on best fitness in "
+            f"{sum(d > 0 for d in best)} of {len(pairs)}.")
+    if len(pairs) < 2:
+        return [f"{text} One pair cannot show that the GA beats random search: run another --seed of both.", ""]
+    mean, se = statistics.mean(best), statistics.stdev(best) / math.sqrt(len(best))
+    from scipy import stats
+
+    p = float(stats.t.sf(mean / se, len(best) - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
+    verdict = ("**The GA beats random search**" if p < 0.05 else "**The GA is not shown to beat random search**")
+    return [f"{text} Mean {mean:+.2f} points, standard error {se:.2f}: one-sided paired t-test p = {p:.3f} over "
+            f"{len(pairs)} pairs. {verdict} on best fitness at the 5 % level.", ""]
 
 
 def _fitness_faithfulness(state: dict) -> list[str]:

@@ -197,6 +197,31 @@ def test_rank_correlations_and_noise_match_reference_answers():
     assert alone["within_sd"] == pytest.approx(np.sqrt(0.0002)) and np.isnan(alone["icc1"])
 
 
+def test_the_reports_ga_against_random_verdict_is_a_paired_t_test():
+    from scipy import stats
+
+    from slicenet.report import ga_against_random
+
+    # by hand: three seeds, the GA ahead by 0.4, 0.2 and 0.3 points on best fitness
+    ga = {0: (0.954, 0.941), 1: (0.962, 0.945), 2: (0.950, 0.940)}
+    rand = {0: (0.950, 0.940), 1: (0.960, 0.946), 2: (0.947, 0.938)}
+    results = {**{("ga", "random", s): v for s, v in ga.items()},
+               **{("random", "random", s): v for s, v in rand.items()},
+               ("ga", "zeros", 0): (0.99, 0.99)}  # an all-zero start has no random search to pair with
+    (line, _) = ga_against_random(results)
+    reference = stats.ttest_rel([v[0] for v in ga.values()], [v[0] for v in rand.values()], alternative="greater")
+    assert "(seed 0 random, seed 1 random, seed 2 random)" in line and "+0.40, +0.20, +0.30 points" in line
+    assert "last generation's mean +0.10, -0.10, +0.20" in line and "ahead on best fitness in 3 of 3" in line
+    assert f"p = {reference.pvalue:.3f}" in line and "Mean +0.30 points, standard error 0.06" in line
+    assert ("**The GA beats random search**" in line) == (reference.pvalue < 0.05)
+    # the signs disagree: not shown; one pair: says it cannot show it; none: nothing
+    (line, _) = ga_against_random({**results, ("random", "random", 1): (0.970, 0.946)})
+    assert "**The GA is not shown to beat random search**" in line and "ahead on best fitness in 2 of 3" in line
+    (line, _) = ga_against_random({k: v for k, v in results.items() if k[2] == 0})
+    assert "One pair cannot show that the GA beats random search" in line
+    assert ga_against_random({("ga", "zeros", 0): (0.99, 0.99)}) == []
+
+
 def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert main([*ARCH, "--out", str(reference)]) == 0
