@@ -214,6 +214,8 @@ def test_the_reports_ga_against_random_verdict_is_a_paired_t_test():
     assert "last generation's mean +0.10, -0.10, +0.20" in line and "ahead on best fitness in 3 of 3" in line
     assert f"p = {reference.pvalue:.3f}" in line and "Mean +0.30 points, standard error 0.06" in line
     assert ("**The GA beats random search**" in line) == (reference.pvalue < 0.05)
+    last = stats.ttest_rel([v[1] for v in ga.values()], [v[1] for v in rand.values()], alternative="greater")
+    assert f"the last generation's mean gives p = {last.pvalue:.3f}" in line
     # the signs disagree: not shown; one pair: says it cannot show it; none: nothing
     (line, _) = ga_against_random({**results, ("random", "random", 1): (0.970, 0.946)})
     assert "**The GA is not shown to beat random search**" in line and "ahead on best fitness in 2 of 3" in line
