@@ -517,8 +517,8 @@ def ga_against_random(results: dict[tuple[str, str, int], tuple[float, float]]) 
             f"{sum(d > 0 for d in best)} of {len(pairs)}.")
     if len(pairs) < 2:
         return [f"{text} One pair cannot show that the GA beats random search: run another --seed of both.", ""]
-    mean, se = statistics.mean(best), statistics.stdev(best) / math.sqrt(len(best))
-    p, p_last = _paired_p(best), _paired_p(last)
+    mean, se, p = _paired_t(best)
+    p_last = _paired_t(last)[2]
     verdict = ("**The GA beats random search**" if p < 0.05 else "**The GA is not shown to beat random search**")
     return [f"{text} Mean {mean:+.2f} points, standard error {se:.2f}: one-sided paired t-test p = {p:.3f} over "
             f"{len(pairs)} pairs. {verdict} on best fitness at the 5 % level (the verdict's measure; the last "
@@ -526,12 +526,14 @@ def ga_against_random(results: dict[tuple[str, str, int], tuple[float, float]]) 
             "good, so its mean rises without its best improving).", ""]
 
 
-def _paired_p(differences: list[float]) -> float:
-    """One-sided p of a paired t-test that the differences' mean is above 0 (two or more)."""
+def _paired_t(differences: list[float]) -> tuple[float, float, float]:
+    """A paired t-test of two or more differences: their mean, its standard error, and the one-sided p
+    that the mean is above 0."""
     from scipy import stats
 
     mean, se = statistics.mean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
-    return float(stats.t.sf(mean / se, len(differences) - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
+    p = float(stats.t.sf(mean / se, len(differences) - 1)) if se > 0 else (0.0 if mean > 0 else 1.0)
+    return mean, se, p
 
 
 def _fitness_faithfulness(state: dict) -> list[str]:
