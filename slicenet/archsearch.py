@@ -251,6 +251,8 @@ def planned_costs(config: ArchConfig, genome: Genome, dataset: Dataset) -> dict[
     ``stand_in``'s with its provenance added, and the file only grows by it), so that a structure
     over a budget here is over it after its run too."""
     units = tuple(unit for unit, budget in config.budgets.items() if budget is not None)
+    if not units:
+        return {}
     if units == ("macs",):  # no engine needed
         _, spec = resolve_preset(preset_name(genome, config.filters), dataset.image_size)
         return {"macs": float(spec.multiply_adds(dataset.image_size))}
@@ -285,18 +287,18 @@ def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str 
     """Run (or, with ``resume``, continue) the search in ``out``; returns the final state. ``on_start``
     is called once the inputs are checked and the state is in place, before the first evaluation."""
     config.validate()
-    state = _load(out, config) if resume else _start(out, config)
-    if on_start is not None:
-        on_start()
-    rng = np.random.default_rng()
     loaded: list[Dataset] = []
-    planned: dict[str, dict[str, float]] = {}
+    planned: dict[str, dict[str, float]] = {}  # by genome: its costs known before its run
 
-    def dataset() -> Dataset:  # once, and only if a budget needs it
+    def dataset() -> Dataset:  # once: by the start's checks, or on resume only if a budget needs it
         if not loaded:
             loaded.append(load_dataset(config.dataset))
         return loaded[0]
 
+    state = _load(out, config) if resume else _start(out, config, dataset(), planned)
+    if on_start is not None:
+        on_start()
+    rng = np.random.default_rng()
     while state["generation"] <= config.generations:
         rng.bit_generator.state = state["rng"]
         population = [Genome.parse(code) for code in state["population"]]
@@ -328,15 +330,15 @@ def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str 
     return state
 
 
-def _start(out: Path, config: ArchConfig) -> dict:
+def _start(out: Path, config: ArchConfig, dataset: Dataset, planned: dict[str, dict[str, float]]) -> dict:
     if (out / STATE).exists():
         raise InputError(f"{out} holds an architecture search already; continue it with --resume, or choose "
                          "another --out")
     rng = np.random.default_rng(config.seed)
     population = initial_population(config.population, config.nodes, rng, zeros=config.init == "zeros")
-    # A dataset that does not load, or images too small for a structure: one line, before the state is
-    # written (a state left behind would refuse the corrected command).
-    dataset = load_dataset(config.dataset)
+    # A dataset that does not load (the caller's ``dataset``), images too small for a structure, a budget
+    # nothing keeps: one line, before the state is written (a state left behind would refuse the
+    # corrected command).
     image_size = dataset.image_size
     if "ms" in config.costs:
         board_profile(config.board)
@@ -346,7 +348,7 @@ def _start(out: Path, config: ArchConfig) -> dict:
     except InputError:
         raise InputError(f"--stages {config.stages} pool {image_size[0]}x{image_size[1]} images to nothing: use fewer "
                          "--stages or larger images (--dataset D@H)") from None
-    _check_budgets_leave_room(config, dataset)
+    _check_budgets_leave_room(config, dataset, planned)
     state = {"format": "slicenet-arch-search/1", "config": config.to_dict(), "generation": 0,
              "population": [g.code() for g in population], "rng": rng.bit_generator.state, "evaluations": {},
              "history": [], "front": []}
@@ -355,11 +357,13 @@ def _start(out: Path, config: ArchConfig) -> dict:
     return state
 
 
-def _check_budgets_leave_room(config: ArchConfig, dataset: Dataset) -> None:
+def _check_budgets_leave_room(config: ArchConfig, dataset: Dataset, planned: dict[str, dict[str, float]]) -> None:
     """A one-line error if no structure can keep the hard budgets: the all-zero structure (one
-    convolution a stage) is the cheapest in every cost, so if it is over one, every structure is."""
+    convolution a stage) is the cheapest in every cost, so if it is over one, every structure is. Its
+    costs are kept in ``planned`` for the first generation."""
     zeros = Genome(tuple((0,) * stage_bits(k) for k in config.nodes), config.nodes)
-    over = _over(config, planned_costs(config, zeros, dataset))
+    planned[zeros.code()] = planned_costs(config, zeros, dataset)
+    over = _over(config, planned[zeros.code()])
     if "kb" in over:
         n_features = resolve_preset(preset_name(zeros, config.filters), dataset.image_size)[1].n_features(
             dataset.image_size)
