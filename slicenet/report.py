@@ -493,10 +493,23 @@ def _arch_comparison(states: list[dict]) -> list[str]:
             config = state["config"]
             lines.append(f"| `{state['folder']}` | {config['strategy']} | {config['init']} | {config['seed']} | "
                          f"{_pct(best['max'])} | {_pct(rows[-1]['mean'])} | `{best['best']}` |")
-        lines += ["", *ga_against_random(
-            {(state["config"]["strategy"], state["config"]["init"], state["config"]["seed"]):
-             (max(r["max"] for r in at_equal[id(state)]), at_equal[id(state)][-1]["mean"])
-             for state in group if at_equal[id(state)]})]
+        results: dict[tuple[str, str, int], tuple[float, float]] = {}
+        first: dict[tuple[str, str, int], str] = {}
+        repeats = []
+        for state in group:
+            rows = at_equal[id(state)]
+            key = (state["config"]["strategy"], state["config"]["init"], state["config"]["seed"])
+            if not rows:
+                continue
+            if key in results:  # one search counted once: the first listed is paired, the others named
+                repeats.append(f"`{state['folder']}` repeats `{first[key]}`'s strategy, start and seed")
+                continue
+            results[key], first[key] = (max(r["max"] for r in rows), rows[-1]["mean"]), state["folder"]
+        verdict = ga_against_random(results)
+        lines += ["", *verdict]
+        if repeats and verdict:
+            lines += ["; ".join(repeats) + ": only the first is paired (a seed's two searches are not two samples).",
+                      ""]
     return lines
 
 

@@ -224,6 +224,25 @@ def test_the_reports_ga_against_random_verdict_is_a_paired_t_test():
     assert ga_against_random({("ga", "zeros", 0): (0.99, 0.99)}) == []
 
 
+def test_the_report_pairs_a_seeds_searches_once():
+    from slicenet.report import _arch_comparison
+
+    def state(folder: str, strategy: str, seed: int, best: float) -> dict:
+        config = {"dataset": "digits", "nodes": [3, 4], "filters": [4, 8], "budget_macs": None, "budget_kb": None,
+                  "budget_ms": None, "search_generations": 6, "search_images": 400, "strategy": strategy,
+                  "init": "random", "seed": seed}
+        return {"folder": folder, "config": config,
+                "history": [{"evaluations": 8, "max": best, "mean": best - 0.01, "best": "0-00 0-00-000"}]}
+
+    # seed 0's GA twice (a T=3 and a T=1 run, the same at equal evaluations): paired once, the repeat named
+    states = [state("ga0", "ga", 0, 0.95), state("ga0-again", "ga", 0, 0.95), state("r0", "random", 0, 0.94),
+              state("ga1", "ga", 1, 0.96), state("r1", "random", 1, 0.96)]
+    text = "\n".join(_arch_comparison(states))
+    assert "(seed 0 random, seed 1 random)" in text and "+1.00, +0.00 points" in text
+    assert "`ga0-again` repeats `ga0`'s strategy, start and seed: only the first is paired" in text
+    assert text.count("| `ga0") == 2  # the table still lists both
+
+
 def test_a_killed_search_resumes_to_the_same_front(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert main([*ARCH, "--out", str(reference)]) == 0
