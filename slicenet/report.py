@@ -485,6 +485,9 @@ def _arch_comparison(states: list[dict]) -> list[str]:
                   "(a structure's mean over its evaluations so far) and the last generation's mean.", "",
                   "| search | strategy | init | seed | best fitness | last generation's mean | its best structure |",
                   "|---|---|---|---|---|---|---|"]
+        results: dict[tuple[str, str, int], tuple[float, float]] = {}  # for the GA-against-random pairing
+        first: dict[tuple[str, str, int], str] = {}
+        repeats = []
         for state in group:
             rows = at_equal[id(state)]
             if not rows:
@@ -493,18 +496,11 @@ def _arch_comparison(states: list[dict]) -> list[str]:
             config = state["config"]
             lines.append(f"| `{state['folder']}` | {config['strategy']} | {config['init']} | {config['seed']} | "
                          f"{_pct(best['max'])} | {_pct(rows[-1]['mean'])} | `{best['best']}` |")
-        results: dict[tuple[str, str, int], tuple[float, float]] = {}
-        first: dict[tuple[str, str, int], str] = {}
-        repeats = []
-        for state in group:
-            rows = at_equal[id(state)]
-            key = (state["config"]["strategy"], state["config"]["init"], state["config"]["seed"])
-            if not rows:
-                continue
-            if key in results:  # one search counted once: the first listed is paired, the others named
+            key = (config["strategy"], config["init"], config["seed"])
+            if key in first:  # one search counted once: the first listed is paired, the others named
                 repeats.append(f"`{state['folder']}` repeats `{first[key]}`'s strategy, start and seed")
-                continue
-            results[key], first[key] = (max(r["max"] for r in rows), rows[-1]["mean"]), state["folder"]
+            else:
+                results[key], first[key] = (best["max"], rows[-1]["mean"]), state["folder"]
         verdict = ga_against_random(results)
         lines += ["", *verdict]
         if repeats and verdict:
