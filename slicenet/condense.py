@@ -20,6 +20,10 @@ trunk. Three levers, each chosen by validation accuracy (never by the test split
 - **Feature reduction**: a PCA projection of the centred trunk features, part of the engine and of
   its export (one MatMul).
 - **Storage precision**: fp32, fp16 or int8 (symmetric, one scale per tensor) for bank and weights.
+- **Test-time views** (``--query-shifts n``, asked for, never chosen): each query and its copies
+  shifted 1..n px vote together over the compact bank. The bank's bytes are unchanged; the engine's
+  multiply-adds are 4n+1 times the single view's, and the exported graph carries the views' gather
+  table (``views.Views``). A trade of compute for accuracy that only the user can price.
 - **Metric**: cosine (the bank's directions only) or euclidean, by validation, cosine on a tie. On
   L2-normalised queries the two rank real training images alike, but centroids are shorter than
   unit length; and a cosine engine exports to a shorter graph (ranking by q.b/|b| is unchanged by
@@ -90,8 +94,11 @@ class CompactSettings(Checked):
     epochs: int = option(4, "method lvq: passes over the training images")
     generations: int = option(100, "methods optimised and joint: generations of the optimiser (joint: per round)")
     optimiser: str = option("cma", "methods optimised and joint: the registered optimiser (cma, pso, ga)")
+    query_shifts: int = option(0, "test-time views: each query and its copies shifted 1..n px vote together "
+                               "(4n+1 times the trunk's multiply-adds, no more bank bytes; 0 = the query alone)")
 
     def checks(self) -> list[tuple[bool, str]]:
+        from .data import MAX_SHIFTS
         from .optimisers import REGISTRY
 
         return [
@@ -109,6 +116,11 @@ class CompactSettings(Checked):
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.generations >= 1, f"--generations must be at least 1, got {self.generations}"),
             (self.optimiser in REGISTRY, f"--optimiser {self.optimiser!r}: expected one of {', '.join(REGISTRY)}"),
+            (0 <= self.query_shifts <= MAX_SHIFTS,
+             f"--query-shifts must be between 0 and {MAX_SHIFTS} pixels, got {self.query_shifts}"),
+            (self.query_shifts == 0 or self.method != "joint",
+             "--method joint tunes the last layer for one view per query: drop --query-shifts or choose "
+             "another --method"),
         ]
 
     def compact_fields(self) -> dict[str, Any]:
@@ -408,11 +420,11 @@ def build_compact(engine: Engine, images: np.ndarray, labels: np.ndarray, settin
     k = n_neighbors or settings.n_neighbors or source.n_neighbors
     bank, bank_labels = reduce_bank(points, labels, engine.n_classes, settings, seed=seed, queries=points,
                                     query_labels=labels, n_neighbors=k, start=start)
-    # A compact bank is voted on by majority, one view per query: its k and prototypes are tuned for that.
+    # A compact bank is voted on by majority; its k and prototypes are chosen for its views (one by default).
     head = MajorityHead(n_neighbors=min(k, len(bank)), metric=settings.metric or source.metric,
                         bank=torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)),
                         bank_labels=torch.from_numpy(bank_labels.astype(np.int64)), classes=engine.n_classes)
-    compact = dataclasses.replace(engine, post=post, head=head, views=Views(0))
+    compact = dataclasses.replace(engine, post=post, head=head, views=Views(settings.query_shifts))
     if settings.method == "joint":
         compact = tune_jointly(compact, images, labels, settings, seed=seed, evaluator=evaluator)
     return compact.with_storage(settings.precision, settings.precision)
@@ -475,22 +487,21 @@ def accuracy(engine: Engine, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 class ValidationFeatures:
-    """Validation images and their trunk features, computed once per storage precision: every compact
-    engine a budget search builds has its source's trunk, stored at the engine's precision, whatever
-    its bank, so the thousands of engines it scores share a few trunk passes (on Fashion-MNIST's 15,000
-    validation images and a 6-convolution trunk, ~1.6 s each)."""
+    """Validation images and their trunk features, computed once per storage precision and views: every
+    compact engine a budget search builds has its source's trunk, stored at the engine's precision,
+    whatever its bank, so the thousands of engines it scores share a few trunk passes (on Fashion-MNIST's
+    15,000 validation images and a 6-convolution trunk, ~1.6 s each, times the views)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         self.images, self.labels = images, labels
-        self._raw: dict[str, tuple[Weights, torch.Tensor]] = {}
+        self._raw: dict[tuple[str, Views], tuple[Weights, torch.Tensor]] = {}
 
     def accuracy(self, engine: Engine) -> float:
         """``accuracy(engine, images, labels)``, for engines of one trunk (checked)."""
-        assert engine.n_views == 1, "a compact engine votes on one view"
-        precision = engine.storage["weights"]
-        if precision not in self._raw:
-            self._raw[precision] = engine.weights, raw_features(engine, self.images)
-        weights, raw = self._raw[precision]
+        key = engine.storage["weights"], engine.views
+        if key not in self._raw:
+            self._raw[key] = engine.weights, raw_features(engine, engine.views.expand(self.images))
+        weights, raw = self._raw[key]
         assert all(torch.equal(a, b) for pair, other in zip(weights, engine.weights, strict=True)
                    for a, b in zip(pair, other, strict=True)), "ValidationFeatures serves engines of one trunk"
         predicted, _, _ = engine.head.predict(engine.post(raw), engine.views, len(self.images))
@@ -575,7 +586,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                   budget_macs: int | None = None, splits: int = 1,
                   generations: int = CompactSettings.generations,
                   on_cell: Callable[[int, int], None] | None = None,
-                  evaluator: EvaluatorFactory | None = None) -> tuple[Engine, dict, list[dict]]:
+                  evaluator: EvaluatorFactory | None = None, query_shifts: int = 0) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` (and, if given, ``budget_macs`` multiply-adds
     per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq; joint
     searches the grid with lvq, then tunes the trunk's last layer for the pick if validation agrees).
@@ -586,9 +597,11 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
     point), so the best score is partly luck; the mean of several splits is steadier. (On MNIST-5k
     within 74 KB, 3 splits pick the same engine as one.)
     ``shifts`` as for ``choose_and_build``; ``generations`` per round of joint's layer search;
-    ``on_cell(done, total)`` reports progress over the grid's (prototypes, dims) cells.
+    ``on_cell(done, total)`` reports progress over the grid's (prototypes, dims) cells. With ``query_shifts``
+    every engine votes each query's shifted views (``Views``): scored so, and its multiply-adds counted so.
     """
-    trunk_macs = engine.spec.multiply_adds(engine.image_size)
+    views = Views(query_shifts)
+    trunk_macs = views.count * engine.spec.multiply_adds(engine.image_size)
     trunk_bytes = engine.with_storage("int8", "int8").spec.parameters
 
     def nothing_fits() -> InputError:
@@ -616,7 +629,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
         # multiply-adds are known from the shapes: skip settings that cannot fit before paying
         # for their prototypes.
         bank_numbers = int(np.minimum(class_sizes, prototypes).sum()) * (dims or n_features)
-        macs = trunk_macs + n_features * dims + bank_numbers  # the engine's multiply_adds
+        macs = trunk_macs + views.count * (n_features * dims + bank_numbers)  # the engine's multiply_adds
         if bank_numbers > budget_bytes or (budget_macs is not None and macs > budget_macs):
             continue
         shared = [shared_fit(engine, raw_fit, fit_labels, method=grid_method, prototypes=prototypes, dims=dims,
@@ -629,8 +642,8 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                 base = build_compact(engine, fit_images, fit_labels,
                                      CompactSettings(method=grid_method, prototypes=prototypes, dims=dims,
                                                      precision="fp32", n_neighbors=1, epochs=epochs,
-                                                     window=window), seed=seed, raw=raw_fit, n_neighbors=1,
-                                     post=post, start=start)
+                                                     window=window, query_shifts=query_shifts), seed=seed,
+                                     raw=raw_fit, n_neighbors=1, post=post, start=start)
                 for precision in PRECISIONS:
                     stored = base.with_storage(precision, precision)
                     costs[precision] = (stored.engine_bytes, stored.multiply_adds)  # whatever k and metric
@@ -647,7 +660,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                     continue
                 trial: dict[str, Any] = {
                     "method": grid_method, "prototypes": prototypes, "dims": dims, "precision": precision,
-                    "n_neighbors": k, "metric": metric, "window": window,
+                    "n_neighbors": k, "metric": metric, "window": window, "query_shifts": query_shifts,
                     "engine_bytes": costs[precision][0], "multiply_adds": costs[precision][1],
                     "validation_accuracy": float(np.mean(values))}
                 if splits > 1:
@@ -660,7 +673,7 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
     best = pick_within_noise(trials, n_validation=len(data[0][3]) * splits)
     settings = CompactSettings(method=grid_method, prototypes=best["prototypes"], dims=best["dims"],
                                precision=best["precision"], n_neighbors=best["n_neighbors"], metric=best["metric"],
-                               epochs=epochs, window=best["window"])
+                               epochs=epochs, window=best["window"], query_shifts=query_shifts)
     if method == "joint":
         tuned = dataclasses.replace(settings, method="joint", generations=generations)
         tuned_accuracy = _validation_accuracy(engine, images, labels, data, tuned, seed, evaluator)
@@ -727,7 +740,7 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
         engine, images, labels, budget_bytes=int(config.budget_kb * 1000), seed=config.seed, method=config.method,
         on_trial=on_trial, metrics=(config.metric,) if config.metric else COMPACT_METRICS, epochs=config.epochs,
         shifts=shifts, budget_macs=config.budget_macs, splits=splits, generations=config.generations,
-        on_cell=on_cell, evaluator=evaluator)
+        on_cell=on_cell, evaluator=evaluator, query_shifts=config.query_shifts)
     extra: dict[str, Any] = {"budget_bytes": int(config.budget_kb * 1000), "frontier": frontier(trials),
                              "validation_accuracy": best["validation_accuracy"],
                              "compact": {**best, "bank_shifts": shifts}, "trials": len(trials)}

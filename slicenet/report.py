@@ -90,6 +90,14 @@ def head_label(settings: dict, query_shifts: int = 0) -> str:
     return head.label(Views(int(query_shifts)))
 
 
+def query_views(metrics: dict, config: dict) -> int:
+    """The engine's test-time views (query shifts): a compact engine's own, never its source run's
+    (whose config.toml it carries); recorded in metrics.json since 0.3."""
+    if run_kind(metrics) == "compact":
+        return int(metrics.get("query_shifts", 0))
+    return int(metrics.get("query_shifts", config.get("query_shifts", 0)))
+
+
 def bank_shifts(metrics: dict, config: dict) -> int:
     """Shifted copies per bank image: resolved in metrics.json since 0.3 (the config may say -1, auto);
     for a condensed bank, the shifted copies its prototypes were fitted to (none before 0.4)."""
@@ -106,8 +114,8 @@ def shifts_label(shifts: int) -> str:
 def network_name(metrics: dict, config: dict) -> str:
     """The row label, matching the reference's names where the network is the same kind. Built from
     the run's kind and head (data), never parsed back."""
-    kind, views = run_kind(metrics), int(metrics.get("query_shifts", config.get("query_shifts", 0)))
-    head = head_label(run_head(metrics, config), 0 if kind == "compact" else views)
+    kind, views = run_kind(metrics), query_views(metrics, config)
+    head = head_label(run_head(metrics, config), views)
     if kind.startswith("backprop"):
         epochs = "" if config.get("epochs", 5) == 5 else f", {config['epochs']} epochs max"
         if kind == "backprop-knn":
@@ -145,7 +153,7 @@ def reference_key(metrics: dict, config: dict) -> str | None:
     elif kind == "search" and metrics.get("method") in ("cma", "pso"):
         head = run_head(metrics, config)
         plain = (head["kind"] == "majority" and int(head["n_neighbors"]) == 9
-                 and not int(metrics.get("query_shifts", config.get("query_shifts", 0)))
+                 and not query_views(metrics, config)
                  and config.get("granularity", "layer") == "layer" and config.get("sweeps", 1) == 1
                  and config.get("fitness_vote", "majority") == "majority")
         key = f"k-NN (k=9), {metrics['method'].upper()}" if plain else ""
@@ -177,7 +185,7 @@ def _row(run_dir: Path) -> dict:
         row["multiply_adds"] = load_engine(run_dir).multiply_adds
     try:
         head = run_head(metrics, config)
-        views = int(metrics.get("query_shifts", config.get("query_shifts", 0)))
+        views = query_views(metrics, config)
         row.update(run=str(run_dir), cpu=machine.get("cpu", ""), cores=machine.get("cores", ""),
                    network=network_name(metrics, config), path=run_dir, kind=run_kind(metrics),
                    head=head["kind"], head_label=head_label(head, views), reference=reference_key(metrics, config),

@@ -205,6 +205,8 @@ def test_budget_cli_prints_the_frontier(run, tmp_path, capsys):
     (["--prototypes", "2", "--splits", "3"], "give --budget-kb too"),
     (["--budget-kb", "6", "--splits", "-1"], "--splits must be 0 (auto) or at least 1"),
     (["--budget-kb", "0.01"], "no engine fits in 10 bytes (the trunk alone needs"),  # before the grid starts
+    (["--prototypes", "2", "--query-shifts", "5"], "--query-shifts must be between 0 and 4 pixels"),
+    (["--prototypes", "2", "--method", "joint", "--query-shifts", "1"], "for one view per query"),
 ])
 def test_condense_refuses_bad_flags(run, capsys, flags, message):
     assert main(["condense", str(run), *flags]) == 2
@@ -380,3 +382,42 @@ def test_budget_search_with_joint_tunes_only_its_pick(engine_and_data):
         assert chosen["validation_accuracy"] > chosen["lvq_validation_accuracy"]
     else:
         assert chosen["method"] == "lvq" and {k: v for k, v in chosen.items() if k in trials[0]} in trials
+
+
+def test_a_compact_engine_can_vote_its_querys_shifted_views(engine_and_data, run, tmp_path):
+    # --query-shifts 1: each query and its four 1-px shifted copies vote over the compact bank; the
+    # votes are the sum of each view's own vote, the multiply-adds five times the single view's, the
+    # bytes those of the same bank, and the budget search scores its engines so.
+    from slicenet.condense import choose_and_build
+
+    engine, data = engine_and_data
+    settings = CompactSettings(prototypes=3, dims=16, n_neighbors=1, metric="cosine", window=0.2)
+    single = build_compact(engine, data.x_train, data.y_train, settings, seed=0)
+    views = build_compact(engine, data.x_train, data.y_train, dataclasses.replace(settings, query_shifts=1), seed=0)
+    assert views.n_views == 5 and views.multiply_adds == 5 * single.multiply_adds
+    assert torch.equal(views.bank_head.bank, single.bank_head.bank)
+    assert abs(views.engine_bytes - single.engine_bytes) < 8  # the header's "query_shifts": 1 against 0
+    images = data.x_test[:50]
+    shifted = views.views.expand(images)  # the query, then its copies (the views' own test: test_engine.py)
+    expected = sum(single.predict(shifted[v * len(images):(v + 1) * len(images)])[1] for v in range(5))
+    np.testing.assert_array_equal(views.predict(images)[1], expected)
+    scoring = ValidationFeatures(data.x_test, data.y_test)
+    assert scoring.accuracy(views) == accuracy(views, data.x_test, data.y_test)
+    assert scoring.accuracy(single) == accuracy(single, data.x_test, data.y_test)
+    _, _, chosen = choose_and_build(engine, data.x_train, data.y_train, dataclasses.replace(settings, query_shifts=1),
+                                    seed=0)
+    assert chosen.query_shifts == 1
+    compact, best, trials = budget_search(engine, data.x_train, data.y_train, budget_bytes=8_000, seed=0,
+                                          query_shifts=1)
+    assert compact.n_views == 5 and best["query_shifts"] == 1 and all(t["query_shifts"] == 1 for t in trials)
+    assert all(t["multiply_adds"] >= 5 * engine.spec.multiply_adds(engine.image_size) for t in trials)
+    out = tmp_path / "views"
+    assert main(["condense", str(run), "--prototypes", "3", "--dims", "16", "--precision", "int8", "--metric",
+                 "cosine", "--n-neighbors", "1", "--query-shifts", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["query_shifts"] == 1 and metrics["compact"]["query_shifts"] == 1
+    for target in ("jetson", "ncs2"):
+        assert main(["export", str(out), "--target", target, "--out", str(tmp_path / "export")]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "results")]) == 0
+    assert "| k-NN (k=1, 5 views), CMA, compact: lvq 3/class, dims 16, int8, cosine" in (
+        tmp_path / "results" / "REPORT.md").read_text()
