@@ -564,7 +564,9 @@ def _print_frontier(settings: Any, extra: dict) -> None:
     front, chosen = extra["frontier"], extra["compact"]
     within = f"{settings.budget_kb:g} KB" + (f" and {settings.budget_macs:,} MACs" if settings.budget_macs else "")
     splits = f", mean of {settings.splits} splits" if settings.splits > 1 else ""
-    print(f"accuracy / size frontier ({extra['trials']} engines within {within}, validation accuracy{splits}):")
+    views = f", each query voting its {1 + 4 * settings.query_shifts} views" if settings.query_shifts else ""
+    print(f"accuracy / size frontier ({extra['trials']} engines within {within}{views}, validation "
+          f"accuracy{splits}):")
     for point in front:
         window = f", window {point['window']:g}" if point["window"] else ""
         print(f"  {point['engine_bytes']:>9,} B  {point['multiply_adds']:>9,} MACs  "
