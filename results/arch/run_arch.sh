@@ -61,3 +61,20 @@ done
 slicenet report runs/arch-mnist-s2/individuals/1_01_0_11_101-e0 --arch runs/arch-mnist-s0-t1 runs/arch-mnist-random-s0-t1 \
   runs/arch-mnist-s1-t1 runs/arch-mnist-random-s1-t1 runs/arch-mnist-s2 runs/arch-mnist-random-s2 runs/arch-mnist-s3 \
   runs/arch-mnist-random-s3 --out "$OUT/seeds"
+# Compact engines voting each query's 1-px shifted views (condense --query-shifts, new in this stop), on an
+# AMD EPYC (2 cores): seed 0 of the searched structure run again in full (the runs above are gone with their
+# machine), condensed within 74 KB by the same rule without and with views, the pick exported and verified for
+# both boards; then a report of these runs alone.
+slicenet optimise --method cma --dataset fashion-mnist --preset genetic:4,8:1-11/0-00-000 --seed 0 --quiet \
+  --out runs/fashion-cma-genetic-best-s0
+slicenet condense runs/fashion-cma-genetic-best-s0 --budget-kb 74 --out runs/fashion-cma-genetic-best-s0-74kb
+slicenet condense runs/fashion-cma-genetic-best-s0 --budget-kb 74 --query-shifts 1 \
+  --out runs/fashion-cma-genetic-best-s0-74kb-views1
+# One fixed setting with views and prototypes fitted to the 1-px shifted copies too (the grid's most accurate
+# setting without views; the budget search with --bank-shifts 1 would take hours here):
+slicenet condense runs/fashion-cma-genetic-best-s0 --prototypes 15 --precision int8 --metric cosine --n-neighbors 1 \
+  --query-shifts 1 --bank-shifts 1 --out runs/fashion-cma-genetic-best-s0-p15-views1-shifts1
+slicenet export runs/fashion-cma-genetic-best-s0-74kb-views1 --target jetson --verify-images 1000
+slicenet export runs/fashion-cma-genetic-best-s0-74kb-views1 --target ncs2 --verify-images 1000
+slicenet report runs/fashion-cma-genetic-best-s0 runs/fashion-cma-genetic-best-s0-74kb \
+  runs/fashion-cma-genetic-best-s0-74kb-views1 runs/fashion-cma-genetic-best-s0-p15-views1-shifts1 --out "$OUT/views"
