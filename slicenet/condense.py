@@ -606,8 +606,9 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
 
     def nothing_fits() -> InputError:
         within = f"{budget_bytes} bytes" + (f" and {budget_macs} multiply-adds" if budget_macs is not None else "")
+        over_views = f" over its {views.count} views" if views.count > 1 else ""
         return InputError(f"no engine fits in {within} (the trunk alone needs about {trunk_bytes} bytes at int8 "
-                          f"and {trunk_macs} multiply-adds); raise --budget-kb or --budget-macs")
+                          f"and {trunk_macs} multiply-adds{over_views}); raise --budget-kb or --budget-macs")
 
     if trunk_bytes > budget_bytes or (budget_macs is not None and trunk_macs > budget_macs):
         raise nothing_fits()  # before the training features are computed

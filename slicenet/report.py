@@ -92,7 +92,7 @@ def head_label(settings: dict, query_shifts: int = 0) -> str:
 
 def query_views(metrics: dict, config: dict) -> int:
     """The engine's test-time views (query shifts): a compact engine's own, never its source run's
-    (whose config.toml it carries); recorded in metrics.json since 0.3."""
+    (whose config.toml it carries)."""
     if run_kind(metrics) == "compact":
         return int(metrics.get("query_shifts", 0))
     return int(metrics.get("query_shifts", config.get("query_shifts", 0)))
