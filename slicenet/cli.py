@@ -561,10 +561,12 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
 
 def _print_frontier(settings: Any, extra: dict) -> None:
+    from .data import copies_per_image
+
     front, chosen = extra["frontier"], extra["compact"]
     within = f"{settings.budget_kb:g} KB" + (f" and {settings.budget_macs:,} MACs" if settings.budget_macs else "")
     splits = f", mean of {settings.splits} splits" if settings.splits > 1 else ""
-    views = f", each query voting its {1 + 4 * settings.query_shifts} views" if settings.query_shifts else ""
+    views = f", each query voting its {copies_per_image(settings.query_shifts)} views" if settings.query_shifts else ""
     print(f"accuracy / size frontier ({extra['trials']} engines within {within}{views}, validation "
           f"accuracy{splits}):")
     for point in front:
