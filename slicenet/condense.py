@@ -98,7 +98,7 @@ class CompactSettings(Checked):
                                "(4n+1 times the trunk's multiply-adds, no more bank bytes; 0 = the query alone)")
 
     def checks(self) -> list[tuple[bool, str]]:
-        from .data import MAX_SHIFTS
+        from .data import shift_check
         from .optimisers import REGISTRY
 
         return [
@@ -116,8 +116,7 @@ class CompactSettings(Checked):
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.generations >= 1, f"--generations must be at least 1, got {self.generations}"),
             (self.optimiser in REGISTRY, f"--optimiser {self.optimiser!r}: expected one of {', '.join(REGISTRY)}"),
-            (0 <= self.query_shifts <= MAX_SHIFTS,
-             f"--query-shifts must be between 0 and {MAX_SHIFTS} pixels, got {self.query_shifts}"),
+            shift_check("--query-shifts", self.query_shifts),
             (self.query_shifts == 0 or self.method != "joint",
              "--method joint tunes the last layer for one view per query: drop --query-shifts or choose "
              "another --method"),
@@ -145,6 +144,8 @@ class CondenseConfig(CompactSettings):
     seed: int = option(0, "seed of the split, k-means, LVQ's order and the optimiser")
 
     def checks(self) -> list[tuple[bool, str]]:
+        from .data import shift_check
+
         return [
             ((self.prototypes is None) != (self.budget_kb is None),
              "give one of --prototypes N (per class) or --budget-kb B, not "
@@ -158,8 +159,7 @@ class CondenseConfig(CompactSettings):
             (self.splits >= 0, f"--splits must be 0 (auto) or at least 1, got {self.splits}"),
             (self.splits <= 1 or self.budget_kb is not None,
              "--splits ranks the settings of --budget-kb: give --budget-kb too"),
-            (self.bank_shifts >= -1,
-             f"--bank-shifts must be -1 (as the source run), 0 or positive, got {self.bank_shifts}"),
+            shift_check("--bank-shifts", self.bank_shifts, minus_one="as the source run"),
         ]
 
 

@@ -112,7 +112,7 @@ class RunConfig(Checked):
                        "searched")
 
     def checks(self) -> list[tuple[bool, str]]:
-        from .data import MAX_SHIFTS
+        from .data import shift_check
         from .optimisers import REGISTRY
 
         return [
@@ -144,10 +144,8 @@ class RunConfig(Checked):
              "transfer)"),
             (self.prototypes == 0 or self.vote == "majority",
              "a condensed bank (prototypes > 0) is voted by majority: drop --prototypes or use --vote majority"),
-            (-1 <= self.bank_shifts <= MAX_SHIFTS,
-             f"bank_shifts must be -1 (auto) or between 0 and {MAX_SHIFTS} pixels, got {self.bank_shifts}"),
-            (0 <= self.query_shifts <= MAX_SHIFTS,
-             f"query_shifts must be between 0 and {MAX_SHIFTS} pixels, got {self.query_shifts}"),
+            shift_check("bank_shifts", self.bank_shifts, minus_one="auto"),
+            shift_check("query_shifts", self.query_shifts),
             (self.query_shifts == 0 or self.prototypes == 0,
              "test-time views (query_shifts) need the full bank: drop --prototypes or --query-shifts"),
         ]

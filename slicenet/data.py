@@ -287,6 +287,13 @@ def _folder(spec: str, directory: Path, image_size: int) -> Dataset:
 MAX_SHIFTS = 4  # shifted copies (bank) and test-time views (queries) move images by at most 4 pixels
 
 
+def shift_check(key: str, pixels: int, *, minus_one: str = "") -> tuple[bool, str]:
+    """The range check of a shift option (the bank's copies or the query's views), as ``Checked.checks``
+    lists them: 0 to ``MAX_SHIFTS`` pixels, or -1 where ``minus_one`` says what -1 means there."""
+    low, span = (-1, f"-1 ({minus_one}) or between 0") if minus_one else (0, "between 0")
+    return low <= pixels <= MAX_SHIFTS, f"{key} must be {span} and {MAX_SHIFTS} pixels, got {pixels}"
+
+
 def copies_per_image(pixels: int) -> int:
     """How many images ``shifted_copies`` makes of each: the image, then 4 per pixel step."""
     return 1 + 4 * max(0, pixels)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .data import MAX_SHIFTS, copies_per_image, shifted_copies
+from .data import copies_per_image, shift_check, shifted_copies
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -27,8 +27,9 @@ class Views:
     shifts: int = 0  # pixels: the query, then its copies shifted by 1..shifts (4 per step); 0 = the query alone
 
     def __post_init__(self) -> None:
-        if not 0 <= self.shifts <= MAX_SHIFTS:
-            raise InputError(f"query_shifts={self.shifts}: expected 0 to {MAX_SHIFTS} pixels")
+        ok, message = shift_check("query_shifts", self.shifts)
+        if not ok:
+            raise InputError(message)
 
     @property
     def count(self) -> int:

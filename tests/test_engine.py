@@ -119,7 +119,7 @@ def test_test_time_views_sum_each_shifted_querys_votes(engine_and_data, tmp_path
     ({"head": {"kind": "local-mean", "n_neighbors": 500, "metric": "euclidean"}},
      "needs k=500 prototypes of every class"),
     ({"head": {"kind": "median", "n_neighbors": 9, "metric": "euclidean"}}, "unknown head 'median'"),
-    ({"views": {"query_shifts": 7}}, "query_shifts=7: expected 0 to 4"),
+    ({"views": {"query_shifts": 7}}, "query_shifts must be between 0 and 4 pixels, got 7"),
     ({"format": "slicenet-engine/9"}, "a newer slicenet may have written it"),
 ])
 def test_a_head_the_bank_cannot_serve_is_refused_on_load(engine_and_data, tmp_path, change, match):
