@@ -33,6 +33,24 @@ def idx_dir(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def run_main(capsys):
+    """``run_main(args)``: (exit status, stderr) of ``slicenet ARGS`` run in-process, as a shell would see
+    them (argparse's own errors exit). A table of bad inputs then costs no interpreter start per row; an
+    uncaught exception fails the test all the same."""
+    from slicenet.cli import main
+
+    def run(args):
+        capsys.readouterr()  # what earlier calls printed is not this one's
+        try:
+            status = main(args)
+        except SystemExit as stop:
+            status = stop.code
+        return status, capsys.readouterr().err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One quick digits run (1 generation, population 4), shared read-only by the test modules."""

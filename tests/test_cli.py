@@ -146,7 +146,18 @@ def cli(*args, cwd=None):
     (["arch-search", "--dataset", "digits", "--seed", "-1", "--out", "/tmp/never-written"],
      "--seed must be 0 or positive"),
 ])
-def test_bad_input_exits_2_with_one_line(args, match):
+def test_bad_input_exits_2_with_one_line(args, match, run_main):
+    """In-process (``run_main``); the test below checks what a shell sees from the real command."""
+    status, err = run_main(args)
+    assert status == 2, err
+    assert match in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args,match", [
+    (["optimise", "--method", "adam"], "method 'adam'"),
+    (["optimise", "--generations", "x"], "invalid int value"),
+])
+def test_a_bad_flag_from_the_shell_exits_2_without_a_traceback(args, match):
     result = cli(*args)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr

@@ -401,11 +401,10 @@ def test_the_paper_setting_is_one_flag():
     (["--dataset", "digits@4", "--stages", "3", "--nodes", "3", "3", "3", "--filters", "2", "2", "2"],
      "use fewer --stages or larger images"),
 ])
-def test_bad_nodes_or_stages_are_one_line(tmp_path, flags, match):
-    result = subprocess.run([sys.executable, "-m", "slicenet.cli", "arch-search", "--dataset", "digits", *flags,
-                             "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert match in result.stderr and not (tmp_path / "a").exists()
+def test_bad_nodes_or_stages_are_one_line(tmp_path, flags, match, run_main):
+    status, err = run_main(["arch-search", "--dataset", "digits", *flags, "--out", str(tmp_path / "a")])
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert match in err and not (tmp_path / "a").exists()
 
 
 def test_a_graph_engine_exports_and_verifies(tmp_path):

@@ -263,7 +263,7 @@ def cli(*args):
                           timeout=120)
 
 
-def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path):
+def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path, run_main):
     empty = tmp_path / "empty"
     (empty / "7").mkdir(parents=True)
     existing = write_folder(tmp_path / "existing", ["2"])
@@ -274,11 +274,11 @@ def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path):
         (["--dataset", f"folder:{existing}", "--per-class", "-1"], "--per-class must be"),
     ]
     for flags, match in cases:
-        result = cli("enrol", five, *flags, "--out", tmp_path / "out")
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert match in result.stderr and not (tmp_path / "out").exists()
-    result = cli("enrol", tmp_path, "--dataset", f"folder:{existing}", "--out", tmp_path / "out")
-    assert result.returncode == 2 and "not a finished slicenet run" in result.stderr
+        status, err = run_main(["enrol", str(five), *flags, "--out", str(tmp_path / "out")])
+        assert status == 2 and len(err.strip().splitlines()) == 1, err
+        assert match in err and not (tmp_path / "out").exists()
+    status, err = run_main(["enrol", str(tmp_path), "--dataset", f"folder:{existing}", "--out", str(tmp_path / "out")])
+    assert status == 2 and "not a finished slicenet run" in err
 
 
 def test_the_report_tables_transfers_and_enrolments(source, five, tmp_path):
@@ -423,10 +423,11 @@ def test_an_ncs2_bundle_enrols_into_the_sticks_ranking_graph(five, tmp_path):
     assert [r["distance_step"] for r in rows] == ["graph", "host", "stick"] and rows[2]["estimates"] == []
 
 
-def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path):
+def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path, run_main):
     bank = len(engine_of(five).bank_head.bank)
-    result = cli("export", five, "--target", "ncs2", "--enrollable", "--capacity", bank - 1, "--out", tmp_path / "y")
-    assert result.returncode == 2 and "--capacity" in result.stderr and not (tmp_path / "y").exists()
+    status, err = run_main(["export", str(five), "--target", "ncs2", "--enrollable", "--capacity", str(bank - 1),
+                            "--out", str(tmp_path / "y")])
+    assert status == 2 and "--capacity" in err and not (tmp_path / "y").exists()
     assert main(["export", str(five), "--target", "ncs2", "--enrollable", "--no-check-2022", "--capacity", str(bank),
                  "--out", str(tmp_path / "x")]) == 0
     bundle = next((tmp_path / "x").glob("*/ncs2"))
@@ -434,15 +435,15 @@ def test_the_sticks_slots_are_checked_before_anything_is_written(five, tmp_path)
     result = runner(bundle, "enrol", bundle, write_folder(tmp_path / "new", ["5"]), "--per-class", "1")
     assert result.returncode == 2 and "slots" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (sorted(p.name for p in bundle.iterdir()), (bundle / "manifest.json").read_bytes()) == before
-    onnx = cli("export", five, "--target", "onnx", "--enrollable", "--out", tmp_path / "o")
-    assert onnx.returncode == 0, onnx.stderr
-    result = runner(next((tmp_path / "o").glob("*/onnx")), "run", "--bundle", next((tmp_path / "o").glob("*/onnx")),
-                    "--runtime", "openvino", "--distance", "stick")
+    assert main(["export", str(five), "--target", "onnx", "--enrollable", "--out", str(tmp_path / "o")]) == 0
+    onnx_bundle = next((tmp_path / "o").glob("*/onnx"))
+    result = runner(onnx_bundle, "run", "--bundle", onnx_bundle, "--runtime", "openvino", "--distance", "stick")
     assert result.returncode == 2 and "--distance stick needs an NCS2 bundle" in result.stderr
-    result = cli("export", five, "--target", "onnx", "--enrollable", "--capacity", bank * 2, "--out", tmp_path / "z")
-    assert result.returncode == 2 and "use --target ncs2" in result.stderr and not (tmp_path / "z").exists()
-    result = cli("bench", next((tmp_path / "o").glob("*/onnx")), "--runtime", "openvino", "--distance", "stick")
-    assert result.returncode == 2 and "no stick-side distance step" in result.stderr
+    status, err = run_main(["export", str(five), "--target", "onnx", "--enrollable", "--capacity", str(bank * 2),
+                            "--out", str(tmp_path / "z")])
+    assert status == 2 and "use --target ncs2" in err and not (tmp_path / "z").exists()
+    status, err = run_main(["bench", str(onnx_bundle), "--runtime", "openvino", "--distance", "stick"])
+    assert status == 2 and "no stick-side distance step" in err
 
 
 def test_enrol_on_a_bundle_without_the_bank_outside_is_one_line(tiny_run, tmp_path):
