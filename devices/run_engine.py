@@ -43,6 +43,19 @@ def check_files(folder, manifest):
             fail(f"{name} has sha256 {actual} but the manifest says {digest}: the copy is damaged")
 
 
+# The image input's type in each bundle: uint8, or float32 holding the pixels 0-255 in a Jetson bundle
+# (TensorRT 8.2 has no uint8 type). The samples and images are uint8; they are fed as the model asks.
+ONNX_INPUT_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
+
+
+def input_type(session):
+    """The numpy type of an ONNX Runtime session's image input."""
+    kind = session.get_inputs()[0].type
+    if kind not in ONNX_INPUT_TYPES:
+        fail("the model's image input is " + kind + ", not uint8 or float32: export the bundle again with slicenet")
+    return ONNX_INPUT_TYPES[kind]
+
+
 def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=None, output="class"):
     try:
         import onnxruntime as ort
@@ -63,8 +76,10 @@ def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=
     started = time.perf_counter()
     session = ort.InferenceSession(model_path, providers=chosen)
     created = time.perf_counter() - started
+    dtype = input_type(session)
 
     def infer(image):
+        image = np.asarray(image, dtype=dtype)
         if output != "class":  # an enrollable bundle's trunk: its embedding [batch, D]
             return np.asarray(session.run([output], {"image": image})[0], dtype=np.float32)
         outputs = session.run(["class", "votes"], {"image": image})

@@ -113,6 +113,9 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         started = time.perf_counter()
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         created = time.perf_counter() - started
+        from .boards.run_engine import input_type
+
+        sample = sample.astype(input_type(session))  # once, outside the timing: float32 pixels for the Jetson
 
         def infer(image, session=session):
             return session.run(outputs, {"image": image})[0]

@@ -115,6 +115,24 @@ class Graph:
         folded.constants = {k: v for k, v in folded.constants.items() if k in used}
         return folded
 
+    def with_float_input(self) -> Graph:
+        """The same graph taking its uint8 inputs as float32 (the pixel values 0-255 unchanged), for a
+        runtime with no uint8 type (TensorRT 8.2): each input's Cast to float32 is dropped and its
+        readers read the input itself. uint8 -> float32 is exact, so every value is the graph's own."""
+        changed = Graph(self.name)
+        changed.outputs, changed._names = list(self.outputs), set(self._names)
+        changed.constants = dict(self.constants)
+        uint8 = {t.name for t in self.inputs if t.dtype == "uint8"}
+        changed.inputs = [Tensor(t.name, "float32", t.shape) if t.name in uint8 else t for t in self.inputs]
+        replaced: dict[str, str] = {}
+        for node in self.nodes:
+            if node.op == "Cast" and node.inputs[0] in uint8:
+                replaced[node.outputs[0]] = node.inputs[0]
+                continue
+            changed.nodes.append(Node(node.op, [replaced.get(i, i) for i in node.inputs], list(node.outputs),
+                                      dict(node.attrs)))
+        return changed
+
     # -- operations ----------------------------------------------------------------------------
 
     def cast(self, x: str, *, name: str) -> str:

@@ -47,7 +47,8 @@ def test_every_target_exports_and_verifies(request, which, target, tmp_path):
     for name, digest in manifest["sha256"].items():
         import hashlib
         assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == digest
-    assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["shape"] == [1, 1, 8, 8]
+    assert manifest["input"]["dtype"] == ("float32" if target == "jetson" else "uint8")  # TensorRT 8.2: no uint8
+    assert manifest["input"]["shape"] == [1, 1, 8, 8]
     assert manifest["multiply_adds"] == json.loads((run / "metrics.json").read_text())["multiply_adds"]
     assert (bundle / "README.md").is_file() and (bundle / "run_engine.py").is_file()
 
@@ -62,6 +63,37 @@ def test_jetson_file_rules(tiny_run, tmp_path):
         if n.op_type == "TopK":
             assert next(a.i for a in n.attribute if a.name == "largest") == 1
     assert not (tmp_path / bundle_name(tiny_run) / "jetson" / "engine.onnx.data").exists()  # one file
+    # TensorRT 8.2 has no uint8 type: float32 pixels in, no Cast left, every constant FP32 or an index.
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.FLOAT]
+    assert "Cast" not in ops
+    assert {i.data_type for i in model.graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_a_jetson_export_of_a_stored_bank_holds_its_decoded_values_in_fp32(tiny_run, tmp_path, precision):
+    """An int8 or fp16 bank reaches TensorRT 8.2 as the FP32 values the engine computes with (it takes
+    an int8 tensor only with quantisation scales): the predictions and votes are the engine's."""
+    from slicenet.data import load_dataset
+    from slicenet.engine import Engine
+    from slicenet.export import run_onnxruntime, target
+
+    engine = Engine.load(tiny_run / "engine.safetensors").with_storage(bank=precision)
+    model = target("jetson").onnx_model(engine.describe(batch=2))
+    assert {i.data_type for i in model.graph.initializer} <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}
+    onnx.save(model, tmp_path / "engine.onnx")
+    images = load_dataset("digits").x_test[:41]
+    expected_class, expected, _ = engine.predict(images)
+    classes, votes = run_onnxruntime(tmp_path / "engine.onnx", images, 2)
+    assert np.array_equal(classes, expected_class) and abs(votes - expected).max() < 1e-4
+
+
+def test_the_jetson_rules_name_a_type_tensorrt_8_2_cannot_take(tiny_run):
+    from slicenet.engine import Engine
+
+    raw = build_onnx(Engine.load(tiny_run / "engine.safetensors"), 13)  # not prepared: a uint8 image input
+    with pytest.raises(InputError, match="tensor image is UINT8, which target jetson cannot take"):
+        check_onnx(raw, "jetson")
+    check_onnx(raw, "ncs2")  # OpenVINO reads uint8
 
 
 def test_ncs2_ir_is_opset10_and_fp16(tiny_run, tmp_path):
@@ -84,8 +116,10 @@ def _with_node(model, op_type: str, **attrs):
 def test_forbidden_operations_are_named(tiny_run):
     from slicenet.engine import Engine
 
+    from slicenet.export import target
+
     engine = Engine.load(tiny_run / "engine.safetensors")
-    model = build_onnx(engine, 13)
+    model = target("jetson").onnx_model(engine.describe())
     one_hot = onnx.ModelProto()
     one_hot.CopyFrom(model)
     one_hot.graph.node.append(helper.make_node("OneHot", ["nearest", "k", "votes"], ["x"], name="oh"))
@@ -215,7 +249,7 @@ def test_test_time_views_export_with_the_engines_votes(request, tmp_path, which,
 
     from slicenet.data import load_dataset
     from slicenet.engine import Engine
-    from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino
+    from slicenet.export import build_ncs2_ir, run_onnxruntime, run_openvino, target
 
     run = request.getfixturevalue(which)
     from slicenet.views import Views
@@ -225,12 +259,11 @@ def test_test_time_views_export_with_the_engines_votes(request, tmp_path, which,
     images = load_dataset("digits").x_test[:40]
     expected_class, expected, _ = engine.predict(images)
     for batch in (1, 3):
-        jetson = build_onnx(engine, 13, batch)
-        check_onnx(jetson, "jetson")
-        check_onnx(jetson, "ncs2")
-        onnx.save(jetson, tmp_path / "engine.onnx")
+        onnx.save(target("jetson").onnx_model(engine.describe(batch=batch)), tmp_path / "jetson.onnx")
+        onnx.save(target("ncs2").onnx_model(engine.describe(batch=batch)), tmp_path / "engine.onnx")
         ov.save_model(build_ncs2_ir(engine, batch), str(tmp_path / "engine.xml"), compress_to_fp16=False)
-        for classes, votes in (run_onnxruntime(tmp_path / "engine.onnx", images, batch),
+        for classes, votes in (run_onnxruntime(tmp_path / "jetson.onnx", images, batch),
+                               run_onnxruntime(tmp_path / "engine.onnx", images, batch),
                                run_openvino(tmp_path / "engine.xml", images, batch)):
             assert abs(votes - expected).max() < 1e-4 and np.array_equal(classes, expected_class)
         assert check_ir_opsets(tmp_path / "engine.xml")

@@ -7,14 +7,14 @@ the target says) and ``ir_writer`` (OpenVINO opset1 / opset3 operations, IR v11,
 The targets (``targets``: one class each) choose writers, opset and rules; each bundle is written
 into a staging folder, verified over the test split, and moved into place whole.
 
-The graph: uint8 image [batch, 1, H, W] -> Cast -> (test-time views: one Gather and one Mul) ->
-(Conv -> Relu/Tanh -> MaxPool) per layer, with the normalisation folded into the first Conv (or a Mul
-and an Add before it when that layer pads) -> Reshape -> the head: for a k-NN head the
-post-processing (Sub mean, L2 normalise), distances to the bank as ``2 q.B^T - ||B||^2`` (bank norms
-precomputed), TopK of them (largest=1: TensorRT 8.2 ignores largest=0), a Gather of one-hot label
-rows and a ReduceSum (the votes); for the local-mean head one TopK per class over the regrouped
-scores; for a dense head MatMul/Add/Relu, Softmax -> (views summed) -> ArgMax (the class). No
-OneHot, static shapes, constant K.
+The graph: uint8 image [batch, 1, H, W] (float32 pixels for the Jetson: ``Target.prepare``) -> Cast ->
+(test-time views: one Gather and one Mul) -> (Conv -> Relu/Tanh -> MaxPool) per layer, with the
+normalisation folded into the first Conv (or a Mul and an Add before it when that layer pads) -> Reshape
+-> the head: for a k-NN head the post-processing (Sub mean, L2 normalise), distances to the bank as
+``2 q.B^T - ||B||^2`` (bank norms precomputed), TopK of them (largest=1: TensorRT 8.2 ignores largest=0), a
+Gather of one-hot label rows and a ReduceSum (the votes); for the local-mean head one TopK per class
+over the regrouped scores; for a dense head MatMul/Add/Relu, Softmax -> (views summed) -> ArgMax (the
+class). No OneHot, static shapes, constant K.
 """
 
 from __future__ import annotations
@@ -259,7 +259,8 @@ def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verific
         "fallback_model": "engine.onnx" if chosen.model != "engine.onnx" and chosen.name == "ncs2" else None,
         "onnx_model": "engine.onnx",  # every bundle carries the ONNX graph (the IR's source for OpenVINO)
         "batch": batch,
-        "input": {"name": "image", "shape": [batch, 1, *engine.image_size], "dtype": "uint8",
+        "input": {"name": "image", "shape": [batch, 1, *engine.image_size], "dtype": chosen.input_dtype,
+                  "values": "the pixels 0-255",
                   "normalisation": {"scale": 1.0 / 255.0, "mean": engine.input_mean, "std": engine.input_std,
                                     "formula": "(image / 255 - mean) / std, inside the graph"}},
         "outputs": {"class": f"int64 [{batch}]", "votes": f"float32 [{batch}, {engine.n_classes}]"},

@@ -2,8 +2,10 @@
 they are verified. The facts behind the rules are in docs/targets.md.
 
 Every target writes the same graph description (``Engine.describe``); a target differs only in the
-writers it uses, its ONNX opset, its rule check (which fails naming the operation and the target),
-and its board README.
+writers it uses, its ONNX opset, what it changes in the graph for its runtime (``prepare``: the
+Jetson's takes float32 pixels and stores every weight as FP32, TensorRT 8.2 having no uint8 type and
+no int8 tensor outside quantisation), its rule check (which fails naming the operation and the
+target), and its board README.
 """
 
 from __future__ import annotations
@@ -39,11 +41,22 @@ class Target:
     model: ClassVar[str] = "engine.onnx"  # what run_engine.py runs
     ov2022_models: ClassVar[tuple[str, ...]] = ()  # files OpenVINO 2022.3.2 must read (export.ov2022)
     ranks_on_device: ClassVar[bool] = False  # an enrollable bundle's distance step can run on the device too
+    input_dtype: ClassVar[str] = "uint8"  # the graph's image input (``prepare`` makes it so)
     readme: ClassVar[str] = """# {name}: ONNX (opset {opset}) for ONNX Runtime
 
     python3 run_engine.py --runtime onnxruntime      # checks sha256, runs the samples, writes result.json
     onnxruntime_perf_test -I -m times -r 1000 engine.onnx
 """
+
+    def prepare(self, graph: Graph) -> Graph:
+        """The engine's graph as this target's runtime must receive it (the same values): unchanged here."""
+        return graph
+
+    def onnx_model(self, graph: Graph) -> Any:
+        """``graph`` as this target's ONNX model (``prepare``d, of its opset), checked by its rules."""
+        model = write_onnx(self.prepare(graph), opset=self.onnx_opset)
+        self.check_onnx(model)
+        return model
 
     def check_onnx(self, model: Any) -> None:
         """Fail, naming the operation and the target, if the ONNX graph breaks the target's rules."""
@@ -59,8 +72,7 @@ class Target:
         """Write the target's files into ``folder``; return (the checks passed, the verifications)."""
         import onnx
 
-        model = write_onnx(graph, opset=self.onnx_opset)
-        self.check_onnx(model)
+        model = self.onnx_model(graph)
         onnx.save_model(model, str(folder / "engine.onnx"))
         checks = {"onnx_opset": self.onnx_opset, "onnx_ops": sorted({n.op_type for n in model.graph.node}),
                   "operations": {"description": len(graph.nodes), "onnx": len(model.graph.node)}}
@@ -76,8 +88,7 @@ class Target:
         its runner runs, the runtime that runs it here, its checks)."""
         import onnx
 
-        model = write_onnx(graph, opset=self.onnx_opset)
-        self.check_onnx(model)
+        model = self.onnx_model(graph)
         onnx.save(model, str(folder / "trunk.onnx"))
         return "trunk.onnx", "onnxruntime", {"onnx_opset": self.onnx_opset, "operations": len(model.graph.node)}
 
@@ -170,13 +181,21 @@ class BoardTarget(Target):
 
 
 class JetsonTarget(BoardTarget):
-    """NVIDIA Jetson Nano: TensorRT 8.2 ignores TopK's largest=0 and takes K <= 3840."""
+    """NVIDIA Jetson Nano: TensorRT 8.2 ignores TopK's largest=0, takes K <= 3840, has no uint8 type
+    (from 8.5 on) and takes an int8 tensor only with quantisation scales: so the graph takes float32
+    pixels, and a bank stored as int8 (or fp16) is decoded to FP32 constants in the file, the values
+    the engine computes with (TensorRT builds its own FP16 engine from them)."""
 
     name = "jetson"
+    input_dtype = "float32"
+    # ONNX element types TensorRT 8.2's parser maps (INT64 is narrowed to INT32), INT8 left out (above).
+    TENSOR_TYPES: ClassVar[frozenset[str]] = frozenset({"FLOAT", "FLOAT16", "INT32", "INT64", "BOOL"})
     readme = """# {name}: NVIDIA Jetson Nano (JetPack 4.6.x, TensorRT 8.2.1, Python 3.6)
 
 `engine.onnx` is ONNX opset 13 with static shapes, K={k} <= 3840, no OneHot, and the nearest
-neighbours found as TopK(largest=1) of the negated distance (TensorRT 8.2 ignores largest=0).
+neighbours found as TopK(largest=1) of the negated distance (TensorRT 8.2 ignores largest=0). Its
+input `image` is float32 holding the pixel values 0-255 (TensorRT 8.2 has no uint8 type), and every
+weight is FP32: TensorRT 8.2 takes an int8 tensor only with quantisation scales.
 
 Once, on the board (JetPack 4.6 has Python 3.6.9; PyPI has no aarch64 GPU wheel of onnxruntime): take
 `onnxruntime_gpu-1.11.0-cp36-cp36m-linux_aarch64.whl` from the Jetson Zoo (elinux.org/Jetson_Zoo,
@@ -204,10 +223,21 @@ Copy `result.json` and `trtexec.txt` back and, on the host:
     slicenet bench --ingest trtexec.txt --bundle export/{name}/jetson
 """
 
+    def prepare(self, graph: Graph) -> Graph:
+        return graph.fold_constants().with_float_input()
+
     def check_onnx(self, model: Any) -> None:
-        from onnx import numpy_helper
+        from onnx import TensorProto, numpy_helper
 
         super().check_onnx(model)
+        typed = [(f"tensor {v.name}", v.type.tensor_type.elem_type) for v in [*model.graph.input, *model.graph.output]]
+        typed += [(f"constant {i.name}", i.data_type) for i in model.graph.initializer]
+        typed += [(f"Cast {n.name}", a.i) for n in model.graph.node if n.op_type == "Cast" for a in n.attribute
+                  if a.name == "to"]
+        for what, elem_type in typed:
+            if TensorProto.DataType.Name(elem_type) not in self.TENSOR_TYPES:
+                raise InputError(f"{what} is {TensorProto.DataType.Name(elem_type)}, which target jetson cannot "
+                                 f"take (TensorRT 8.2 takes {', '.join(sorted(self.TENSOR_TYPES))})")
         constants = {i.name: i for i in model.graph.initializer}
         for node in model.graph.node:
             if node.op_type != "TopK":

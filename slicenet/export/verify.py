@@ -49,11 +49,14 @@ def run_onnxruntime(path: Path, images: np.ndarray, batch: int = 1) -> tuple[np.
         import onnxruntime as ort
     except ImportError:
         raise InputError("onnxruntime is not installed: pip install 'slicenet[export]'") from None
+    from ..boards.run_engine import input_type
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    dtype = input_type(session)
     classes: list[int] = []
     votes: list[np.ndarray] = []
     for chunk, real in batches(images, batch):
-        c, v = session.run(["class", "votes"], {"image": chunk})
+        c, v = session.run(["class", "votes"], {"image": chunk.astype(dtype)})
         classes.extend(int(x) for x in c[:real])
         votes.extend(v[:real])
     return np.array(classes), np.stack(votes)
