@@ -115,7 +115,6 @@ def _with_node(model, op_type: str, **attrs):
 
 def test_forbidden_operations_are_named(tiny_run):
     from slicenet.engine import Engine
-
     from slicenet.export import target
 
     engine = Engine.load(tiny_run / "engine.safetensors")
