@@ -88,3 +88,12 @@ slicenet export runs/fashion-cma-genetic-best-s0-74kb-views1-shifts1 --target je
 slicenet export runs/fashion-cma-genetic-best-s0-74kb-views1-shifts1 --target ncs2 --verify-images 1000
 slicenet report runs/fashion-cma-genetic-best-s0 runs/fashion-cma-genetic-best-s0-74kb-views1-shifts1 \
   --out "$OUT/views-shifts"
+# The same settling run with seed 1 (a later stop, AMD EPYC, 2 cores):
+slicenet optimise --method cma --dataset fashion-mnist --preset genetic:4,8:1-11/0-00-000 --seed 1 --quiet \
+  --out runs/fashion-cma-genetic-best-s1
+slicenet condense runs/fashion-cma-genetic-best-s1 --budget-kb 74 --query-shifts 1 --bank-shifts 1 \
+  --out runs/fashion-cma-genetic-best-s1-74kb-views1-shifts1
+slicenet export runs/fashion-cma-genetic-best-s1-74kb-views1-shifts1 --target jetson --verify-images 1000
+slicenet export runs/fashion-cma-genetic-best-s1-74kb-views1-shifts1 --target ncs2 --verify-images 1000
+slicenet report runs/fashion-cma-genetic-best-s1 runs/fashion-cma-genetic-best-s1-74kb-views1-shifts1 \
+  --out "$OUT/views-shifts-s1"
