@@ -18,6 +18,8 @@ from slicenet.engine import Engine
 from slicenet.evaluators import TorchEvaluator
 from slicenet.trunk import Block, init_weights
 
+from .test_genetic import ARCH
+
 
 @pytest.fixture(scope="module")
 def problem():
@@ -90,6 +92,23 @@ def test_seeds_fan_out_as_ray_tasks_each_a_complete_run(tmp_path, ray_cluster):
     before = (tmp_path / "fan" / "seed0" / "metrics.json").read_text()
     assert main(args) == 0  # the same command again: finished runs are kept, not redone
     assert (tmp_path / "fan" / "seed0" / "metrics.json").read_text() == before
+
+
+def test_an_arch_search_on_a_cluster_is_the_same_search(tmp_path, ray_cluster):
+    """A generation's individuals as Ray tasks: the same fitness, generations and front as one after the other."""
+    # names of one length: an engine file records its run's path, so its bytes depend on that length
+    assert main([*ARCH, "--out", str(tmp_path / "local")]) == 0
+    assert main([*ARCH, "--cluster", "local:2", "--out", str(tmp_path / "ray-2")]) == 0
+    a, b = (json.loads((tmp_path / name / "arch.json").read_text()) for name in ("local", "ray-2"))
+
+    def results(rows):  # where and how long each ran aside (and a generation's individuals, compared below)
+        return [{k: v for k, v in row.items() if k not in ("run", "wall_seconds", "individuals")} for row in rows]
+
+    assert [results(r) for r in a["evaluations"].values()] == [results(r) for r in b["evaluations"].values()]
+    assert results(a["front"]) == results(b["front"]) and results(a["history"]) == results(b["history"])
+    assert [results(r["individuals"]) for r in a["history"]] == [results(r["individuals"]) for r in b["history"]]
+    assert all((tmp_path / "ray-2" / "individuals" / row["run"].rsplit("/", 1)[-1] / "engine.safetensors").is_file()
+               for row in b["front"])
 
 
 def cli(*args, env=None):
