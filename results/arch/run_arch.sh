@@ -79,9 +79,9 @@ slicenet export runs/fashion-cma-genetic-best-s0-74kb-views1 --target ncs2 --ver
 slicenet report runs/fashion-cma-genetic-best-s0 runs/fashion-cma-genetic-best-s0-74kb \
   runs/fashion-cma-genetic-best-s0-74kb-views1 runs/fashion-cma-genetic-best-s0-p15-views1-shifts1 --out "$OUT/views"
 # The settling run named above (AMD EPYC, 2 cores): the structure searched in full again (seed 0: 88.51 % again;
-# seed 1 in a later stop), the budget search with views and prototypes fitted to the 1-px shifted copies, its
+# seeds 1 and 2 in later stops), the budget search with views and prototypes fitted to the 1-px shifted copies, its
 # pick exported and verified for both boards, and a report of each seed's two runs (seed 0's in views-shifts/):
-for seed in 0 1; do
+for seed in 0 1 2; do
   run=runs/fashion-cma-genetic-best-s$seed
   slicenet optimise --method cma --dataset fashion-mnist --preset genetic:4,8:1-11/0-00-000 --seed $seed --quiet \
     --out $run
