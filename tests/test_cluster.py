@@ -104,7 +104,8 @@ def test_an_arch_search_on_a_cluster_is_the_same_search(tmp_path, ray_cluster):
     def results(rows):  # where and how long each ran aside (and a generation's individuals, compared below)
         return [{k: v for k, v in row.items() if k not in ("run", "wall_seconds", "individuals")} for row in rows]
 
-    assert [results(r) for r in a["evaluations"].values()] == [results(r) for r in b["evaluations"].values()]
+    assert {code: results(r) for code, r in a["evaluations"].items()} == \
+        {code: results(r) for code, r in b["evaluations"].items()}
     assert results(a["front"]) == results(b["front"]) and results(a["history"]) == results(b["history"])
     assert [results(r["individuals"]) for r in a["history"]] == [results(r["individuals"]) for r in b["history"]]
     assert all((tmp_path / "ray-2" / "individuals" / row["run"].rsplit("/", 1)[-1] / "engine.safetensors").is_file()
