@@ -167,7 +167,7 @@ def to_engine(model: Network, dataset: Dataset, *, config: BaselineConfig, input
 
 
 def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: BaselineConfig, input_mean: float,
-        input_std: float, run_name: str, on_epoch: Callable[[dict], None] | None = None,
+        input_std: float, on_epoch: Callable[[dict], None] | None = None,
         device: torch.device | None = None, start: Weights | None = None) -> tuple[Engine, dict, list[dict]]:
     """Train one width and return (its engine, its metrics, its history): the whole baseline run but
     its files. ``start``: a source trunk to fine-tune (its "random init" is then the source as it was)."""
@@ -176,7 +176,7 @@ def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: 
     started = time.perf_counter()
     model, history, summary = train(dataset, spec, hidden=hidden, config=config, input_mean=input_mean,
                                     input_std=input_std, on_epoch=on_epoch, device=device, start=start)
-    info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name, "run": run_name}
+    info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name}
     engine = to_engine(model, dataset, config=config, input_mean=input_mean, input_std=input_std, info=info)
     untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed,
                         start=start)

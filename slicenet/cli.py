@@ -493,7 +493,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
         with bar:
             engine, metrics, history = baseline.run(dataset, spec, preset=preset, hidden=hidden, config=single,
-                                                    input_mean=mean, input_std=std, run_name=str(run_dir),
+                                                    input_mean=mean, input_std=std,
                                                     on_epoch=on_epoch, device=device, start=start)
         metrics["command"] = command
         runs.write_results(run_dir, engine, metrics=metrics, history=history)
@@ -546,7 +546,9 @@ def cmd_condense(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    compact.info = {**engine.info, "condensed_from": str(run)}
+    # the engine carries no path (its bytes must not depend on where a run lives): the provenance is in
+    # the condensed run's config.toml and metrics.json; engines written before this carried their run's path as "run"
+    compact.info = {key: value for key, value in engine.info.items() if key != "run"}
     metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
                "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}
     if "frontier" in extra:

@@ -382,7 +382,7 @@ class Engine:
     def to_bytes(self) -> bytes:
         from safetensors.torch import save
 
-        return save(self._tensors(), self._metadata())
+        return _canonical_header(save(self._tensors(), self._metadata()))
 
     @property
     def engine_bytes(self) -> int:
@@ -477,6 +477,18 @@ def _check_format(metadata: dict[str, str], source: str) -> None:
 
 def _unreadable(path: str | os.PathLike[str], exc: OSError) -> InputError:
     return InputError(f"cannot read engine {path}: {exc.strerror}")
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """The safetensors file with its metadata in sorted order: the writer keeps it in a hash map, so its order,
+    and with it the file's bytes and hash, changed from one save to the next. The tensors' entries keep the
+    writer's order and offsets; the header is still padded with spaces to a multiple of 8 bytes."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def _not_an_engine(source: str, exc: Exception) -> InputError:

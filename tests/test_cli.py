@@ -36,6 +36,20 @@ def test_optimise_writes_a_complete_run(run_dir):
     assert 'method = "cma"' in (run_dir / "config.toml").read_text()
 
 
+def test_an_engine_is_the_same_bytes_wherever_its_run_lives(run_dir, tmp_path):
+    """The same command into another directory (a path of another length) writes the same engine, byte for
+    byte, and so does condensing it: an engine's bytes, its size and its hash never depend on a path."""
+    elsewhere = tmp_path / "a" / "much-longer-directory-name" / "digits-cma"
+    assert main(["optimise", *FAST, "--out", str(elsewhere)]) == 0
+    assert (elsewhere / "engine.safetensors").read_bytes() == (run_dir / "engine.safetensors").read_bytes()
+    condensed = [tmp_path / "c", tmp_path / "another-condensed-engine"]
+    for source, out in zip((run_dir, elsewhere), condensed, strict=True):
+        assert main(["condense", str(source), "--prototypes", "3", "--out", str(out)]) == 0
+    first, second = ((out / "engine.safetensors").read_bytes() for out in condensed)
+    assert first == second
+    assert str(run_dir).encode() not in first and str(tmp_path).encode() not in second
+
+
 def test_evaluate_json(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

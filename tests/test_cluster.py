@@ -96,10 +96,9 @@ def test_seeds_fan_out_as_ray_tasks_each_a_complete_run(tmp_path, ray_cluster):
 
 def test_an_arch_search_on_a_cluster_is_the_same_search(tmp_path, ray_cluster):
     """A generation's individuals as Ray tasks: the same fitness, generations and front as one after the other."""
-    # names of one length: an engine file records its run's path, so its bytes depend on that length
-    assert main([*ARCH, "--out", str(tmp_path / "local")]) == 0
-    assert main([*ARCH, "--cluster", "local:2", "--out", str(tmp_path / "ray-2")]) == 0
-    a, b = (json.loads((tmp_path / name / "arch.json").read_text()) for name in ("local", "ray-2"))
+    assert main([*ARCH, "--out", str(tmp_path / "in-process")]) == 0
+    assert main([*ARCH, "--cluster", "local:2", "--out", str(tmp_path / "ray")]) == 0
+    a, b = (json.loads((tmp_path / name / "arch.json").read_text()) for name in ("in-process", "ray"))
 
     def results(rows):  # where and how long each ran aside (and a generation's individuals, compared below)
         return [{k: v for k, v in row.items() if k not in ("run", "wall_seconds", "individuals")} for row in rows]
@@ -108,7 +107,7 @@ def test_an_arch_search_on_a_cluster_is_the_same_search(tmp_path, ray_cluster):
         {code: results(r) for code, r in b["evaluations"].items()}
     assert results(a["front"]) == results(b["front"]) and results(a["history"]) == results(b["history"])
     assert [results(r["individuals"]) for r in a["history"]] == [results(r["individuals"]) for r in b["history"]]
-    assert all((tmp_path / "ray-2" / "individuals" / row["run"].rsplit("/", 1)[-1] / "engine.safetensors").is_file()
+    assert all((tmp_path / "ray" / "individuals" / row["run"].rsplit("/", 1)[-1] / "engine.safetensors").is_file()
                for row in b["front"])
 
 
