@@ -519,6 +519,10 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
         parse_cluster(args.cluster)
     engine = runs.load_engine(args.run)
+    # an engine carries no path, so its bytes do not depend on where a run lives (the provenance is in the
+    # condensed run's config.toml and metrics.json); engines written before this kept their run's as "run".
+    # Dropped before condensing: the budget then counts the bytes that are written
+    engine.info = {key: value for key, value in engine.info.items() if key != "run"}
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
     run = Path(args.run)
@@ -546,9 +550,6 @@ def cmd_condense(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    # the engine carries no path (its bytes must not depend on where a run lives): the provenance is in
-    # the condensed run's config.toml and metrics.json; engines written before this carried their run's path as "run"
-    compact.info = {key: value for key, value in engine.info.items() if key != "run"}
     metrics = {**condense.compact_metrics(compact, dataset, source=source, extra=extra, source_run=str(run)),
                "wall_seconds": round(time.perf_counter() - started, 3), "command": _command(args)}
     if "frontier" in extra:

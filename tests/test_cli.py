@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 
@@ -42,12 +43,18 @@ def test_an_engine_is_the_same_bytes_wherever_its_run_lives(run_dir, tmp_path):
     elsewhere = tmp_path / "a" / "much-longer-directory-name" / "digits-cma"
     assert main(["optimise", *FAST, "--out", str(elsewhere)]) == 0
     assert (elsewhere / "engine.safetensors").read_bytes() == (run_dir / "engine.safetensors").read_bytes()
-    condensed = [tmp_path / "c", tmp_path / "another-condensed-engine"]
-    for source, out in zip((run_dir, elsewhere), condensed, strict=True):
+    # an engine written before this release kept its run's path in its info: condensing drops it
+    old = tmp_path / "old-engine"
+    shutil.copytree(elsewhere, old)
+    engine = Engine.load(old / "engine.safetensors")
+    engine.info = {**engine.info, "run": str(old)}
+    (old / "engine.safetensors").write_bytes(engine.to_bytes())
+    condensed = [tmp_path / "c", tmp_path / "another-condensed-engine", tmp_path / "old" / "condensed"]
+    for source, out in zip((run_dir, elsewhere, old), condensed, strict=True):
         assert main(["condense", str(source), "--prototypes", "3", "--out", str(out)]) == 0
-    first, second = ((out / "engine.safetensors").read_bytes() for out in condensed)
-    assert first == second
-    assert str(run_dir).encode() not in first and str(tmp_path).encode() not in second
+    blobs = [(out / "engine.safetensors").read_bytes() for out in condensed]
+    assert blobs[0] == blobs[1] == blobs[2]
+    assert str(tmp_path).encode() not in blobs[0] and str(run_dir.parent).encode() not in blobs[0]
 
 
 def test_evaluate_json(run_dir, capsys):
