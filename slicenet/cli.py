@@ -519,10 +519,6 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
         parse_cluster(args.cluster)
     engine = runs.load_engine(args.run)
-    # an engine carries no path, so its bytes do not depend on where a run lives (the provenance is in the
-    # condensed run's config.toml and metrics.json); engines written before this kept their run's as "run".
-    # Dropped before condensing: the budget then counts the bytes that are written
-    engine.info = {key: value for key, value in engine.info.items() if key != "run"}
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
     run = Path(args.run)

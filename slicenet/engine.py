@@ -137,7 +137,7 @@ class Engine:
     head: Head
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
-    info: dict = field(default_factory=dict)  # provenance: method, dataset, run name, ...
+    info: dict = field(default_factory=dict)  # provenance: method, dataset; never a path (the bytes would follow it)
     views: Views = field(default_factory=Views)
     storage: dict[str, str] = field(default_factory=lambda: {"weights": "fp32", "bank": "fp32"})
 
@@ -414,7 +414,7 @@ class Engine:
             head = head_class(head_settings["kind"]).from_file(head_settings, tensors, len(class_names))
             head.check(class_names)
             return cls(spec, weights, float(image["mean"]), float(image["std"]), post, head, class_names,
-                       image_size, json.loads(metadata.get("info", "{}")), Views(int(shifts)), storage)
+                       image_size, _info(metadata), Views(int(shifts)), storage)
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(source, exc) from None
 
@@ -479,13 +479,26 @@ def _unreadable(path: str | os.PathLike[str], exc: OSError) -> InputError:
     return InputError(f"cannot read engine {path}: {exc.strerror}")
 
 
+# what engines written before 8f265cf kept in their info: their run's path, and a condensed engine its source's
+_PATH_KEYS = ("run", "condensed_from")
+
+
+def _info(metadata: dict[str, str]) -> dict:
+    """The engine's provenance without the paths old engines recorded: an engine derived from one (condensed,
+    enrolled) is then the same bytes wherever either lives, and a budget counts the bytes that are written."""
+    info = json.loads(metadata.get("info", "{}"))
+    if not isinstance(info, dict):
+        raise ValueError(f"info is {type(info).__name__}, not an object")
+    return {key: value for key, value in info.items() if key not in _PATH_KEYS}
+
+
 def _canonical_header(data: bytes) -> bytes:
     """The safetensors file with its metadata in sorted order: the writer keeps it in a hash map, so its order,
     and with it the file's bytes and hash, changed from one save to the next. The tensors' entries keep the
     writer's order and offsets; the header is still padded with spaces to a multiple of 8 bytes."""
     length = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + length])
-    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + data[8 + length :]

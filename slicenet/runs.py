@@ -213,7 +213,7 @@ def optimise(config: RunConfig, run_dir: Path, *, command: str, resume: bool = F
     with evaluator:
         state = pipeline.run_search(prepared, state, evaluator=evaluator, on_generation=on_generation,
                                     on_checkpoint=on_checkpoint)
-    info = {"method": config.method, "dataset": prepared.dataset.name}  # no path: elsewhere, the same bytes
+    info = {"method": config.method, "dataset": prepared.dataset.name}
     engine, extra = pipeline.final_engine(prepared, state, info=info)
     engine_seconds = previous_wall + time.perf_counter() - started  # the engine exists: the rest is evaluation
     metrics = {**pipeline.final_metrics(prepared, state, engine), **extra,

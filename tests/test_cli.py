@@ -43,12 +43,13 @@ def test_an_engine_is_the_same_bytes_wherever_its_run_lives(run_dir, tmp_path):
     elsewhere = tmp_path / "a" / "much-longer-directory-name" / "digits-cma"
     assert main(["optimise", *FAST, "--out", str(elsewhere)]) == 0
     assert (elsewhere / "engine.safetensors").read_bytes() == (run_dir / "engine.safetensors").read_bytes()
-    # an engine written before this release kept its run's path in its info: condensing drops it
+    # an engine written before this release kept its run's path in its info: it is dropped on load
     old = tmp_path / "old-engine"
     shutil.copytree(elsewhere, old)
     engine = Engine.load(old / "engine.safetensors")
     engine.info = {**engine.info, "run": str(old)}
     (old / "engine.safetensors").write_bytes(engine.to_bytes())
+    assert "run" not in Engine.load(old / "engine.safetensors").info  # so condense and enrol never write it again
     condensed = [tmp_path / "c", tmp_path / "another-condensed-engine", tmp_path / "old" / "condensed"]
     for source, out in zip((run_dir, elsewhere, old), condensed, strict=True):
         assert main(["condense", str(source), "--prototypes", "3", "--out", str(out)]) == 0
