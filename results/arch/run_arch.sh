@@ -10,6 +10,10 @@ slicenet arch-search --dataset mnist --strategy random --out runs/arch-mnist-ran
 slicenet optimise --method cma --preset genetic:4,8:0-00/0-00-000 --out runs/mnist-cma-genetic-zero-s0
 # The same all-zero structure at the widest stage 2 within that budget (4 and 10 filters: 98,784 multiply-adds)
 slicenet optimise --method cma --preset genetic:4,10:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-4x10-s0
+# ...and at the widths that fill the budget with fewer stage-1 filters (a later stop): 3 and 16 (105,840
+# multiply-adds, 784 features), 2 and 24 (98,784, 1,176 features)
+slicenet optimise --method cma --preset genetic:3,16:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-3x16-s0
+slicenet optimise --method cma --preset genetic:2,24:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-2x24-s0
 # Within the default preset's multiply-adds with edges: 3 and 3 filters (23 of 512 structures fit; 4 and 8
 # leave only the all-zero one), from the all-zero start, the over-budget structures not run; then its best
 # structure searched in full:
