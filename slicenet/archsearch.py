@@ -340,8 +340,7 @@ def _start(out: Path, config: ArchConfig, dataset: Dataset, planned: dict[str, d
     # nothing keeps: one line, before the state is written (a state left behind would refuse the
     # corrected command).
     image_size = dataset.image_size
-    if "ms" in config.costs:
-        board_profile(config.board)
+    board_profile(config.board)  # a bad --board fails even where no cost reads it
     try:
         for genome in population:
             resolve_preset(preset_name(genome, config.filters), image_size)

@@ -347,6 +347,14 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
     return bar, on_generation
 
 
+def _check_cluster(args: argparse.Namespace) -> None:
+    """``--cluster``: a bad or silent address fails in one line before anything is written."""
+    if args.cluster:
+        from .cluster import check_cluster
+
+        check_cluster(args.cluster)
+
+
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import runs
     from .config import RunConfig, config_from_toml, make_config, with_preset_defaults
@@ -355,10 +363,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     from .search import total_generations
 
     overrides = _flags_given(args)
-    if args.cluster:
-        from .cluster import parse_cluster
-
-        parse_cluster(args.cluster)  # a bad address fails before anything is written
+    _check_cluster(args)
     if args.device not in ("auto", "cpu") and not args.cluster:
         resolve(args.device)  # --device cuda without a GPU: one line, before anything
     if args.resume is not None:
@@ -514,10 +519,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
         from .device import resolve
 
         resolve(args.device)
-    if args.cluster:
-        from .cluster import parse_cluster
-
-        parse_cluster(args.cluster)
+    _check_cluster(args)
     engine = runs.load_engine(args.run)
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
@@ -588,10 +590,7 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
 
     flags = _flags_given(args)
     config = make_config(None, archsearch.ArchConfig, **(archsearch.with_paper_setting(flags) if args.paper else flags))
-    if args.cluster:
-        from .cluster import parse_cluster
-
-        parse_cluster(args.cluster)
+    _check_cluster(args)
     if args.rank_check and args.rank_check < 3:
         raise InputError(f"--rank-check needs at least 3 structures to rank, got {args.rank_check}")
 
@@ -633,10 +632,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     source = runs.load_trunk(args.source)  # not a run: one line, before anything is written
     spec, size = source.spec, source.image_size[0]
     config = dataclasses.replace(config, vote=config.vote or source.vote)  # read once, not again per run
-    if args.cluster:
-        from .cluster import parse_cluster
-
-        parse_cluster(args.cluster)
+    _check_cluster(args)
     if config.tune != "ga":
         transfer.parse_tune(config.tune, spec, config.granularity)
         run_config = config.run_config(args.source, size=size, tune=config.tune)

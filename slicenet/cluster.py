@@ -50,6 +50,14 @@ def parse_cluster(spec: str) -> tuple[str, int | None]:
                      "(as 'ray start --head' prints, e.g. 10.0.0.5:6379)")
 
 
+def check_cluster(spec: str) -> None:
+    """A bad spec, or a head address where nothing listens, as a one-line error: the CLI calls this before
+    it writes anything, so the corrected command is the same command, not a ``--resume``."""
+    kind, _ = parse_cluster(spec)
+    if kind not in ("local", "auto") and not kind.startswith("ray://"):
+        _probe(spec)
+
+
 def connect(spec: str) -> tuple[Any, bool]:
     """(the ray module, whether this call started the instance), connected as ``spec`` says."""
     from .extras import require

@@ -10,6 +10,7 @@ file, a flag and a library caller all meet the same checks with the same message
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -229,11 +230,19 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     if default is None:  # an optional number (condense's budgets)
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"{where}: expected a number, got {value!r}")
-        return value
+        return _finite(where, value)
     if not isinstance(value, type(default)) and not (
             isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
         raise InputError(f"{where}: expected {type(default).__name__}, got {value!r}")
-    return type(default)(value)
+    return _finite(where, type(default)(value))
+
+
+def _finite(where: str, value: Any) -> Any:
+    """``value``, unless it is a float that is infinite or not a number (argparse's float and TOML both
+    read "inf" and "nan"; no option of slicenet means anything by them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{where}: expected a finite number, got {value}")
+    return value
 
 
 def make_config(base: Config | None = None, cls: type[Config] = RunConfig,  # type: ignore[assignment]

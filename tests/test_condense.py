@@ -203,6 +203,7 @@ def test_budget_cli_prints_the_frontier(run, tmp_path, capsys):
     (["--prototypes", "2", "--window", "1.5"], "--window must be"),
     (["--prototypes", "2", "--budget-macs", "1000"], "give --budget-kb too"),
     (["--budget-kb", "20", "--budget-macs", "0"], "--budget-macs must be a positive"),
+    (["--budget-kb", "nan"], "--budget-kb (config key budget_kb): expected a finite number, got nan"),
     (["--prototypes", "2", "--splits", "3"], "give --budget-kb too"),
     (["--budget-kb", "6", "--splits", "-1"], "--splits must be 0 (auto) or at least 1"),
     (["--budget-kb", "0.01"], "no engine fits in 10 bytes (the trunk alone needs"),  # before the grid starts

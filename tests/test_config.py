@@ -31,6 +31,8 @@ def test_preset_defaults_yield_to_what_the_user_set():
     ({"method": "sgd"}, "method"), ({"n_neighbors": 0}, "n_neighbors"), ({"generations": [0]}, "positive"),
     ({"validation_fraction": 1.5}, "validation_fraction"), ({"bogus": 1}, "unknown config key"),
     ({"seed": "three"}, "expected int"),
+    ({"sigma_scale": float("inf")}, "sigma_scale\\): expected a finite number, got inf"),  # a flag or TOML's inf
+    ({"temperature": float("nan")}, "expected a finite number, got nan"),
 ])
 def test_bad_values(overrides, match):
     with pytest.raises(InputError, match=match):

@@ -386,11 +386,14 @@ def test_the_paper_setting_is_one_flag():
 @pytest.mark.parametrize("flags,match", [
     (["--stages", "3"], "--nodes gives 2 node counts for --stages 3"),
     (["--budget-kb", "0"], "--budget-kb must be positive"),
+    (["--budget-ms", "inf"], "--budget-ms (config key budget_ms): expected a finite number, got inf"),
     (["--budget-kb", "5"], "--budget-kb 5: the smallest structure's engine is already"),  # its bank alone
     (["--budget-macs", "6000"], "already needs 6,912 multiply-adds per image, so no structure fits"),
     (["--budget-ms", "1e-6"], "already needs an estimated"),
     (["--cost", "latency", "--board", "ncs2:usb-fp32"], "expected a board and mode of devices/profiles.toml"),
     (["--budget-ms", "2", "--board", "nano"], "expected a board and mode of devices/profiles.toml"),
+    (["--board", "nano"], "expected a board and mode of devices/profiles.toml"),  # read by no cost, still checked
+    (["--cluster", "127.0.0.1:1"], "the Ray cluster at '127.0.0.1:1' does not answer"),  # before the state
     (["--paper", "--population", "8"], "--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: "
                                        "drop --population"),
     (["--nodes", "1", "3"], "--nodes must be at least 2 per stage"),
