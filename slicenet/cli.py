@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--bundles", type=Path, nargs="+", default=[],
                         help="exported bundle folders to list with their operations and checks")
     report.add_argument("--arch", type=Path, nargs="+", default=[],
-                        help="architecture searches (arch-search --out folders): fitness per generation, the front")
+                        help="architecture searches (arch-search --out folders): fitness per generation, the front; "
+                        "with no runs named, a report of the searches alone")
     report.add_argument("--strict", action="store_true",
                         help="a run or benchmark file that cannot be read is an error (default: skipped, with a "
                              "warning naming it)")
@@ -966,8 +967,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .extras import require
 
     require("matplotlib", "onnx", purpose="report")
-    run_dirs = args.runs or sorted(p.parent for p in Path("runs").rglob("metrics.json"))
-    if not run_dirs:
+    arch = report.load_arch(args.arch)  # a folder that is no search fails before anything else is read
+    # With --arch and no runs named, the searches alone: every run under runs/ would include each search's
+    # individuals (they are run directories too).
+    run_dirs = args.runs or ([] if arch else sorted(p.parent for p in Path("runs").rglob("metrics.json")))
+    if not run_dirs and not arch:
         raise InputError("no finished runs to report: pass run directories, or run 'slicenet optimise' first")
     rows, skipped = report.collect(run_dirs, strict=args.strict)
     bench_folder = args.bench or args.out / "bench"
@@ -976,10 +980,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         path, why = skipped_bench[0]
         raise InputError(f"{path} is not a readable bench result ({why}); --strict: nothing was written")
     bundles = report.load_bundles(args.bundles)
-    arch = report.load_arch(args.arch)
     for path, why in [*skipped, *skipped_bench]:
         print(f"slicenet: warning: skipped {path}: {why}", file=sys.stderr)
-    if not rows:
+    if run_dirs and not rows:
         raise InputError("none of the runs named could be read; nothing was written")
     written = report.write_report(args.out, rows, command=_command(args), bench=bench, bench_folder=bench_folder,
                                   bundles=bundles, arch=arch)

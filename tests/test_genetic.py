@@ -314,6 +314,12 @@ def test_structures_over_the_multiply_add_budget_are_not_run(tmp_path):
     report = (tmp_path / "report" / "REPORT.md").read_text()
     assert ", budget 7000 macs" in report
     assert f"{len(state['skipped'])} structures drawn were over a budget by their structure alone" in report
+    # the searches alone (no runs named: not every run under runs/, which holds each search's individuals)
+    assert main(["report", "--arch", str(out), "--out", str(tmp_path / "alone")]) == 0
+    alone = (tmp_path / "alone" / "REPORT.md").read_text()
+    assert "and no run directories" in alone and "## Architecture search" in alone and "Measured networks" not in alone
+    assert main(["report", "--arch", str(tmp_path / "alone"), "--out", str(tmp_path / "r3")]) == 2  # no search
+    assert not (tmp_path / "r3").exists()
 
 
 def test_the_costs_known_before_a_run_are_the_runs_and_the_all_zero_structure_is_the_cheapest(tmp_path):
