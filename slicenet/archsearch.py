@@ -562,6 +562,17 @@ def repeat_noise(evaluations: dict) -> dict:
             "icc1": float(icc)}
 
 
+def check_rank_options(*, count: int | None, generations: int, images: int) -> None:
+    """The rank check's options as one-line errors (``count`` None: no rank check asked for; its
+    other options are still checked, before a search that may take hours)."""
+    if count is not None and count < 3:
+        raise InputError(f"--rank-check needs at least 3 structures to rank, got {count}")
+    if generations < 1:
+        raise InputError(f"--rank-generations must be at least 1, got {generations}")
+    if images != 0 and images < 20:
+        raise InputError(f"--rank-images must be 0 (as the short searches) or at least 20, got {images}")
+
+
 def rank_check(config: ArchConfig, out: Path, *, count: int, generations: int, images: int = 0,
                cluster: str | None = None) -> dict:
     """``count`` of a finished search's structures (evenly spread over its ranking, best and worst
@@ -576,10 +587,7 @@ def rank_check(config: ArchConfig, out: Path, *, count: int, generations: int, i
     if state["generation"] <= config.generations:
         raise InputError(f"{out}: the search is not finished (generation {state['generation']} of "
                          f"{config.generations}); run it to the end with --resume first")
-    if count < 3:
-        raise InputError(f"--rank-check needs at least 3 structures to rank, got {count}")
-    if generations < 1:
-        raise InputError(f"--rank-generations must be at least 1, got {generations}")
+    check_rank_options(count=count, generations=generations, images=images)
     images = images or config.search_images
     short = sorted(((float(np.mean([r["validation_accuracy"] for r in records])), code)
                    for code, records in state["evaluations"].items()), reverse=True)

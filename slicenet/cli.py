@@ -365,6 +365,8 @@ def cmd_optimise(args: argparse.Namespace) -> int:
 
     overrides = _flags_given(args)
     _check_cluster(args)
+    if args.workers < 0:
+        raise InputError(f"--workers must be 0 (one per CPU, or per GPU) or positive, got {args.workers}")
     if args.device not in ("auto", "cpu") and not args.cluster:
         resolve(args.device)  # --device cuda without a GPU: one line, before anything
     if args.resume is not None:
@@ -592,8 +594,8 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
     flags = _flags_given(args)
     config = make_config(None, archsearch.ArchConfig, **(archsearch.with_paper_setting(flags) if args.paper else flags))
     _check_cluster(args)
-    if args.rank_check and args.rank_check < 3:
-        raise InputError(f"--rank-check needs at least 3 structures to rank, got {args.rank_check}")
+    archsearch.check_rank_options(count=args.rank_check or None, generations=args.rank_generations,
+                                  images=args.rank_images)  # before the search, not once it is done
 
     def on_start() -> None:
         print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
@@ -690,6 +692,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .enrol import enrolment_rules
 
     export.target(args.target)  # an unknown target fails before anything is read
+    if args.verify_images < 0:
+        raise InputError(f"--verify-images must be 0 (the whole test split) or positive, got {args.verify_images}")
     engine = runs.load_engine(args.run)
     dataset = load_dataset(runs.load_config(args.run).dataset, engine.image_size[0])
     images, labels = dataset.x_test, dataset.y_test
@@ -760,6 +764,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("name at least one exported bundle (export/<run>/<target>), or use --ingest FILE")
     if args.runtime not in bench.RUNTIMES:
         raise InputError(f"unknown runtime {args.runtime!r}: expected one of {', '.join(bench.RUNTIMES)}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (the runtime's default) or positive, got {args.threads}")
+    if args.batch is not None and args.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {args.batch}")
     if args.count < 1 or args.warmup < 0:
         raise InputError("--count must be at least 1 and --warmup at least 0")
     if not 1 <= args.rounds <= args.count:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import class_folders, load_dataset, shifted_copies, split_modifiers
+from .data import class_folders, load_dataset, shift_check, shifted_copies, split_modifiers
 from .engine import Engine
 from .errors import InputError
 
@@ -118,6 +118,9 @@ def enrol_run(run: Path, dataset: str, *, out: Path, per_class: int = 0, new_onl
         raise InputError(f"--per-class must be 0 (all) or positive, got {per_class}")
     if n_neighbors < 0:
         raise InputError(f"--n-neighbors must be 0 (the engine's k) or positive, got {n_neighbors}")
+    ok, message = shift_check("--bank-shifts", bank_shifts, minus_one="as the engine's bank was built")
+    if not ok:
+        raise InputError(message)
     engine = runs.load_engine(run)
     source = runs.load_metrics(run)
     config = runs.load_config(run)

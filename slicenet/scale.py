@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 from .fitness import Problem
 from .optimisers import make_optimiser
 from .search import SearchSettings, block_generations, make_blocks
@@ -88,5 +89,9 @@ def evaluator_factory(problem: Problem, spec: str) -> Callable[[], Any]:
         return lambda: TorchEvaluator(problem, device=device)
     from .cluster import RayEvaluator, parse_cluster
 
-    parse_cluster(spec)
+    try:
+        parse_cluster(spec)
+    except InputError:
+        raise InputError(f"evaluator {spec!r}: expected a device (cpu, cuda, cuda:N, auto) or a Ray cluster "
+                         "(local[:N], ray://..., or the head's HOST:PORT as 'ray start --head' prints)") from None
     return lambda: RayEvaluator(problem, cluster=spec)

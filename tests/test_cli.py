@@ -167,6 +167,15 @@ def cli(*args, cwd=None):
     (["baseline", "--dataset", "digits", "--seed", "-3"], "--seed must be 0 or positive"),
     (["arch-search", "--dataset", "digits", "--seed", "-1", "--out", "/tmp/never-written"],
      "--seed must be 0 or positive"),
+    (["arch-search", "--dataset", "digits", "--rank-generations", "0", "--out", "/tmp/never-written"],
+     "--rank-generations must be at least 1"),  # before the search, not after it
+    (["arch-search", "--dataset", "digits", "--rank-images", "5", "--out", "/tmp/never-written"],
+     "--rank-images must be 0 (as the short searches) or at least 20"),
+    (["optimise", "--dataset", "digits", "--workers", "-1"], "--workers must be 0"),
+    (["export", "/nonexistent", "--target", "onnx", "--verify-images", "-1"], "--verify-images must be 0"),
+    (["bench", "export/none", "--threads", "-1"], "--threads must be 0 (the runtime's default) or positive"),
+    (["bench", "export/none", "--batch", "0"], "--batch must be at least 1, got 0"),
+    (["bench-search", "nosuch", "--dataset", "digits"], "evaluator 'nosuch': expected a device"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match, run_main):
     """In-process (``run_main``); the test below checks what a shell sees from the real command."""

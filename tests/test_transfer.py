@@ -272,6 +272,7 @@ def test_bad_enrolment_input_is_one_line_and_writes_nothing(five, tmp_path, run_
         (["--dataset", f"folder:{existing}", "--new-only"], "class 2 already exists"),
         (["--dataset", f"folder:{tmp_path / 'nowhere'}"], "is not a directory"),
         (["--dataset", f"folder:{existing}", "--per-class", "-1"], "--per-class must be"),
+        (["--dataset", f"folder:{existing}", "--bank-shifts", "9"], "--bank-shifts must be -1"),  # was a traceback
     ]
     for flags, match in cases:
         status, err = run_main(["enrol", str(five), *flags, "--out", str(tmp_path / "out")])
