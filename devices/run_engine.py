@@ -72,6 +72,10 @@ def onnxruntime_runner(model_path, providers, tensorrt=False, fp16=False, cache=
         chosen = [("TensorrtExecutionProvider", options), "CUDAExecutionProvider", "CPUExecutionProvider"]
         chosen = [p for p in chosen if (p[0] if isinstance(p, tuple) else p) in available]
     else:
+        unknown = [p for p in providers if p not in ort.get_all_providers()]
+        if unknown:  # a misspelt name would otherwise be dropped and the run timed on the CPU
+            fail("--providers " + " ".join(unknown) + ": onnxruntime knows no such execution provider; this one "
+                 "has " + ", ".join(available))
         chosen = [p for p in providers if p in available] or ["CPUExecutionProvider"]
     started = time.perf_counter()
     session = ort.InferenceSession(model_path, providers=chosen)
@@ -526,6 +530,11 @@ def main(argv=None):
                         help="--enrollable NCS2 bundles: the k-NN distances in numpy on this host (default), or on "
                              "the stick (its ranking graph, the bank as its constants; only the label vote here)")
     args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0:
+        fail("--iterations must be at least 1 and --warmup at least 0, got {} and {}".format(args.iterations,
+                                                                                             args.warmup))
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        fail("--out " + args.out + ": its folder does not exist; create it or choose another path")
 
     manifest = read_manifest(args.bundle)
     check_files(args.bundle, manifest)

@@ -174,6 +174,20 @@ def test_board_runner_detects_a_damaged_file(tiny_run, tmp_path):
     assert result.returncode == 2 and "samples.npy has sha256" in result.stderr
 
 
+@pytest.mark.parametrize("flags,match", [
+    (["--iterations", "0"], "--iterations must be at least 1"),  # was an IndexError
+    (["--providers", "CUDAExcutionProvider"], "knows no such execution provider"),  # was timed on the CPU
+    (["--out", "/nonexistent/r.json"], "its folder does not exist"),  # was a traceback after the timing
+])
+def test_board_runner_refuses_bad_flags_in_one_line(tiny_run, tmp_path, flags, match):
+    assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path)]) == 0
+    bundle = tmp_path / bundle_name(tiny_run) / "onnx"
+    result = subprocess.run([sys.executable, str(bundle / "run_engine.py"), "--runtime", "onnxruntime", *flags],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert match in result.stderr and not (tmp_path / "result.json").exists()
+
+
 def test_board_code_is_python36_compatible():
     """Checked by a tool (vermin), not by eye; and no torch or slicenet import."""
     import re
