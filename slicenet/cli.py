@@ -999,12 +999,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# The output paths of every command: folders (--out, --results) and files (--json, where it is a path).
+OUTPUT_FOLDERS, OUTPUT_FILES = ("out", "results"), ("json",)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """An output path that cannot be written, as one line before any work: a folder that is a file, a
+    file that is a folder, or either under a file."""
+    for name in (*OUTPUT_FOLDERS, *OUTPUT_FILES):
+        path = getattr(args, name, None)
+        if not isinstance(path, Path):
+            continue
+        flag = "--" + name
+        if name in OUTPUT_FOLDERS and path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {path} is a file; expected a folder path")
+        if name in OUTPUT_FILES and path.is_dir():
+            raise InputError(f"{flag} {path} is a folder; expected a file path")
+        above = next((p for p in path.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise InputError(f"{flag} {path}: {above} is a file, not a folder; choose another path")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # recorded beside results as the command that produced them
     try:
+        check_output_paths(args)
         return int(args.func(args))
     except InputError as exc:
         print(f"slicenet: error: {exc}", file=sys.stderr)

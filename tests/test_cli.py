@@ -138,6 +138,20 @@ def cli(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
+@pytest.mark.parametrize("command", [
+    ["optimise", "--dataset", "digits"], ["report"], ["arch-search", "--dataset", "digits"],
+    ["condense", "RUN", "--prototypes", "2"], ["export", "RUN", "--target", "onnx"],
+    ["enrol", "RUN", "--dataset", "digits"], ["transfer", "RUN", "--dataset", "digits"],
+])
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, command, run_main):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    for out in (taken, taken / "below"):
+        status, err = run_main([a.replace("RUN", str(tmp_path / "no-run")) for a in command] + ["--out", str(out)])
+        assert status == 2 and len(err.strip().splitlines()) == 1 and "is a file" in err, err
+    assert taken.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("args,match", [
     (["optimise", "--method", "adam"], "method 'adam'"),
     (["optimise", "--preset", "resnet", "--dataset", "digits"], "unknown trunk preset"),
