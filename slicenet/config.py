@@ -231,8 +231,8 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise InputError(f"{where}: expected a number, got {value!r}")
         return _finite(where, value)
-    if not isinstance(value, type(default)) and not (
-            isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+    if (not isinstance(value, type(default)) and not (isinstance(default, float) and isinstance(value, int))) or (
+            isinstance(value, bool) and not isinstance(default, bool)):  # TOML's true is not the number 1
         raise InputError(f"{where}: expected {type(default).__name__}, got {value!r}")
     return _finite(where, type(default)(value))
 

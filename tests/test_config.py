@@ -33,6 +33,7 @@ def test_preset_defaults_yield_to_what_the_user_set():
     ({"seed": "three"}, "expected int"),
     ({"sigma_scale": float("inf")}, "sigma_scale\\): expected a finite number, got inf"),  # a flag or TOML's inf
     ({"temperature": float("nan")}, "expected a finite number, got nan"),
+    ({"n_neighbors": True}, "n_neighbors\\): expected int, got True"), ({"sigma_scale": False}, "expected float"),
 ])
 def test_bad_values(overrides, match):
     with pytest.raises(InputError, match=match):
