@@ -317,6 +317,30 @@ def enrollable_infer(folder, manifest, embed):
     return infer
 
 
+def grayscale(image):
+    """A decoded PIL image as 8-bit grayscale, by slicenet's rules (slicenet.data.grayscale): 16-bit
+    pixels (a PNG's "I" mode in older Pillow) scaled by 255/65535, 32-bit integer or float pixels refused,
+    and a transparent image laid over a background that contrasts with its opaque pixels."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N") or (image.mode == "I" and image.format == "PNG"):
+        pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        raise ValueError(image.mode + " mode: 32-bit " + ("float" if image.mode == "F" else "integer")
+                         + " pixels have no fixed range; save it as an 8- or 16-bit image")
+    if "A" in image.mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
+        if alpha.min() < 1.0:
+            gray = np.asarray(rgba.convert("L"), dtype=np.float64)
+            opaque = alpha > 0.5
+            background = 255.0 if not opaque.any() or gray[opaque].mean() < 128 else 0.0
+            laid = gray * alpha + background * (1.0 - alpha)
+            return Image.fromarray(np.clip(np.round(laid), 0, 255).astype(np.uint8), "L")
+    return image.convert("L")
+
+
 def read_image(path, size):
     """A grayscale uint8 image of ``size`` (H, W), decoded and resized as slicenet does (PIL, bilinear)."""
     try:
@@ -325,7 +349,7 @@ def read_image(path, size):
         fail("enrolling images needs Pillow: pip3 install pillow")
     try:
         with Image.open(path) as image:
-            gray = image.convert("L")
+            gray = grayscale(image)
             if gray.size != (size[1], size[0]):
                 gray = gray.resize((size[1], size[0]), getattr(Image, "Resampling", Image).BILINEAR)
             return np.asarray(gray, dtype=np.uint8)
@@ -531,8 +555,7 @@ def main(argv=None):
                              "the stick (its ranking graph, the bank as its constants; only the label vote here)")
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
-        fail("--iterations must be at least 1 and --warmup at least 0, got {} and {}".format(args.iterations,
-                                                                                             args.warmup))
+        fail(f"--iterations must be at least 1 and --warmup at least 0, got {args.iterations} and {args.warmup}")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         fail("--out " + args.out + ": its folder does not exist; create it or choose another path")
 

@@ -92,6 +92,44 @@ def test_undecodable_image(tmp_path):
         load_image(path, (28, 28))
 
 
+def _board_reader():
+    """devices/run_engine.py's image reader, which must decode as slicenet does."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "run_engine", Path(__file__).resolve().parent.parent / "devices" / "run_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_image
+
+
+def test_images_in_any_depth_or_transparency_decode_to_what_they_show(tmp_path):
+    stroke = np.zeros((8, 8), bool)
+    stroke[2:6, 3:5] = True
+    cases = {}
+    deep = np.where(stroke, 65535, 0).astype(np.uint16)  # 16-bit: Pillow's convert("L") would clip it to white
+    cases["deep.png"] = (Image.fromarray(deep), np.where(stroke, 255, 0))
+    mid = np.full((8, 8), 32896, np.uint16)  # 128 x 257
+    cases["mid.png"] = (Image.fromarray(mid), np.full((8, 8), 128))
+    clear = np.zeros((8, 8, 4), np.uint8)
+    clear[stroke] = (0, 0, 0, 255)  # a dark drawing on a transparent canvas: dark on white paper
+    cases["dark.png"] = (Image.fromarray(clear, "RGBA"), np.where(stroke, 0, 255))
+    clear = np.zeros((8, 8, 4), np.uint8)
+    clear[stroke] = (255, 255, 255, 255)  # a light one: light on black
+    cases["light.png"] = (Image.fromarray(clear, "RGBA"), np.where(stroke, 255, 0))
+    opaque = np.dstack([np.where(stroke, 200, 10).astype(np.uint8)] * 3 + [np.full((8, 8), 255, np.uint8)])
+    cases["opaque.png"] = (Image.fromarray(opaque, "RGBA"), np.where(stroke, 200, 10))  # opaque: as before
+    read_on_board = _board_reader()
+    for name, (image, expected) in cases.items():
+        image.save(tmp_path / name)
+        np.testing.assert_array_equal(load_image(tmp_path / name, (8, 8)), expected, err_msg=name)
+        np.testing.assert_array_equal(read_on_board(str(tmp_path / name), (8, 8)), expected, err_msg=name)
+    Image.fromarray(np.zeros((8, 8), np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(InputError, match="32-bit float pixels have no fixed range"):
+        load_image(tmp_path / "float.tiff", (8, 8))
+
+
 def test_unknown_dataset():
     with pytest.raises(InputError, match="unknown dataset"):
         load_dataset("cifar")
