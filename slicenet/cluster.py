@@ -54,7 +54,7 @@ def check_cluster(spec: str) -> None:
     """A bad spec, or a head address where nothing listens, as a one-line error: the CLI calls this before
     it writes anything, so the corrected command is the same command, not a ``--resume``."""
     kind, _ = parse_cluster(spec)
-    if kind not in ("local", "auto") and not kind.startswith("ray://"):
+    if kind not in ("local", "auto"):
         _probe(spec)
 
 
@@ -68,7 +68,7 @@ def connect(spec: str) -> tuple[Any, bool]:
     kind, count = parse_cluster(spec)
     if ray.is_initialized():
         return ray, False
-    if kind not in ("local", "auto") and not kind.startswith("ray://"):
+    if kind not in ("local", "auto"):
         _probe(spec)
     try:
         if kind == "local":
@@ -80,6 +80,10 @@ def connect(spec: str) -> tuple[Any, bool]:
             ray.init(address=kind, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if kind.startswith("ray://") and "ray[client]" in first:
+            raise InputError(f"--cluster {spec}: a ray:// address is Ray Client, which needs pip install "
+                             "'ray[client]' here; or give the head's HOST:PORT (as 'ray start --head' prints) from a "
+                             "machine that joined the cluster") from None
         if _token_auth_likely(kind):
             raise InputError(f"the Ray cluster at {spec!r} refused this driver ({first}); a cluster started where "
                              "~/.ray/auth_token exists uses token authentication: run with RAY_AUTH_MODE=token and "
@@ -101,10 +105,13 @@ def _token_auth_likely(kind: str) -> bool:
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail in one line, at once, if nothing listens at HOST:PORT (Ray itself retries for minutes)."""
+    """Fail in one line, at once, if nothing listens at HOST:PORT or ray://HOST:PORT (Ray itself retries
+    for minutes); a ray:// address without a port is left to Ray."""
     import socket
 
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             return

@@ -120,6 +120,7 @@ def cli(*args, env=None):
     (["--device", "cuda"], "sees no CUDA GPU" if not torch.cuda.is_available() else None),
     (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto"),
     (["--cluster", "127.0.0.1:1"], "does not answer"),
+    (["--cluster", "ray://127.0.0.1:1"], "does not answer"),  # Ray Client's address: probed too, before anything
     (["--cluster", "nowhere"], "expected auto, local[:N] or the head's address"),
     (["--cluster", "local:0"], "expected local or local:N"),
 ])
