@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import re
 import shlex
@@ -532,6 +533,20 @@ def cmd_condense(args: argparse.Namespace) -> int:
     if (out / runs.METRICS).exists():
         raise InputError(f"{out} already holds a finished run; choose another --out")
     condense.check_source(engine, settings)
+    # A budget search checkpoints its grid cell by cell in OUT: the same command continues a killed one.
+    fingerprint = {"settings": settings.to_dict(), "dataset": config.dataset,
+                   "source_bank_shifts": int(source.get("bank_shifts", 0)),
+                   "source_engine_sha256": hashlib.sha256(runs.engine_file(run).read_bytes()).hexdigest()}
+    cells, before = runs.load_grid_checkpoint(out, fingerprint) if settings.budget_kb is not None else ({}, 0.0)
+    started -= before  # the wall time counts every part of a search continued
+    if cells:
+        print(f"continuing the budget search in {out}: {len(cells)} cells of its grid were scored before",
+              file=sys.stderr)
+
+    def on_cell_done(key: str, trials: list[dict]) -> None:
+        cells[key] = trials
+        runs.save_grid_checkpoint(out, fingerprint, cells, time.perf_counter() - started)
+
     dataset = load_dataset(config.dataset, engine.image_size[0])
     from tqdm import tqdm
 
@@ -547,7 +562,13 @@ def cmd_condense(args: argparse.Namespace) -> int:
             compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
                                                source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell,
                                                evaluator=lambda problem: runs.make_evaluator(
-                                                   problem, device=args.device, cluster=args.cluster))
+                                                   problem, device=args.device, cluster=args.cluster),
+                                               done_cells=cells, on_cell_done=on_cell_done)
+    except KeyboardInterrupt:
+        if not cells:
+            raise
+        raise Interrupted(f"interrupted; {len(cells)} cells of the budget search are kept in {out}: rerun the same "
+                          "command to continue") from None
     finally:
         for bar in bars:
             bar.close()

@@ -586,7 +586,9 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                   budget_macs: int | None = None, splits: int = 1,
                   generations: int = CompactSettings.generations,
                   on_cell: Callable[[int, int], None] | None = None,
-                  evaluator: EvaluatorFactory | None = None, query_shifts: int = 0) -> tuple[Engine, dict, list[dict]]:
+                  evaluator: EvaluatorFactory | None = None, query_shifts: int = 0,
+                  done_cells: dict[str, list[dict]] | None = None,
+                  on_cell_done: Callable[[str, list[dict]], None] | None = None) -> tuple[Engine, dict, list[dict]]:
     """The most accurate engine within ``budget_bytes`` (and, if given, ``budget_macs`` multiply-adds
     per image) over a grid of prototypes x dims x precision x k x metric (x LVQ window for lvq; joint
     searches the grid with lvq, then tunes the trunk's last layer for the pick if validation agrees).
@@ -599,6 +601,11 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
     ``shifts`` as for ``choose_and_build``; ``generations`` per round of joint's layer search;
     ``on_cell(done, total)`` reports progress over the grid's (prototypes, dims) cells. With ``query_shifts``
     every engine votes each query's shifted views (``Views``): scored so, and its multiply-adds counted so.
+
+    Resumable: ``on_cell_done(key, trials)`` gets each scored cell's trials (a checkpoint keeps them), and
+    ``done_cells`` (key -> trials, from such a checkpoint) are taken as scored, not run again. Every cell is
+    seeded on its own, so a search continued this way ends with the same trials and engine as one that
+    never stopped.
     """
     views = Views(query_shifts)
     trunk_macs = views.count * engine.spec.multiply_adds(engine.image_size)
@@ -626,6 +633,14 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
     for cell, (prototypes, dims) in enumerate(cells):
         if on_cell is not None:
             on_cell(cell, len(cells))
+        key = grid_cell_key(prototypes, dims)
+        if done_cells is not None and key in done_cells:
+            trials += done_cells[key]
+            for kept in done_cells[key]:
+                if on_trial is not None:
+                    on_trial(kept)
+            continue
+        cell_trials: list[dict[str, Any]] = []
         # The bank alone, at one byte a number, is a lower bound of the engine's size, and its
         # multiply-adds are known from the shapes: skip settings that cannot fit before paying
         # for their prototypes.
@@ -666,9 +681,12 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
                     "validation_accuracy": float(np.mean(values))}
                 if splits > 1:
                     trial["validation_splits"] = values
-                trials.append(trial)
+                cell_trials.append(trial)
                 if on_trial is not None:
                     on_trial(trial)
+        trials += cell_trials
+        if on_cell_done is not None:
+            on_cell_done(key, cell_trials)
     if not trials:
         raise nothing_fits()
     best = pick_within_noise(trials, n_validation=len(data[0][3]) * splits)
@@ -690,6 +708,11 @@ def budget_search(engine: Engine, images: np.ndarray, labels: np.ndarray, *, bud
         raise InputError(f"the chosen engine needs {final.multiply_adds} multiply-adds, over the budget; "
                          "raise --budget-macs")
     return final, best, trials
+
+
+def grid_cell_key(prototypes: int, dims: int) -> str:
+    """A budget search's (prototypes per class, PCA dims) cell, as a checkpoint names it."""
+    return f"p{prototypes}-d{dims}"
 
 
 def pick_within_noise(trials: list[dict], *, n_validation: int) -> dict:
@@ -725,10 +748,12 @@ def frontier(trials: list[dict], cost: str = "engine_bytes", value: str = "valid
 def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: CondenseConfig, *,
              source_bank_shifts: int = 0, on_trial: Callable[[dict], None] | None = None,
              on_cell: Callable[[int, int], None] | None = None,
-             evaluator: EvaluatorFactory | None = None) -> tuple[Engine, dict]:
+             evaluator: EvaluatorFactory | None = None, done_cells: dict[str, list[dict]] | None = None,
+             on_cell_done: Callable[[str, list[dict]], None] | None = None) -> tuple[Engine, dict]:
     """``slicenet condense`` without its files: the compact engine ``config`` asks for, from training
     ``images``, and what its metrics.json records about how it was chosen (``compact``, the validation
-    accuracy, and for a budget its frontier)."""
+    accuracy, and for a budget its frontier). ``done_cells`` and ``on_cell_done``: a budget search's
+    checkpoint, as ``budget_search`` takes them."""
     check_source(engine, config)
     shifts = source_bank_shifts if config.bank_shifts == -1 else config.bank_shifts
     if config.budget_kb is None:
@@ -741,7 +766,8 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
         engine, images, labels, budget_bytes=int(config.budget_kb * 1000), seed=config.seed, method=config.method,
         on_trial=on_trial, metrics=(config.metric,) if config.metric else COMPACT_METRICS, epochs=config.epochs,
         shifts=shifts, budget_macs=config.budget_macs, splits=splits, generations=config.generations,
-        on_cell=on_cell, evaluator=evaluator, query_shifts=config.query_shifts)
+        on_cell=on_cell, evaluator=evaluator, query_shifts=config.query_shifts, done_cells=done_cells,
+        on_cell_done=on_cell_done)
     extra: dict[str, Any] = {"budget_bytes": int(config.budget_kb * 1000), "frontier": frontier(trials),
                              "validation_accuracy": best["validation_accuracy"],
                              "compact": {**best, "bank_shifts": shifts}, "trials": len(trials)}

@@ -6,6 +6,7 @@
       engine.safetensors   trunk, post-processing, bank and labels: all inference needs
       metrics.json         accuracies, sizes, timings
       history.csv          best and mean fitness per generation per block
+      grid-checkpoint.json a condense budget search's scored cells (removed when the run ends)
 
 Every file is written atomically, so a run killed at any moment leaves either the previous or the
 next version of each file, and ``--resume`` continues from the latest checkpoint.
@@ -30,8 +31,8 @@ from .engine import Engine, SourceTrunk
 from .errors import InputError
 from .search import SearchState
 
-CONFIG, CHECKPOINT, ENGINE, METRICS, HISTORY = (
-    "config.toml", "checkpoint.pkl", "engine.safetensors", "metrics.json", "history.csv")
+CONFIG, CHECKPOINT, ENGINE, METRICS, HISTORY, GRID_CHECKPOINT = (
+    "config.toml", "checkpoint.pkl", "engine.safetensors", "metrics.json", "history.csv", "grid-checkpoint.json")
 HISTORY_FIELDS = ["block", "layer", "filter", "generation", "evaluations", "best_fitness", "mean_fitness",
                   "best_accuracy", "best_so_far"]
 REQUIRED_METRICS = ("test_accuracy", "engine_bytes", "parameters", "method", "dataset")
@@ -144,6 +145,30 @@ def write_results(path: Path, engine: Engine, *, metrics: dict, history: list[di
     write_text(path / HISTORY, history_csv(history))
     write_json(path / METRICS, metrics)
     (path / CHECKPOINT).unlink(missing_ok=True)
+    (path / GRID_CHECKPOINT).unlink(missing_ok=True)
+
+
+def load_grid_checkpoint(path: Path, fingerprint: dict) -> tuple[dict[str, list[dict]], float]:
+    """The cells a killed ``condense --budget-kb`` scored in ``path`` (``{}`` if none) and the seconds
+    it had run, provided it was started with the same ``fingerprint`` (settings, source engine, data):
+    else a one-line error, and the checkpoint is kept."""
+    file = path / GRID_CHECKPOINT
+    try:
+        state = json.loads(file.read_text())
+    except FileNotFoundError:
+        return {}, 0.0
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{file} is damaged ({exc}); delete it to start the budget search again") from None
+    if not isinstance(state, dict) or state.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        raise InputError(f"{path} holds an unfinished budget search of other settings, another source engine or "
+                         "other data; rerun the command that started it to continue it, or choose another --out")
+    return dict(state["cells"]), float(state.get("wall_seconds", 0.0))
+
+
+def save_grid_checkpoint(path: Path, fingerprint: dict, cells: dict[str, list[dict]], wall_seconds: float) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    write_json(path / GRID_CHECKPOINT, {"format": "slicenet-grid-checkpoint/1", "fingerprint": fingerprint,
+                                        "cells": cells, "wall_seconds": wall_seconds})
 
 
 def load_metrics(path: Path) -> dict:

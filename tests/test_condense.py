@@ -193,6 +193,37 @@ def test_budget_cli_prints_the_frontier(run, tmp_path, capsys):
     assert "frontier" in capsys.readouterr().out
 
 
+def test_a_killed_budget_search_continues_to_the_same_engine(run, tmp_path, monkeypatch, capsys):
+    import slicenet.condense as core
+
+    flags = ["condense", str(run), "--budget-kb", "5", "--metric", "cosine"]
+    assert main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    cells, real = set(), core.shared_fit
+
+    def killed_at_the_fourth_cell(*args, **kwargs):
+        cells.add((kwargs["prototypes"], kwargs["dims"]))  # once per fit split, for all of a cell's windows
+        if len(cells) > 3:
+            raise KeyboardInterrupt  # as Ctrl-C; a SIGKILL leaves the same checkpoint, written after each cell
+        return real(*args, **kwargs)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(core, "shared_fit", killed_at_the_fourth_cell)
+    assert main([*flags, "--out", str(out)]) == 130
+    checkpoint = json.loads((out / "grid-checkpoint.json").read_text())
+    assert len(checkpoint["cells"]) == 3 and not (out / "metrics.json").exists()
+    assert "rerun the same command to continue" in capsys.readouterr().err
+    monkeypatch.setattr(core, "shared_fit", real)
+    assert main(["condense", str(run), "--budget-kb", "5", "--out", str(out)]) == 2  # other settings: refused
+    assert "unfinished budget search of other settings" in capsys.readouterr().err
+    assert json.loads((out / "grid-checkpoint.json").read_text()) == checkpoint  # and kept
+    assert main([*flags, "--out", str(out)]) == 0
+    assert "3 cells of its grid were scored before" in capsys.readouterr().err
+    assert (out / "engine.safetensors").read_bytes() == (tmp_path / "whole" / "engine.safetensors").read_bytes()
+    whole, continued = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert continued["frontier"] == whole["frontier"] and continued["trials"] == whole["trials"]
+    assert not (out / "grid-checkpoint.json").exists()
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--prototypes", "0"], "--prototypes must be at least 1"),
     (["--prototypes", "2", "--method", "svd"], "unknown reduction method"),
