@@ -91,9 +91,14 @@ def frozen_layers(freeze: str, spec: TrunkSpec) -> tuple[int, ...]:
 
 def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineConfig, input_mean: float,
           input_std: float, on_epoch: Callable[[dict], None] | None = None,
-          device: torch.device | None = None, start: Weights | None = None) -> tuple[Network, list[dict], dict]:
+          device: torch.device | None = None, start: Weights | None = None,
+          on_checkpoint: Callable[[dict], None] | None = None,
+          resume: dict | None = None) -> tuple[Network, list[dict], dict]:
     """Train with early stopping on a validation split; returns the best network, history, summary.
-    ``start``: the trunk's initial weights (a source run's, ``--init-from``), its ``--freeze`` layers fixed."""
+    ``start``: the trunk's initial weights (a source run's, ``--init-from``), its ``--freeze`` layers fixed.
+    ``on_checkpoint(state)`` gets the whole training state after each epoch (tensors and numbers only:
+    the model, optimiser, schedule, random generators, history and best state so far); ``resume``, such
+    a state, continues from the epoch after it to what the uninterrupted training gives."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     fit, val = stratified_split(dataset.y_train, config.validation_fraction, rng)
@@ -113,8 +118,20 @@ def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineCon
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     best_accuracy, best_state, since_best, steps = -1.0, None, 0, 0
-    started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
+    started, first = time.perf_counter(), 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimiser.load_state_dict(resume["optimiser"])
+        if schedule is not None:
+            schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        history, best_state = list(resume["history"]), resume["best_state"]
+        best_accuracy, since_best, steps = resume["best_accuracy"], resume["since_best"], resume["steps"]
+        started, first = started - resume["seconds"], resume["epoch"] + 1
+    for epoch in range(first, config.epochs + 1):
+        if since_best >= config.patience:  # a resumed state that had already stopped early
+            break
         model.train()
         order = torch.randperm(len(y_fit), generator=generator).to(device)
         total_loss = 0.0
@@ -141,8 +158,14 @@ def train(dataset: Dataset, spec: TrunkSpec, *, hidden: int, config: BaselineCon
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             since_best += 1
-            if since_best >= config.patience:
-                break
+        if on_checkpoint is not None:
+            on_checkpoint({"epoch": epoch, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                           "schedule": schedule.state_dict() if schedule is not None else None,
+                           "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                           "history": history, "best_state": best_state, "best_accuracy": best_accuracy,
+                           "since_best": since_best, "steps": steps, "seconds": time.perf_counter() - started})
+        if since_best >= config.patience:
+            break
     assert best_state is not None
     model.load_state_dict(best_state)
     summary = {"epochs": len(history), "best_epoch": int(np.argmax([h["validation_accuracy"] for h in history])) + 1,
@@ -168,14 +191,18 @@ def to_engine(model: Network, dataset: Dataset, *, config: BaselineConfig, input
 
 def run(dataset: Dataset, spec: TrunkSpec, *, preset: str, hidden: int, config: BaselineConfig, input_mean: float,
         input_std: float, on_epoch: Callable[[dict], None] | None = None,
-        device: torch.device | None = None, start: Weights | None = None) -> tuple[Engine, dict, list[dict]]:
+        device: torch.device | None = None, start: Weights | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None,
+        resume: dict | None = None) -> tuple[Engine, dict, list[dict]]:
     """Train one width and return (its engine, its metrics, its history): the whole baseline run but
-    its files. ``start``: a source trunk to fine-tune (its "random init" is then the source as it was)."""
+    its files. ``start``: a source trunk to fine-tune (its "random init" is then the source as it was).
+    ``on_checkpoint`` and ``resume``: as ``train`` takes them."""
     from .pipeline import engine_metrics, evaluate
 
-    started = time.perf_counter()
+    started = time.perf_counter() - (resume["seconds"] if resume is not None else 0.0)
     model, history, summary = train(dataset, spec, hidden=hidden, config=config, input_mean=input_mean,
-                                    input_std=input_std, on_epoch=on_epoch, device=device, start=start)
+                                    input_std=input_std, on_epoch=on_epoch, device=device, start=start,
+                                    on_checkpoint=on_checkpoint, resume=resume)
     info = {"method": f"backprop-{config.optimizer}", "dataset": dataset.name}
     engine = to_engine(model, dataset, config=config, input_mean=input_mean, input_std=input_std, info=info)
     untrained = Network(spec, dataset.image_size, hidden=hidden, n_classes=dataset.n_classes, seed=config.seed,

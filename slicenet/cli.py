@@ -493,17 +493,34 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             run_dir = Path("runs") / f"baseline-{label}-{name}-{stamp}"
         else:
             run_dir = args.out if len(config.hidden) == 1 else args.out / label
-        runs.create_run_dir(run_dir, single, command)
-        bar = tqdm(total=config.epochs, unit="epoch", disable=args.quiet, file=sys.stderr, desc=label)
+        if (run_dir / runs.METRICS).exists() and args.out is not None and len(config.hidden) > 1:
+            continue  # a width finished before a kill: rerunning the command continues with the next
+        resume = runs.load_train_checkpoint(run_dir, single)  # before config.toml is written again
+        if resume is None:
+            runs.create_run_dir(run_dir, single, command)
+        else:
+            print(f"{label}: continuing the training in {run_dir} after epoch {resume['epoch']}", file=sys.stderr)
+        bar = tqdm(total=config.epochs, initial=resume["epoch"] if resume else 0, unit="epoch", disable=args.quiet,
+                   file=sys.stderr, desc=label)
 
         def on_epoch(row: dict, bar=bar) -> None:  # noqa: ANN001
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['validation_accuracy']:.4f}")
             bar.update(1)
 
-        with bar:
-            engine, metrics, history = baseline.run(dataset, spec, preset=preset, hidden=hidden, config=single,
-                                                    input_mean=mean, input_std=std,
-                                                    on_epoch=on_epoch, device=device, start=start)
+        def on_checkpoint(state: dict, run_dir=run_dir, single=single) -> None:  # noqa: ANN001
+            runs.save_train_checkpoint(run_dir, single, state)
+
+        try:
+            with bar:
+                engine, metrics, history = baseline.run(dataset, spec, preset=preset, hidden=hidden, config=single,
+                                                        input_mean=mean, input_std=std, on_epoch=on_epoch,
+                                                        device=device, start=start, on_checkpoint=on_checkpoint,
+                                                        resume=resume)
+        except KeyboardInterrupt:
+            again = ("rerun the same command" if args.out is not None else
+                     f"rerun it with --out {run_dir}" + (f" --hidden {hidden}" if len(config.hidden) > 1 else ""))
+            raise Interrupted(f"interrupted; the training in {run_dir} is checkpointed after each epoch: {again} to "
+                              "continue") from None
         metrics["command"] = command
         runs.write_results(run_dir, engine, metrics=metrics, history=history)
         print(f"{label}: test accuracy {metrics['test_accuracy']:.4f} after {metrics['epochs']} epochs; "

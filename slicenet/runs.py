@@ -7,6 +7,7 @@
       metrics.json         accuracies, sizes, timings
       history.csv          best and mean fitness per generation per block
       grid-checkpoint.json a condense budget search's scored cells (removed when the run ends)
+      train-checkpoint.pt  a baseline's training state after its latest epoch (removed when the run ends)
 
 Every file is written atomically, so a run killed at any moment leaves either the previous or the
 next version of each file, and ``--resume`` continues from the latest checkpoint.
@@ -31,8 +32,9 @@ from .engine import Engine, SourceTrunk
 from .errors import InputError
 from .search import SearchState
 
-CONFIG, CHECKPOINT, ENGINE, METRICS, HISTORY, GRID_CHECKPOINT = (
-    "config.toml", "checkpoint.pkl", "engine.safetensors", "metrics.json", "history.csv", "grid-checkpoint.json")
+CONFIG, CHECKPOINT, ENGINE, METRICS, HISTORY, GRID_CHECKPOINT, TRAIN_CHECKPOINT = (
+    "config.toml", "checkpoint.pkl", "engine.safetensors", "metrics.json", "history.csv", "grid-checkpoint.json",
+    "train-checkpoint.pt")
 HISTORY_FIELDS = ["block", "layer", "filter", "generation", "evaluations", "best_fitness", "mean_fitness",
                   "best_accuracy", "best_so_far"]
 REQUIRED_METRICS = ("test_accuracy", "engine_bytes", "parameters", "method", "dataset")
@@ -144,8 +146,39 @@ def write_results(path: Path, engine: Engine, *, metrics: dict, history: list[di
     write_bytes(path / ENGINE, engine.to_bytes())
     write_text(path / HISTORY, history_csv(history))
     write_json(path / METRICS, metrics)
-    (path / CHECKPOINT).unlink(missing_ok=True)
-    (path / GRID_CHECKPOINT).unlink(missing_ok=True)
+    for checkpoint in (CHECKPOINT, GRID_CHECKPOINT, TRAIN_CHECKPOINT):
+        (path / checkpoint).unlink(missing_ok=True)
+
+
+def save_train_checkpoint(path: Path, config: BaselineConfig, state: dict) -> None:
+    """A baseline's training state (``baseline.train``'s ``on_checkpoint``), with the settings it needs."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"format": "slicenet-train-checkpoint/1", "config": json.dumps(config.to_dict(), sort_keys=True),
+                "state": state}, buffer)
+    write_bytes(path / TRAIN_CHECKPOINT, buffer.getvalue())
+
+
+def load_train_checkpoint(path: Path, config: BaselineConfig) -> dict | None:
+    """The training state a killed baseline left in ``path`` (None if none), provided it was started with
+    the same ``config``: else a one-line error, and the checkpoint is kept. Read with torch's
+    weights_only loader: tensors and plain values, never code."""
+    import torch
+
+    file = path / TRAIN_CHECKPOINT
+    if not file.is_file():
+        return None
+    try:
+        saved = torch.load(io.BytesIO(file.read_bytes()), weights_only=True)
+        same = saved["config"] == json.dumps(config.to_dict(), sort_keys=True)
+        state = saved["state"]
+    except Exception as exc:  # noqa: BLE001 -- any unreadable file: one line, never a traceback
+        raise InputError(f"{file} is damaged ({type(exc).__name__}); delete it to train from the start") from None
+    if not same:
+        raise InputError(f"{path} holds an unfinished baseline of other settings; rerun the command that started "
+                         "it to continue it, or choose another --out")
+    return dict(state)
 
 
 def load_grid_checkpoint(path: Path, fingerprint: dict) -> tuple[dict[str, list[dict]], float]:

@@ -62,6 +62,35 @@ def test_knn_head_on_the_trained_trunk(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.8
 
 
+def test_a_killed_baseline_continues_to_the_same_network(tmp_path, monkeypatch, capsys):
+    import slicenet.baseline as core
+
+    flags = [*FAST, "--epochs", "5", "--hidden", "16", "--optimizer", "sgd", "--augment"]  # schedule and generator
+    assert main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    epochs, real = [], core.accuracy
+
+    def killed_in_the_fourth_epoch(*args, **kwargs):
+        epochs.append(1)  # the validation accuracy is scored once an epoch
+        if len(epochs) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(core, "accuracy", killed_in_the_fourth_epoch)
+    assert main([*flags, "--out", str(out)]) == 130
+    assert (out / "train-checkpoint.pt").is_file() and not (out / "metrics.json").exists()
+    assert "checkpointed after each epoch: rerun the same command" in capsys.readouterr().err
+    monkeypatch.setattr(core, "accuracy", real)
+    assert main([*FAST, "--epochs", "5", "--hidden", "16", "--out", str(out)]) == 2  # other settings
+    assert "unfinished baseline of other settings" in capsys.readouterr().err
+    assert main([*flags, "--out", str(out)]) == 0
+    assert "continuing the training" in capsys.readouterr().err and not (out / "train-checkpoint.pt").exists()
+    assert (out / "engine.safetensors").read_bytes() == (tmp_path / "whole" / "engine.safetensors").read_bytes()
+    whole, continued = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "whole", out))
+    assert [continued[k] for k in ("epochs", "best_epoch", "validation_accuracy", "test_accuracy", "gradient_steps")] \
+        == [whole[k] for k in ("epochs", "best_epoch", "validation_accuracy", "test_accuracy", "gradient_steps")]
+
+
 def test_augment_identity_and_shape():
     x = torch.randn(4, 1, 28, 28)
     out = augment(x, torch.Generator().manual_seed(0), shift=0.0, degrees=0.0)
