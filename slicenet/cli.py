@@ -493,7 +493,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
             run_dir = Path("runs") / f"baseline-{label}-{name}-{stamp}"
         else:
             run_dir = args.out if len(config.hidden) == 1 else args.out / label
-        if (run_dir / runs.METRICS).exists() and args.out is not None and len(config.hidden) > 1:
+        if ((run_dir / runs.METRICS).exists() and args.out is not None and len(config.hidden) > 1
+                and runs.load_config(run_dir) == single):
+            print(f"{label}: finished before in {run_dir}, kept", file=sys.stderr)
             continue  # a width finished before a kill: rerunning the command continues with the next
         resume = runs.load_train_checkpoint(run_dir, single)  # before config.toml is written again
         if resume is None:

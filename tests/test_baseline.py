@@ -42,6 +42,11 @@ def test_predict_with_a_dense_head_shows_its_probabilities(tmp_path, capsys):
 def test_several_widths_one_run_each(tmp_path):
     assert main([*FAST, "--epochs", "1", "--hidden", "16", "8", "--out", str(tmp_path / "w")]) == 0
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["dense16", "dense8"]
+    engine = (tmp_path / "w" / "dense8" / "engine.safetensors").read_bytes()
+    # the same command again (after a kill between widths) keeps the finished ones; other settings are refused
+    assert main([*FAST, "--epochs", "1", "--hidden", "16", "8", "--out", str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w" / "dense8" / "engine.safetensors").read_bytes() == engine
+    assert main([*FAST, "--epochs", "2", "--hidden", "16", "8", "--out", str(tmp_path / "w")]) == 2
 
 
 def test_early_stopping_stops(tmp_path):
