@@ -307,12 +307,14 @@ def class_folders(directory: Path, size: tuple[int, int], *, per_class: int = 0,
 
 
 def _folder(spec: str, directory: Path, image_size: int) -> Dataset:
-    """A user's images, one sub-folder per class; 20 % of each class is held out for testing."""
+    """A user's images, one sub-folder per class; 20 % of each class is held out for testing (at least one
+    image a class: a stratified split of a few images needs as many test images as classes)."""
     try:
         images, labels, classes = class_folders(directory, (image_size, image_size), min_classes=2, min_images=2)
     except InputError as exc:
         raise InputError(f"dataset {spec!r}: {exc}") from None
-    return _split(f"folder:{directory.name}", images, labels, 0.2, classes)
+    held_out = max(len(classes), -(-len(labels) // 5))  # each class has 2 or more: the rest keeps one of each
+    return _split(f"folder:{directory.name}", images, labels, held_out, classes)
 
 
 MAX_SHIFTS = 4  # shifted copies (bank) and test-time views (queries) move images by at most 4 pixels

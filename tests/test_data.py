@@ -80,6 +80,12 @@ def test_folder_dataset(tmp_path):
     assert len(data.y_train) == 8 and len(data.y_test) == 2
 
 
+def test_a_folder_of_two_images_a_class_holds_one_of_each_out(tmp_path):
+    # 20 % of 6 images is 2 test images for 3 classes: a stratified split needs one a class (it raised)
+    data = load_dataset(f"folder:{_folder(tmp_path, {'a': 2, 'b': 2, 'c': 2})}", image_size=8)
+    assert sorted(data.y_test) == [0, 1, 2] and sorted(data.y_train) == [0, 1, 2]
+
+
 def test_empty_class_folder(tmp_path):
     with pytest.raises(InputError, match="has 0 PNG/JPEG image"):
         load_dataset(f"folder:{_folder(tmp_path, {'cat': 5, 'dog': 0})}")
