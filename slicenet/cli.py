@@ -920,7 +920,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     engine = runs.load_engine(args.run)
     spec = args.dataset or runs.load_config(args.run).dataset
     class_map = dict(pair.split("=", 1) for pair in args.class_map.split(",") if "=" in pair)
-    if args.class_map and len(class_map) != len([p for p in args.class_map.split(",") if p]):
+    if args.class_map and (len(class_map) != len([p for p in args.class_map.split(",") if p])
+                           or not all(k and v for k, v in class_map.items())):
         raise InputError(f"--class-map {args.class_map!r}: expected dataset=engine pairs, e.g. zero=0,one=1")
     images, labels, names = evaluation_set(spec, engine.image_size[0], split=args.split)
     if tuple(images.shape[1:]) != engine.image_size:

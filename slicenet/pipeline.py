@@ -188,6 +188,10 @@ def class_index(names: tuple[str, ...], engine_names: tuple[str, ...], class_map
     if unknown_keys:
         raise InputError(f"--class-map names {', '.join(unknown_keys)}, which the dataset's classes "
                          f"({', '.join(names)}) do not include")
+    bad_targets = sorted({target for target in class_map.values() if target not in engine_names})
+    if bad_targets:
+        raise InputError(f"--class-map maps to {', '.join(bad_targets)}, which the engine's classes "
+                         f"({', '.join(engine_names)}) do not include")
     mapped = [class_map.get(name, name) for name in names]
     missing = [name for name, target in zip(names, mapped, strict=True) if target not in engine_names]
     if missing:

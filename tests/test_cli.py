@@ -286,3 +286,21 @@ def test_the_size_plot_names_only_engines_no_smaller_one_matches():
     assert run_kind({"preset": "pixels"}) == "pixels"
     assert run_kind({"compact": {"method": "lvq"}}) == "compact"
     assert run_kind({"preset": "default"}) == "search"
+
+
+def test_class_maps_are_checked_against_both_sides():
+    from slicenet.errors import InputError
+    from slicenet.pipeline import class_index
+
+    engine = ("0", "1", "2")
+    assert list(class_index(("one", "zero"), engine, {"one": "1", "zero": "0"})) == [1, 0]
+    with pytest.raises(InputError, match="maps to 9, which the engine's classes \\(0, 1, 2\\) do not include"):
+        class_index(("one",), engine, {"one": "9"})
+    with pytest.raises(InputError, match="names two, which the dataset's classes"):
+        class_index(("one",), engine, {"one": "1", "two": "2"})
+
+
+@pytest.mark.parametrize("mapping", ["cat=0,dog", "=0", "cat="])
+def test_a_malformed_class_map_is_one_line(tiny_run, mapping, run_main):
+    status, err = run_main(["evaluate", str(tiny_run), "--dataset", "digits", "--class-map", mapping])
+    assert status == 2 and "expected dataset=engine pairs" in err and len(err.strip().splitlines()) == 1, err
