@@ -81,6 +81,9 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
     if runtime == "torch":
         if distance != "graph":
             raise InputError("--distance host or stick times an exported enrollable bundle, not --runtime torch")
+        if (bundle / "manifest.json").is_file():
+            raise InputError(f"{bundle} is an exported bundle: --runtime torch times run directories (runs/<name>); "
+                             "time a bundle with --runtime onnxruntime or openvino")
         return open_run(bundle, threads=threads, batch=batch or 1)
     if distance not in DISTANCES:
         raise InputError(f"unknown --distance {distance!r}: expected one of {', '.join(DISTANCES)}")

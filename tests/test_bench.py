@@ -65,6 +65,15 @@ def test_each_round_opens_fresh_sessions_in_a_rotated_order():
     assert list(latencies) == ["A", "B", "C"] and all(len(v) == 7 for v in latencies.values())
 
 
+def test_torch_times_run_directories_not_bundles(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path)]) == 0
+    bundle = next(tmp_path.glob("*/onnx"))
+    capsys.readouterr()
+    assert main(["bench", str(bundle), "--runtime", "torch", "--count", "3", "--rounds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--runtime torch times run directories" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_rounds_must_fit_the_count(capsys):
     assert main(["bench", "export/none", "--count", "3", "--rounds", "5"]) == 2
     assert "--rounds must be between 1 and --count (3)" in capsys.readouterr().err
