@@ -771,6 +771,8 @@ def cmd_check_2022(args: argparse.Namespace) -> int:
             result = ov2022.check(models, samples=np.load(path / manifest["samples"]["file"]),
                                   expected=manifest["samples"]["expected_classes"], device=args.device)
         else:
+            if path.exists() and path.suffix.lower() not in (".xml", ".onnx"):
+                raise InputError(f"{path}: expected an exported bundle folder or its model files (.xml or .onnx)")
             result = ov2022.check([path], device=args.device)
         if result["status"] == "not checked":
             raise InputError(ov2022.describe(result))

@@ -439,7 +439,7 @@ def test_an_ncs2_export_that_2022_refuses_is_not_written(tiny_run, tmp_path, mon
     assert not list((tmp_path / "out" / bundle_name(tiny_run)).iterdir())  # no staging folder left behind
 
 
-@pytest.mark.parametrize("case", ["no compiler", "no such model"])
+@pytest.mark.parametrize("case", ["no compiler", "no such model", "not a model"])
 def test_the_2022_checks_own_errors_are_one_line(tmp_path, case):
     import os
     import shutil
@@ -453,9 +453,13 @@ def test_the_2022_checks_own_errors_are_one_line(tmp_path, case):
         shutil.copytree(ov2022.cache_root() / "download", cache / "download")
         env.update(SLICENET_CACHE=str(tmp_path / "cache"), CXX="no-such-compiler")
         model = str(_newer_opset_ir(tmp_path / "m.xml"))
+    elif case == "not a model":
+        model = str(tmp_path / "digit.png")
+        (tmp_path / "digit.png").write_bytes(b"\x89PNG")
     else:
         model = str(tmp_path / "missing.xml")
     result = subprocess.run([sys.executable, "-m", "slicenet.cli", "check-2022", model], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert ("no C++ compiler" if case == "no compiler" else "no such model file") in result.stderr
+    assert {"no compiler": "no C++ compiler", "no such model": "no such model file",
+            "not a model": "expected an exported bundle folder or its model files"}[case] in result.stderr
