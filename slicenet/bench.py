@@ -87,10 +87,9 @@ def open_bundle(bundle: Path, runtime: str, *, threads: int, batch: int | None =
         return open_run(bundle, threads=threads, batch=batch or 1)
     if distance not in DISTANCES:
         raise InputError(f"unknown --distance {distance!r}: expected one of {', '.join(DISTANCES)}")
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(f"{bundle} is not an exported bundle (no manifest.json); run 'slicenet export' first")
-    manifest = json.loads(manifest_path.read_text())
+    from .export import read_manifest
+
+    manifest = read_manifest(bundle)
     exported = int(manifest["input"]["shape"][0])
     if batch is not None and batch != exported:
         raise InputError(f"{bundle} is exported for batch {exported}, not {batch}: "
@@ -404,7 +403,6 @@ def _measured_on(data: dict) -> str:
 
 
 def _manifest(bundle: Path) -> dict:
-    path = Path(bundle) / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"{bundle} is not an exported bundle (no manifest.json)")
-    return json.loads(path.read_text())
+    from .export import read_manifest
+
+    return read_manifest(bundle)

@@ -757,16 +757,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_check_2022(args: argparse.Namespace) -> int:
-    from .export import ov2022
+    from .export import ov2022, read_manifest
 
     status = 0
     for path in args.paths:
         if path.is_dir():
-            manifest_path = path / "manifest.json"
-            if not manifest_path.is_file():
-                raise InputError(f"{path} is not an exported bundle (no manifest.json); pass a bundle folder or "
-                                 "model files")
-            manifest = json.loads(manifest_path.read_text())
+            manifest = read_manifest(path)
             models = [path / m for m in dict.fromkeys([manifest["model"], manifest["onnx_model"]])]
             result = ov2022.check(models, samples=np.load(path / manifest["samples"]["file"]),
                                   expected=manifest["samples"]["expected_classes"], device=args.device)
@@ -817,7 +813,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     require("onnx", *{"onnxruntime": ["onnxruntime"], "openvino": ["openvino"]}.get(args.runtime, []), purpose="bench")
     import onnx
 
-    from .export import board_file
+    from .export import board_file, read_manifest
 
     profiles = bench.load_profiles(args.profiles or board_file("profiles.toml"))
     sessions, latencies = bench.run_rounds(
@@ -834,7 +830,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             row.update(test_accuracy=metrics["test_accuracy"], engine_bytes=metrics["engine_bytes"],
                        multiply_adds=metrics.get("multiply_adds"), cost=None, estimates=[])
         else:
-            manifest = json.loads((session.bundle / "manifest.json").read_text())
+            manifest = read_manifest(session.bundle)
             if session.distance == "graph":  # the cost model reads the whole graph; a split step has none
                 model = onnx.load(str(session.bundle / manifest["onnx_model"]))
                 cost = bench.graph_cost(model)

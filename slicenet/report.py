@@ -373,19 +373,14 @@ def load_bundles(folders: list[Path]) -> list[dict]:
     """What the report's export section lists of each exported bundle: its target, its operations
     (counted in its files, so bundles of earlier releases count alike), its verification and the
     OpenVINO 2022.3 check its manifest records."""
-    import json
-
     import onnx
 
+    from .export import read_manifest
     from .export.targets import ir_summary
 
     bundles = []
     for folder in folders:
-        manifest_path = Path(folder) / "manifest.json"
-        if not manifest_path.is_file():
-            raise InputError(f"{folder} is not an exported bundle (no manifest.json); pass folders written by "
-                             "'slicenet export'")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_manifest(folder)
         onnx_file = Path(folder) / manifest["onnx_model"]
         ir_file = Path(folder) / "engine.xml"
         graph = onnx.load(str(onnx_file), load_external_data=False).graph

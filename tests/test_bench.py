@@ -74,6 +74,19 @@ def test_torch_times_run_directories_not_bundles(tiny_run, tmp_path, capsys):
     assert "--runtime torch times run directories" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("text,match", [("{broken", "is damaged"), ('{"model": "x"}', "lacks target, onnx_model")])
+def test_a_damaged_manifest_is_one_line_everywhere(tiny_run, tmp_path, capsys, text, match):
+    assert main(["export", str(tiny_run), "--target", "onnx", "--out", str(tmp_path)]) == 0
+    bundle = next(tmp_path.glob("*/onnx"))
+    (bundle / "manifest.json").write_text(text)  # these raised JSONDecodeError or KeyError tracebacks
+    for command in (["bench", str(bundle), "--count", "3", "--rounds", "1"], ["check-2022", str(bundle)],
+                    ["report", str(tiny_run), "--bundles", str(bundle), "--out", str(tmp_path / "r")]):
+        capsys.readouterr()
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_rounds_must_fit_the_count(capsys):
     assert main(["bench", "export/none", "--count", "3", "--rounds", "5"]) == 2
     assert "--rounds must be between 1 and --count (3)" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -280,6 +281,27 @@ def _finish(engine: Engine, staging: Path, chosen: Target, checks: dict, verific
     return manifest
 
 
+MANIFEST = "manifest.json"
+MANIFEST_KEYS = ("target", "model", "onnx_model", "input", "samples", "checks", "verification")
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> dict:
+    """An exported bundle's manifest; a folder that is not one, or a damaged manifest, is one line."""
+    path = Path(bundle) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{bundle} is not an exported bundle (no {MANIFEST}); pass a folder written by "
+                         "'slicenet export'")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({exc}); export the bundle again") from None
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}: not a manifest 'slicenet export' wrote; export the "
+                         "bundle again")
+    return manifest
+
+
 __all__ = ["TARGETS", "TENSORRT_MAX_K", "OPENVINO_EXACT_CPU", "Verification", "build_onnx", "build_ir", "build_ncs2_ir",
            "bundle_folder", "bundle_name", "check_ir_opsets", "check_onnx", "export_bundle", "near_ties",
-           "run_onnxruntime", "run_openvino", "target", "verify", "board_runner", "board_file"]
+           "read_manifest", "run_onnxruntime", "run_openvino", "target", "verify", "board_runner", "board_file"]
