@@ -295,8 +295,12 @@ def make_evaluator(problem: Any, *, device: str = "cpu", cluster: str | None = N
 
 
 def optimise_or_resume(config: RunConfig, run_dir: Path, *, command: str, device: str = "cpu") -> dict:
-    """A run of a fan-out: finished already (its metrics), checkpointed (continued) or new (started)."""
+    """A run of a fan-out: finished already (its metrics), checkpointed (continued) or new (started). A
+    finished or checkpointed run of other settings is an error, never taken for this one's."""
     run_dir = Path(run_dir)
+    if ((run_dir / METRICS).is_file() or (run_dir / CHECKPOINT).is_file()) and load_config(run_dir) != config:
+        raise InputError(f"{run_dir} holds a run of other settings; rerun the command that started it to continue "
+                         "it, or choose another --out")
     if (run_dir / METRICS).is_file():
         return load_metrics(run_dir)
     return optimise(config, run_dir, command=command, resume=(run_dir / CHECKPOINT).is_file(), device=device)

@@ -162,6 +162,13 @@ def test_the_ga_picks_a_set_and_every_individual_is_a_run(source, tmp_path):
         assert len(state["history"]) == 2
         for individual in state["evaluated"].values():
             assert (out / "individuals").exists() and engine_of(type(out)(individual["run"])) is not None
+    # the same command again keeps every individual's run; other settings in the same --out never take them
+    assert transfer(source, tmp_path / "depth", "--tune", "ga", "--ga", "depth", "--ga-population", "2",
+                    "--ga-generations", "1") == 0
+    assert json.loads((tmp_path / "depth" / "ga.json").read_text()) == state
+    assert main(["transfer", str(source), "--dataset", "digits", "--generations", "3", "3", "--search-images", "200",
+                 "--quiet", "--out", str(tmp_path / "depth"), "--tune", "ga", "--ga", "depth", "--ga-population", "2",
+                 "--ga-generations", "1"]) == 2
 
 
 @pytest.mark.parametrize(("flags", "match"), [
