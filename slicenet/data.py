@@ -237,34 +237,17 @@ def _idx_dataset(spec: str, directory: Path, class_names: tuple[str, ...], hint:
                    arrays["x_test"].copy(), arrays["y_test"].astype(np.int64), class_names)
 
 
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
 def grayscale(image: Any) -> Any:
     """A decoded PIL image as 8-bit grayscale ("L"). Pillow's own ``convert("L")`` clips 16-bit pixels at
     255 and drops transparency, so: 16-bit pixels (and a PNG's "I" mode, which older Pillow gives them)
-    are scaled by 255/65535; 32-bit integer or float pixels, which have no fixed range, are an error; and a
-    transparent image is laid over a background that contrasts with its opaque pixels (a dark drawing
-    over white, a light one over black), as if it had been drawn on paper of that colour.
-    ``devices/run_engine.py`` decodes images by the same rules."""
-    from PIL import Image
+    are scaled by 255/65535; 32-bit integer or float pixels, which have no fixed range, are a ValueError;
+    and a transparent image is laid over a background that contrasts with its opaque pixels (a dark
+    drawing over white, a light one over black), as if it had been drawn on paper of that colour. Written
+    once, in the board runner (``slicenet.boards.run_engine``), so images enrolled on a board decode as
+    slicenet decodes them."""
+    from .boards.run_engine import grayscale as board_grayscale
 
-    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
-        pixels = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0)
-        return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
-    if image.mode in ("I", "F"):
-        raise ValueError(f"{image.mode} mode: 32-bit {'float' if image.mode == 'F' else 'integer'} pixels have no "
-                         "fixed range; save it as an 8- or 16-bit image")
-    if "A" in image.mode or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        alpha = np.asarray(rgba, dtype=np.float64)[..., 3] / 255.0
-        if alpha.min() < 1.0:
-            gray = np.asarray(rgba.convert("L"), dtype=np.float64)
-            opaque = alpha > 0.5
-            background = 255.0 if not opaque.any() or gray[opaque].mean() < 128 else 0.0
-            laid = gray * alpha + background * (1.0 - alpha)
-            return Image.fromarray(np.clip(np.round(laid), 0, 255).astype(np.uint8), "L")
-    return image.convert("L")
+    return board_grayscale(image)
 
 
 def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarray:
