@@ -68,8 +68,7 @@ def connect(spec: str) -> tuple[Any, bool]:
     kind, count = parse_cluster(spec)
     if ray.is_initialized():
         return ray, False
-    if kind not in ("local", "auto"):
-        _probe(spec)
+    check_cluster(spec)
     try:
         if kind == "local":
             # address="local": a fresh instance on this machine even where RAY_ADDRESS or a running
