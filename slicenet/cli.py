@@ -553,10 +553,11 @@ def cmd_condense(args: argparse.Namespace) -> int:
         raise InputError(f"{out} already holds a finished run; choose another --out")
     condense.check_source(engine, settings)
     # A budget search checkpoints its grid cell by cell in OUT: the same command continues a killed one.
-    fingerprint = {"settings": settings.to_dict(), "dataset": config.dataset,
-                   "source_bank_shifts": int(source.get("bank_shifts", 0)),
-                   "source_engine_sha256": hashlib.sha256(runs.engine_file(run).read_bytes()).hexdigest()}
-    cells, before = runs.load_grid_checkpoint(out, fingerprint) if settings.budget_kb is not None else ({}, 0.0)
+    source_shifts = int(source.get("bank_shifts", 0))
+    fingerprint = {"settings": settings.to_dict(), "dataset": config.dataset, "source_bank_shifts": source_shifts,
+                   "source_engine_sha256": hashlib.sha256(runs.engine_file(run).read_bytes()).hexdigest()
+                   } if settings.budget_kb is not None else {}
+    cells, before = runs.load_grid_checkpoint(out, fingerprint) if fingerprint else ({}, 0.0)
     started -= before  # the wall time counts every part of a search continued
     if cells:
         print(f"continuing the budget search in {out}: {len(cells)} cells of its grid were scored before",
@@ -579,7 +580,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
     try:
         with _keep_freed_memory():  # its cma / pso / ga / joint searches, like optimise's
             compact, extra = condense.condense(engine, dataset.x_train, dataset.y_train, settings,
-                                               source_bank_shifts=int(source.get("bank_shifts", 0)), on_cell=on_cell,
+                                               source_bank_shifts=source_shifts, on_cell=on_cell,
                                                evaluator=lambda problem: runs.make_evaluator(
                                                    problem, device=args.device, cluster=args.cluster),
                                                done_cells=cells, on_cell_done=on_cell_done)
