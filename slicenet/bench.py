@@ -367,7 +367,9 @@ def ingest(path: Path, *, bundle: Path | None = None, board: str | None = None, 
             data = parse_trtexec(text)
         except ValueError as exc:
             raise InputError(f"{path}: {exc}; pass the output of trtexec --loadEngine=engine.plan ...") from None
-        manifest = _manifest(bundle)
+        from .export import read_manifest
+
+        manifest = read_manifest(bundle)
         data.update(bundle=f"{Path(bundle).resolve().parent.name}/{Path(bundle).name}", target=manifest["target"],
                     board=board or "NVIDIA Jetson Nano", precision=precision or data["precision"] or "fp16")
         if data["target"] != "jetson":
@@ -400,9 +402,3 @@ def _measured_on(data: dict) -> str:
     device, runtime = str(data.get("device", "")), str(data.get("runtime", ""))
     on_gpu = "CUDA" in device or "Tensorrt" in device or "tensorrt" in runtime
     return "board" if "MYRIAD" in device or ("Jetson" in str(data.get("board", "")) and on_gpu) else "host"
-
-
-def _manifest(bundle: Path) -> dict:
-    from .export import read_manifest
-
-    return read_manifest(bundle)
