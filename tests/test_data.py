@@ -98,18 +98,6 @@ def test_undecodable_image(tmp_path):
         load_image(path, (28, 28))
 
 
-def _board_reader():
-    """devices/run_engine.py's image reader, which must decode as slicenet does."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "run_engine", Path(__file__).resolve().parent.parent / "devices" / "run_engine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.read_image
-
-
 def test_images_in_any_depth_or_transparency_decode_to_what_they_show(tmp_path):
     stroke = np.zeros((8, 8), bool)
     stroke[2:6, 3:5] = True
@@ -126,7 +114,7 @@ def test_images_in_any_depth_or_transparency_decode_to_what_they_show(tmp_path):
     cases["light.png"] = (Image.fromarray(clear, "RGBA"), np.where(stroke, 255, 0))
     opaque = np.dstack([np.where(stroke, 200, 10).astype(np.uint8)] * 3 + [np.full((8, 8), 255, np.uint8)])
     cases["opaque.png"] = (Image.fromarray(opaque, "RGBA"), np.where(stroke, 200, 10))  # opaque: as before
-    read_on_board = _board_reader()
+    from slicenet.boards.run_engine import read_image as read_on_board  # devices/run_engine.py's reader
     for name, (image, expected) in cases.items():
         image.save(tmp_path / name)
         np.testing.assert_array_equal(load_image(tmp_path / name, (8, 8)), expected, err_msg=name)
