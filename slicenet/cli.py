@@ -904,9 +904,10 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
     print(f"{prepared.preset} trunk ({prepared.spec.parameters:,} parameters), {config.search_images} images a "
           f"generation; start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["startup_seconds"].items()))
     for row in result["blocks"]:
+        differ = {name: "" if row["identical_to_first"][name] else
+                  f", scores differ by up to {row['max_fitness_difference'][name]:.1e}" for name in args.evaluators}
         cells = ", ".join(f"{name} {row['seconds_per_generation'][name]:.3f} s ({row['ratio_to_first'][name]:.2f}x"
-                          f"{'' if row['identical_to_first'][name] else ', SCORES DIFFER'})"
-                          for name in args.evaluators)
+                          f"{differ[name]})" for name in args.evaluators)
         print(f"  {row['block']} (population {row['population']}, median of {row['generations']} generations): "
               f"{cells}; ratios to {first}")
     return 0

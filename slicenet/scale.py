@@ -53,6 +53,7 @@ def search_bench(problem: Problem, weights: Weights, settings: SearchSettings,
                 startup[name] += time.perf_counter() - started
             seconds: dict[str, list[float]] = {name: [] for name in names}
             identical = {name: True for name in names}
+            largest = {name: 0.0 for name in names}  # fitness difference to the first (a GPU's float rounding)
             while not optimiser.stop():
                 population = optimiser.ask()
                 split = problem.split((index, optimiser.generation, 0))
@@ -64,13 +65,15 @@ def search_bench(problem: Problem, weights: Weights, settings: SearchSettings,
                     seconds[name].append(time.perf_counter() - started)
                 for name in names[1:]:
                     identical[name] &= bool(np.array_equal(scores[name].fitness, scores[names[0]].fitness))
+                    largest[name] = max(largest[name], float(np.max(np.abs(scores[name].fitness
+                                                                           - scores[names[0]].fitness))))
                 optimiser.tell(population, scores[names[0]].fitness)
             medians = {name: statistics.median(values) for name, values in seconds.items()}
             blocks_out.append({"block": block.label(), "population": len(population),
                                "generations": len(seconds[names[0]]),
                                "seconds_per_generation": medians,
                                "ratio_to_first": {name: medians[name] / medians[names[0]] for name in names},
-                               "identical_to_first": identical})
+                               "identical_to_first": identical, "max_fitness_difference": largest})
     finally:
         for evaluator in built.values():
             evaluator.close()

@@ -36,8 +36,5 @@ slicenet optimise --method cma --preset radu --vote majority --device cpu --quie
 for run in mnist-cma-radu-lm-s0 mnist-cma-radu-s0; do
   mkdir -p "$OUT/$run" && cp runs/$run/{config.toml,history.csv,metrics.json} "$OUT/$run/"
 done
-# 4. On a GPU (not run: no GPU has been lent to this project's machines so far).
-# slicenet bench-search cpu cuda --preset default --generations 8 --json "$OUT/default-cpu-vs-cuda.json"
-# slicenet bench-search cpu cuda --preset lenet --generations 6 --json "$OUT/lenet-cpu-vs-cuda.json"
-# slicenet bench-search cpu cuda --preset radu --generations 3 --json "$OUT/radu-cpu-vs-cuda.json"
-# slicenet optimise --method cma --preset radu --device cuda --out runs/mnist-cma-radu-cuda-s0   # target: >= 97.5 % in 5 min
+# 4. On a GPU: results/scale/gpu_bench.sh (CPU against CUDA per generation, one seed searched on each and
+# compared image by image, radu on the GPU). Not run yet: no GPU has been lent to this project's machines.
