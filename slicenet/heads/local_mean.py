@@ -38,6 +38,7 @@ class LocalMeanHead(BankHead):
                                n_neighbors=self.n_neighbors)
 
     def winners(self, neighbours: torch.Tensor, classes: torch.Tensor) -> np.ndarray:
+        neighbours, classes = neighbours.cpu(), classes.cpu()  # an engine may compute on a GPU
         return neighbours[torch.arange(len(classes)), classes].numpy()  # the winning class's k nearest
 
     def check(self, class_names: tuple[str, ...]) -> None:
