@@ -350,17 +350,23 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
 
 
 def _check_cluster(args: argparse.Namespace) -> None:
-    """``--cluster``: a bad or silent address fails in one line before anything is written."""
+    """``--cluster``: a bad or silent address fails in one line before anything is written; so does a
+    ``--device`` this machine lacks (with a cluster, only its spelling: the workers look on their own machines)."""
+    from .device import kind, resolve
+
+    device = getattr(args, "device", "cpu")  # arch-search's individuals are searched on the CPU
     if args.cluster:
         from .cluster import check_cluster
 
+        kind(device)
         check_cluster(args.cluster)
+    elif device not in ("auto", "cpu"):
+        resolve(device)  # --device cuda without a GPU: one line, before anything
 
 
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import runs
     from .config import RunConfig, config_from_toml, make_config, with_preset_defaults
-    from .device import resolve
     from .pipeline import search_settings
     from .search import total_generations
 
@@ -368,8 +374,6 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     _check_cluster(args)
     if args.workers < 0:
         raise InputError(f"--workers must be 0 (one per CPU, or per GPU) or positive, got {args.workers}")
-    if args.device not in ("auto", "cpu") and not args.cluster:
-        resolve(args.device)  # --device cuda without a GPU: one line, before anything
     if args.resume is not None:
         given = ["--" + key.replace("_", "-") for key, value in overrides.items() if value is not None]
         given += ["--config"] * (args.config is not None) + ["--out"] * (args.out is not None)
@@ -446,7 +450,7 @@ def _fan_out(args: argparse.Namespace, config: Any, root: Path) -> int:
     if args.cluster:
         from .cluster import fan_out
 
-        results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster)
+        results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster, device=args.device)
     else:
         results = [runs.optimise_or_resume(**job) for job in jobs]
     for job, metrics in zip(jobs, results, strict=True):
@@ -538,10 +542,6 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = make_config(None, condense.CondenseConfig, **_flags_given(args))  # checked before any work
-    if args.device not in ("auto", "cpu"):
-        from .device import resolve
-
-        resolve(args.device)
     _check_cluster(args)
     engine = runs.load_engine(args.run)
     source = runs.load_metrics(args.run)
@@ -695,7 +695,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         if args.cluster:
             from .cluster import fan_out
 
-            results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster)
+            results = fan_out(runs.optimise_or_resume, jobs, cluster=args.cluster, device=args.device)
         else:
             results = [runs.optimise_or_resume(**job) for job in jobs]
         return [{**m, "run": str(job["run_dir"])} for job, m in zip(jobs, results, strict=True)]

@@ -148,16 +148,24 @@ class RayEvaluator(Evaluator):
     """Populations scored in row shards by Ray actors that each hold the problem once."""
 
     def __init__(self, problem: ScoredProblem, *, cluster: str = "local", workers: int = 0, device: str = "cpu"):
+        from .device import kind
+
         super().__init__(problem)
+        gpus = 1 if kind(device) == "cuda" else 0  # a bad spelling fails here, before Ray starts
         self.ray, self._started = connect(cluster)
+        self.actors: list[Any] = []
         ray = self.ray
-        gpus = 1 if device.startswith("cuda") else 0
+        resources = ray.cluster_resources()
+        if gpus and int(resources.get("GPU", 0)) < 1:
+            self.close()
+            raise InputError(f"--device {device} with --cluster {cluster}: the cluster has no GPU (its resources: "
+                             f"{int(resources.get('CPU', 0))} CPUs); use --device cpu, or add nodes that have GPUs")
         if workers <= 0:  # one actor per CPU (or GPU) the cluster has
-            resources = ray.cluster_resources()
             workers = max(1, int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 1)))
         self._problem = ray.put(problem)  # into the object store once: no copy per call
         scorer = _scorer(ray)
-        self.actors = [scorer.options(num_cpus=1, num_gpus=gpus).remote(self._problem, device)
+        # An actor given one GPU sees only that one, as cuda: the driver's cuda:N names none of its devices.
+        self.actors = [scorer.options(num_cpus=1, num_gpus=gpus).remote(self._problem, "cuda" if gpus else device)
                        for _ in range(workers)]
         self.device = device
         self._version = 0
@@ -209,11 +217,21 @@ class RayEvaluator(Evaluator):
 
 
 def fan_out(function: Callable[..., Any], jobs: list[dict], *, cluster: str, cpus_per_job: int = 1,
-            gpus_per_job: float = 0.0) -> list[Any]:
-    """``function(**job)`` for every job, as Ray tasks on ``cluster``, results in the jobs' order."""
+            device: str = "cpu") -> list[Any]:
+    """``function(**job)`` for every job, as Ray tasks on ``cluster``, results in the jobs' order. With a
+    CUDA ``device`` each task holds one GPU of the cluster (and its job's ``device``, if it has one, is
+    that GPU, as the task sees it: cuda)."""
+    from .device import kind
+
+    gpus = 1 if kind(device) == "cuda" else 0
     ray, started = connect(cluster)
     try:
-        task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job)(function)
+        if gpus and int(ray.cluster_resources().get("GPU", 0)) < 1:
+            raise InputError(f"--device {device} with --cluster {cluster}: the cluster has no GPU; use --device "
+                             "cpu, or add nodes that have GPUs")
+        if gpus:
+            jobs = [{**job, "device": "cuda"} if "device" in job else job for job in jobs]
+        task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus)(function)
         return list(ray.get([task.remote(**job) for job in jobs]))
     finally:
         if started and SHUTDOWN_OWN:

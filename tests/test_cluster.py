@@ -94,6 +94,17 @@ def test_seeds_fan_out_as_ray_tasks_each_a_complete_run(tmp_path, ray_cluster):
     assert (tmp_path / "fan" / "seed0" / "metrics.json").read_text() == before
 
 
+@pytest.mark.parametrize("fan_out", [[], ["--seeds", "0", "1"]])
+def test_cuda_on_a_cluster_without_a_gpu_is_one_line(tmp_path, ray_cluster, run_main, fan_out):
+    """The driver needs no GPU of its own with --cluster, but the cluster must have one: no actor or task
+    waits forever for a GPU that no node has."""
+    status, err = run_main(["optimise", "--dataset", "digits", "--generations", "1", "--device", "cuda",
+                            "--cluster", "local:2", *fan_out, "--out", str(tmp_path / "r")])
+    errors = [line for line in err.strip().splitlines() if "error" in line]
+    assert status == 2 and len(errors) == 1 and "the cluster has no GPU" in errors[0], err
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_arch_search_on_a_cluster_is_the_same_search(tmp_path, ray_cluster):
     """A generation's individuals as Ray tasks: the same fitness, generations and front as one after the other."""
     assert main([*ARCH, "--out", str(tmp_path / "in-process")]) == 0
@@ -119,6 +130,7 @@ def cli(*args, env=None):
 @pytest.mark.parametrize("flags,match", [
     (["--device", "cuda"], "sees no CUDA GPU" if not torch.cuda.is_available() else None),
     (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto"),
+    (["--device", "cuda:x", "--cluster", "local:2"], "expected cpu, cuda, cuda:N or auto"),  # before Ray starts
     (["--cluster", "127.0.0.1:1"], "does not answer"),
     (["--cluster", "ray://127.0.0.1:1"], "does not answer"),  # Ray Client's address: probed too, before anything
     (["--cluster", "nowhere"], "expected auto, local[:N] or the head's address"),
