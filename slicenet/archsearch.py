@@ -264,14 +264,16 @@ def _over(config: ArchConfig, costs: dict[str, float]) -> dict[str, float]:
     return {unit: cost for unit, cost in costs.items() if cost > (config.budgets[unit] or float("inf"))}
 
 
-def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, run_dir: str) -> dict:
-    """One evaluation: the individual's optimise run (kept if finished, continued if checkpointed)."""
+def evaluate_individual(config: ArchConfig, genome_code: str, evaluation: int, run_dir: str, *,
+                        device: str = "cpu") -> dict:
+    """One evaluation: the individual's optimise run (kept if finished, continued if checkpointed), its
+    populations scored on ``device``."""
     from .runs import optimise_or_resume
 
     genome = Genome.parse(genome_code)
     metrics = optimise_or_resume(config.run_config(genome, evaluation), Path(run_dir),
                                  command=f"slicenet arch-search (individual {genome_code}, evaluation {evaluation})",
-                                 device="cpu")
+                                 device=device)
     return {"run": run_dir, "validation_accuracy": metrics["validation_accuracy"],
             "test_accuracy": metrics["test_accuracy"], **_costs(config, individual_costs(config, Path(run_dir))),
             "multiply_adds": metrics["multiply_adds"], "engine_bytes": metrics["engine_bytes"],
@@ -282,10 +284,11 @@ def _costs(config: ArchConfig, costs: dict[str, float]) -> dict:
     return {"cost": costs[COST_UNITS[config.cost]], "costs": costs}
 
 
-def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str | None = None,
+def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str | None = None, device: str = "cpu",
            on_start: Callable[[], None] | None = None, on_generation: Callable[[dict], None] | None = None) -> dict:
-    """Run (or, with ``resume``, continue) the search in ``out``; returns the final state. ``on_start``
-    is called once the inputs are checked and the state is in place, before the first evaluation."""
+    """Run (or, with ``resume``, continue) the search in ``out``, each individual's populations scored on
+    ``device``; returns the final state. ``on_start`` is called once the inputs are checked and the state is
+    in place, before the first evaluation."""
     config.validate()
     loaded: list[Dataset] = []
     planned: dict[str, dict[str, float]] = {}  # by genome: its costs known before its run
@@ -303,7 +306,8 @@ def search(config: ArchConfig, out: Path, *, resume: bool = False, cluster: str 
         rng.bit_generator.state = state["rng"]
         population = [Genome.parse(code) for code in state["population"]]
         skipped = _over_budgets(config, population, state, dataset, planned)
-        records = _evaluate(config, out, [g for g in population if g.code() not in skipped], state, cluster=cluster)
+        records = _evaluate(config, out, [g for g in population if g.code() not in skipped], state, cluster=cluster,
+                            device=device)
         fitness, accuracy, cost = _scores(config, population, state["evaluations"])
         row = {"generation": state["generation"], "evaluations": sum(map(len, state["evaluations"].values())),
                "max": float(np.max(fitness)), "min": float(np.min(fitness)), "mean": float(np.mean(fitness)),
@@ -412,7 +416,7 @@ def _over_budgets(config: ArchConfig, population: list[Genome], state: dict, dat
 
 
 def _evaluate(config: ArchConfig, out: Path, population: list[Genome], state: dict, *,
-              cluster: str | None) -> list[dict]:
+              cluster: str | None, device: str = "cpu") -> list[dict]:
     """Every individual of a generation evaluated (as Ray tasks on ``cluster``, else one after the other);
     a genome seen before gets its next evaluation."""
     seen = {code: len(records) for code, records in state["evaluations"].items()}
@@ -422,11 +426,11 @@ def _evaluate(config: ArchConfig, out: Path, population: list[Genome], state: di
         evaluation = seen.get(code, 0)
         seen[code] = evaluation + 1
         jobs.append({"config": config, "genome_code": code, "evaluation": evaluation,
-                     "run_dir": str(out / "individuals" / f"{slug(genome)}-e{evaluation}")})
+                     "run_dir": str(out / "individuals" / f"{slug(genome)}-e{evaluation}"), "device": device})
     if cluster:
         from .cluster import fan_out
 
-        results = fan_out(evaluate_individual, jobs, cluster=cluster)
+        results = fan_out(evaluate_individual, jobs, cluster=cluster, device=device)
     else:
         results = [evaluate_individual(**job) for job in jobs]
     records = []
@@ -574,7 +578,7 @@ def check_rank_options(*, count: int | None, generations: int, images: int) -> N
 
 
 def rank_check(config: ArchConfig, out: Path, *, count: int, generations: int, images: int = 0,
-               cluster: str | None = None) -> dict:
+               cluster: str | None = None, device: str = "cpu") -> dict:
     """``count`` of a finished search's structures (evenly spread over its ranking, best and worst
     included) searched again with a longer budget (``generations`` per convolution on ``images``
     images, default the short budget's), each an ordinary run ``OUT/rank-check/<structure>-g<G>``
@@ -599,11 +603,11 @@ def rank_check(config: ArchConfig, out: Path, *, count: int, generations: int, i
                                generations=[generations], search_images=images, bank_shifts=0,
                                seed=config.seed * 1000 + RANK_SEED),
          "run_dir": out / "rank-check" / f"{slug(Genome.parse(code))}-g{generations}",
-         "command": f"slicenet arch-search --rank-check (structure {code})"} for _, code in picked]
+         "command": f"slicenet arch-search --rank-check (structure {code})", "device": device} for _, code in picked]
     if cluster:
         from .cluster import fan_out
 
-        results = fan_out(optimise_or_resume, jobs, cluster=cluster)
+        results = fan_out(optimise_or_resume, jobs, cluster=cluster, device=device)
     else:
         results = [optimise_or_resume(**job) for job in jobs]
     rows = [{"genome": code, "short_validation": accuracy, "short_evaluations": len(state["evaluations"][code]),

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "result)")
     arch.add_argument("--cluster", default=None, help="evaluate a generation's individuals as Ray tasks (local[:N], "
                       "auto or HEAD:PORT)")
+    arch.add_argument("--device", default="cpu", help="where each individual's populations are scored: cpu, "
+                      "cuda[:N] or auto (default cpu, so that a search gives the same fitness on every machine; "
+                      "with --cluster and cuda each task holds one GPU)")
     arch.add_argument("--quiet", action="store_true", help="no line per generation")
     arch.add_argument("--rank-check", type=int, default=0, metavar="N",
                       help="after the search: N of its structures (evenly spread over its ranking) searched again "
@@ -349,19 +352,18 @@ def _progress(total: int, done: int, quiet: bool):  # noqa: ANN202 -- (tqdm bar,
     return bar, on_generation
 
 
-def _check_cluster(args: argparse.Namespace) -> None:
+def _check_device_and_cluster(args: argparse.Namespace) -> None:
     """``--cluster``: a bad or silent address fails in one line before anything is written; so does a
     ``--device`` this machine lacks (with a cluster, only its spelling: the workers look on their own machines)."""
     from .device import kind, resolve
 
-    device = getattr(args, "device", "cpu")  # arch-search's individuals are searched on the CPU
     if args.cluster:
         from .cluster import check_cluster
 
-        kind(device)
+        kind(args.device)
         check_cluster(args.cluster)
-    elif device not in ("auto", "cpu"):
-        resolve(device)  # --device cuda without a GPU: one line, before anything
+    elif args.device not in ("auto", "cpu"):
+        resolve(args.device)  # --device cuda without a GPU: one line, before anything
 
 
 def cmd_optimise(args: argparse.Namespace) -> int:
@@ -371,7 +373,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
     from .search import total_generations
 
     overrides = _flags_given(args)
-    _check_cluster(args)
+    _check_device_and_cluster(args)
     if args.workers < 0:
         raise InputError(f"--workers must be 0 (one per CPU, or per GPU) or positive, got {args.workers}")
     if args.resume is not None:
@@ -542,7 +544,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     settings = make_config(None, condense.CondenseConfig, **_flags_given(args))  # checked before any work
-    _check_cluster(args)
+    _check_device_and_cluster(args)
     engine = runs.load_engine(args.run)
     source = runs.load_metrics(args.run)
     config = runs.load_config(args.run)
@@ -634,7 +636,7 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
 
     flags = _flags_given(args)
     config = make_config(None, archsearch.ArchConfig, **(archsearch.with_paper_setting(flags) if args.paper else flags))
-    _check_cluster(args)
+    _check_device_and_cluster(args)
     archsearch.check_rank_options(count=args.rank_check or None, generations=args.rank_generations,
                                   images=args.rank_images)  # before the search, not once it is done
 
@@ -649,11 +651,11 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
             print(f"generation {row['generation']}: fitness max {row['max']:.4f} min {row['min']:.4f} mean "
                   f"{row['mean']:.4f} median {row['median']:.4f}; best {row['best']}", file=sys.stderr)
 
-    state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, on_start=on_start,
-                               on_generation=on_generation)
+    state = archsearch.search(config, args.out, resume=args.resume, cluster=args.cluster, device=args.device,
+                              on_start=on_start, on_generation=on_generation)
     if args.rank_check:
         state = archsearch.rank_check(config, args.out, count=args.rank_check, generations=args.rank_generations,
-                                      images=args.rank_images, cluster=args.cluster)
+                                      images=args.rank_images, cluster=args.cluster, device=args.device)
         check = state["rank_check"]
         print(f"rank check: {len(check['structures'])} structures, {config.search_generations} against "
               f"{check['generations']} generations per convolution: Spearman {check['spearman']:.2f}, Kendall "
@@ -676,7 +678,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     source = runs.load_trunk(args.source)  # not a run: one line, before anything is written
     spec, size = source.spec, source.image_size[0]
     config = dataclasses.replace(config, vote=config.vote or source.vote)  # read once, not again per run
-    _check_cluster(args)
+    _check_device_and_cluster(args)
     if config.tune != "ga":
         transfer.parse_tune(config.tune, spec, config.granularity)
         run_config = config.run_config(args.source, size=size, tune=config.tune)

@@ -94,3 +94,11 @@ def test_a_transfer_searches_on_cuda(pair, tmp_path):
     assert main(["transfer", str(cpu), "--dataset", "digits", "--generations", "2", "--search-images", "200",
                  "--quiet", "--device", "cuda", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] > 0.5
+
+
+def test_an_arch_search_scores_its_individuals_on_cuda(tmp_path):
+    from .test_genetic import ARCH
+
+    assert main([*ARCH, "--device", "cuda", "--out", str(tmp_path / "a")]) == 0
+    individuals = sorted((tmp_path / "a" / "individuals").glob("*/metrics.json"))
+    assert individuals and all(json.loads(m.read_text())["device"].startswith("cuda") for m in individuals)

@@ -400,6 +400,7 @@ def test_the_paper_setting_is_one_flag():
     (["--budget-ms", "2", "--board", "nano"], "expected a board and mode of devices/profiles.toml"),
     (["--board", "nano"], "expected a board and mode of devices/profiles.toml"),  # read by no cost, still checked
     (["--cluster", "127.0.0.1:1"], "the Ray cluster at '127.0.0.1:1' does not answer"),  # before the state
+    (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto"),
     (["--paper", "--population", "8"], "--paper sets --stages 2 --nodes 3 5 --population 20 --generations 50: "
                                        "drop --population"),
     (["--nodes", "1", "3"], "--nodes must be at least 2 per stage"),
