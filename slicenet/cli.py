@@ -369,6 +369,7 @@ def _check_device_and_cluster(args: argparse.Namespace) -> None:
 def cmd_optimise(args: argparse.Namespace) -> int:
     from . import runs
     from .config import RunConfig, config_from_toml, make_config, with_preset_defaults
+    from .device import resolve
     from .pipeline import search_settings
     from .search import total_generations
 
@@ -403,7 +404,7 @@ def cmd_optimise(args: argparse.Namespace) -> int:
 
     def on_start(prepared, state):  # noqa: ANN001, ANN202 -- the progress bar, once the data is loaded
         scored = f"{config.search_images:,}" if config.search_images else "all"
-        where = f"Ray cluster {args.cluster}" if args.cluster else f"device {args.device}"
+        where = f"Ray cluster {args.cluster}" if args.cluster else f"device {resolve(args.device)}"  # auto: which
         print(f"run directory: {run_dir} ({'resumed' if args.resume else 'new'}; populations scored on {where}; "
               f"each generation scores {scored} training images by {config.scoring} k-NN; the bar shows the "
               "block's best fitness so far and this generation's best accuracy on those images, not validation "

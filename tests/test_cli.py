@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from slicenet.cli import main
@@ -78,6 +79,13 @@ def test_predict_an_image_file(run_dir, tmp_path, capsys):
     assert main(["predict", str(run_dir), str(path), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert sum(row["votes"].values()) == 9 and row["label"] in data.class_names
+
+
+def test_the_run_names_the_device_auto_chose(tmp_path, capsys):
+    assert main(["optimise", *FAST, "--out", str(tmp_path / "r")]) == 0
+    chosen = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"populations scored on device {chosen}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["device"].startswith(chosen)
 
 
 def test_local_mean_vote_end_to_end(tmp_path, capsys):
