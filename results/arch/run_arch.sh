@@ -14,6 +14,10 @@ slicenet optimise --method cma --preset genetic:4,10:0-00/0-00-000 --quiet --out
 # multiply-adds, 784 features), 2 and 24 (98,784, 1,176 features)
 slicenet optimise --method cma --preset genetic:3,16:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-3x16-s0
 slicenet optimise --method cma --preset genetic:2,24:0-00/0-00-000 --quiet --out runs/mnist-cma-genetic-zero-2x24-s0
+# ...and with three stages (a later stop), where again only the all-zero structure fits at these widths (1 of
+# 512 each): 4, 8 and 6 filters (105,840 multiply-adds, 54 features), 4, 7 and 8 (102,312, 72 features)
+slicenet optimise --method cma --preset genetic:4,8,6:0-00/0-00/0-00 --quiet --out runs/mnist-cma-genetic-zero-4x8x6-s0
+slicenet optimise --method cma --preset genetic:4,7,8:0-00/0-00/0-00 --quiet --out runs/mnist-cma-genetic-zero-4x7x8-s0
 # Within the default preset's multiply-adds with edges: 3 and 3 filters (23 of 512 structures fit; 4 and 8
 # leave only the all-zero one), from the all-zero start, the over-budget structures not run; then its best
 # structure searched in full:
