@@ -120,6 +120,19 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                          "or use --cluster local:N") from None
 
 
+def gpus_for_device(ray: Any, device: str, cluster: str) -> int:
+    """GPUs an actor or task takes for ``device``: one for cuda (a cluster without any is a one-line
+    error, not workers waiting forever for one), none otherwise."""
+    from .device import kind
+
+    if kind(device) != "cuda":
+        return 0
+    if int(ray.cluster_resources().get("GPU", 0)) < 1:
+        raise InputError(f"--device {device} with --cluster {cluster}: the cluster has no GPU; use --device cpu, "
+                         "or add nodes that have GPUs")
+    return 1
+
+
 def _scorer(ray: Any) -> Any:
     """The actor class, defined where ray is imported (it is an optional dependency)."""
 
@@ -148,19 +161,17 @@ class RayEvaluator(Evaluator):
     """Populations scored in row shards by Ray actors that each hold the problem once."""
 
     def __init__(self, problem: ScoredProblem, *, cluster: str = "local", workers: int = 0, device: str = "cpu"):
-        from .device import kind
-
         super().__init__(problem)
-        gpus = 1 if kind(device) == "cuda" else 0  # a bad spelling fails here, before Ray starts
         self.ray, self._started = connect(cluster)
         self.actors: list[Any] = []
         ray = self.ray
-        resources = ray.cluster_resources()
-        if gpus and int(resources.get("GPU", 0)) < 1:
+        try:
+            gpus = gpus_for_device(ray, device, cluster)
+        except InputError:
             self.close()
-            raise InputError(f"--device {device} with --cluster {cluster}: the cluster has no GPU (its resources: "
-                             f"{int(resources.get('CPU', 0))} CPUs); use --device cpu, or add nodes that have GPUs")
+            raise
         if workers <= 0:  # one actor per CPU (or GPU) the cluster has
+            resources = ray.cluster_resources()
             workers = max(1, int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 1)))
         self._problem = ray.put(problem)  # into the object store once: no copy per call
         scorer = _scorer(ray)
@@ -221,14 +232,9 @@ def fan_out(function: Callable[..., Any], jobs: list[dict], *, cluster: str, cpu
     """``function(**job)`` for every job, as Ray tasks on ``cluster``, results in the jobs' order. With a
     CUDA ``device`` each task holds one GPU of the cluster (and its job's ``device``, if it has one, is
     that GPU, as the task sees it: cuda)."""
-    from .device import kind
-
-    gpus = 1 if kind(device) == "cuda" else 0
     ray, started = connect(cluster)
     try:
-        if gpus and int(ray.cluster_resources().get("GPU", 0)) < 1:
-            raise InputError(f"--device {device} with --cluster {cluster}: the cluster has no GPU; use --device "
-                             "cpu, or add nodes that have GPUs")
+        gpus = gpus_for_device(ray, device, cluster)
         if gpus:
             jobs = [{**job, "device": "cuda"} if "device" in job else job for job in jobs]
         task = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus)(function)
