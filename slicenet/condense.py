@@ -318,7 +318,7 @@ def knn_quality(votes: torch.Tensor, distances: torch.Tensor, neighbour_labels: 
 
 
 def _quality_scores(accuracy: torch.Tensor, soft: torch.Tensor) -> Scores:
-    return Scores((-(accuracy + soft)).cpu().numpy(), accuracy.cpu().numpy(), soft.cpu().numpy())
+    return Scores.of(-(accuracy + soft), accuracy, soft)
 
 
 def _optimise_prototypes(start: np.ndarray, labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray, *,

@@ -59,6 +59,11 @@ class Scores:
     soft: np.ndarray  # [P], smooth score in [0, 1]
 
     @classmethod
+    def of(cls, fitness: torch.Tensor, accuracy: torch.Tensor, soft: torch.Tensor) -> Scores:
+        """The scores of tensors computed on any device: what leaves an evaluator is on the CPU, as numpy."""
+        return cls(fitness.cpu().numpy(), accuracy.cpu().numpy(), soft.cpu().numpy())
+
+    @classmethod
     def concat(cls, parts: list[Scores]) -> Scores:
         """The scores of consecutive shards of one population, in order."""
         return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("fitness", "accuracy", "soft")))
@@ -145,7 +150,7 @@ def score_features(problem: Problem, features: torch.Tensor, *, y_fit: torch.Ten
         soft_score=problem.soft_score, temperature=problem.temperature)
     accuracy, soft_mean = hits.double().mean(-1), soft.mean(-1)
     fitness = -(accuracy + problem.soft_weight * soft_mean)
-    return Scores(fitness.cpu().numpy(), accuracy.cpu().numpy(), soft_mean.cpu().numpy())
+    return Scores.of(fitness, accuracy, soft_mean)
 
 
 def chunk_size(spec: TrunkSpec, x: torch.Tensor, *, index: int, size: int, budget: int = ACTIVATION_BUDGET,

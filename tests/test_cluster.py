@@ -153,7 +153,7 @@ def test_ray_not_installed_is_one_line_naming_the_extra(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the CPU / CUDA comparison runs where "
-                    "there is one (results/scale/scale_bench.sh)")
+                    "there is one (results/scale/gpu_bench.sh)")
 def test_a_cuda_evaluator_agrees_with_the_cpu_one_to_float_tolerance(problem):
     weights = init_weights(problem.spec, 0)
     block = Block(1, None)

@@ -1,6 +1,6 @@
 """The commands that take ``--device``, on a CUDA GPU against the CPU (skipped where torch sees none).
 
-CI has no GPU, so these run on a machine that has one (``results/scale/scale_bench.sh`` step 4 says how);
+CI has no GPU, so these run on a machine that has one (``results/scale/gpu_bench.sh`` makes the measurements);
 the CPU-only side of ``--device`` (its error without a GPU) is tested in test_cluster.py.
 """
 
@@ -15,7 +15,7 @@ from slicenet.data import load_dataset
 from slicenet.engine import Engine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: these compare CPU and "
-                                "CUDA where there is one (results/scale/scale_bench.sh, step 4)")
+                                "CUDA where there is one (results/scale/gpu_bench.sh)")
 
 SEARCH = ["optimise", "--dataset", "digits", "--generations", "3", "--population-size", "8", "--quiet"]
 

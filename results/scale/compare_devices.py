@@ -37,7 +37,7 @@ def main(cpu_dir: str, cuda_dir: str, out: str) -> int:
     keys = list(predicted)
     result = {
         "runs": {"cpu_search": str(cpu_run), "cuda_search": str(cuda_run)},
-        "metrics": {name: {k: json.loads((run / "metrics.json").read_text()).get(k) for k in (
+        "metrics": {name: {k: runs.load_metrics(run).get(k) for k in (
             "device", "test_accuracy", "validation_accuracy", "search_seconds", "wall_seconds", "evaluations")}
             for name, run in (("cpu_search", cpu_run), ("cuda_search", cuda_run))},
         "n_test": len(labels),
