@@ -217,6 +217,15 @@ def test_a_bad_flag_from_the_shell_exits_2_without_a_traceback(args, match):
     assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_python_dash_m_slicenet_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "slicenet", "--version"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("slicenet "), result.stderr
+    bad = subprocess.run([sys.executable, "-m", "slicenet", "optimise", "--method", "adam"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("slicenet: error:"), bad.stderr
+
+
 def test_bad_image_and_not_a_run(run_dir, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
