@@ -79,7 +79,8 @@ class RunConfig(Checked):
     preset: str = option("auto", "trunk preset: auto (default), default, lenet, wide, radu, tiny, pixels")
     granularity: str = option("layer", "serial search unit: layer (default) or filter (one filter at a time)")
     generations: tuple[int, ...] = option((100, 400), "generation budget per layer: one number for all, or one "
-                                          "per layer (filters share their layer's; radu: 30 250)")
+                                          "per layer, the last serving any later layers (filters share "
+                                          "their layer's; radu: 30 250)")
     sweeps: int = option(1, "passes over the layers; later passes re-tune each layer given the others")
     population_size: int = option(0, "candidates per generation (0 = the method's default for the dimension)")
     sigma_scale: float = option(0.5, "initial search spread, as a multiple of the layer's He-init std")

@@ -163,6 +163,9 @@ def parse_preset(name: str) -> tuple[Genome, tuple[int, ...]]:
     except ValueError:
         raise InputError(f"preset {name!r}: expected genetic:<filters per stage>:<genome>, e.g. "
                          "genetic:4,8:1-01/0-01-100") from None
+    if min(filters) < 1:
+        raise InputError(f"preset {name!r}: each stage needs at least 1 filter, got {widths}; e.g. "
+                         "genetic:4,8:1-01/0-01-100")
     return Genome.parse(code.replace("/", " ")), filters
 
 
