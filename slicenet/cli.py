@@ -1019,6 +1019,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .extras import require
 
     require("matplotlib", "onnx", purpose="report")
+    if args.bench is not None and args.bench.is_file():
+        raise InputError(f"--bench {args.bench} is a file; expected the folder 'slicenet bench' wrote its JSON to")
     arch = report.load_arch(args.arch)  # a folder that is no search fails before anything else is read
     # With --arch and no runs named, the searches alone: every run under runs/ would include each search's
     # individuals (they are run directories too).
@@ -1032,6 +1034,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         path, why = skipped_bench[0]
         raise InputError(f"{path} is not a readable bench result ({why}); --strict: nothing was written")
     bundles = report.load_bundles(args.bundles)
+    if run_dirs and not rows and len(skipped) == 1:  # the one run named is the error, said once
+        path, why = skipped[0]
+        raise InputError(f"{why if str(path) in why else f'{path}: {why}'}; nothing was written")
     for path, why in [*skipped, *skipped_bench]:
         print(f"slicenet: warning: skipped {path}: {why}", file=sys.stderr)
     if run_dirs and not rows:

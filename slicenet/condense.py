@@ -757,6 +757,11 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
     check_source(engine, config)
     shifts = source_bank_shifts if config.bank_shifts == -1 else config.bank_shifts
     if config.budget_kb is None:
+        largest = int(np.bincount(labels).max())
+        # Every class kept whole ("all of a smaller class"): nothing would be condensed.
+        if config.prototypes is not None and config.prototypes >= largest:
+            raise InputError(f"--prototypes {config.prototypes} keeps every image of every class (the largest has "
+                             f"{largest} training images): give fewer per class, or use the source engine as it is")
         compact, validation, chosen = choose_and_build(engine, images, labels, config, seed=config.seed,
                                                        shifts=shifts, evaluator=evaluator)
         return compact, {"validation_accuracy": validation, "compact": {**chosen.compact_fields(),
@@ -782,6 +787,10 @@ def check_source(engine: Engine, config: CondenseConfig) -> None:
     """Fail before any work if ``config`` cannot condense ``engine``."""
     config.validate()
     engine.bank_head  # noqa: B018 -- a one-line error for an engine without a bank
+    n_features = engine.spec.n_features(engine.image_size)
+    if config.budget_kb is None and config.dims > n_features:
+        raise InputError(f"--dims {config.dims}: this engine's features have {n_features} dimensions; give at most "
+                         f"{n_features}, or 0 for all")
     if config.method == "joint" and not engine.spec.layers:
         raise InputError("--method joint tunes the trunk's last convolution, and this engine has none (preset "
                          "pixels): choose another --method")

@@ -71,6 +71,15 @@ def check_vote(dataset: Dataset, *, vote: str, n_neighbors: int, flag: str = "--
                          f"the smallest class has {smallest}: lower --n-neighbors or use {flag} majority")
 
 
+def check_generations(generations: tuple[int, ...], spec: TrunkSpec) -> None:
+    """One budget for all layers, or one per layer; the last serves any layers after it (the default pair
+    reads "100 for the first layer, 400 for each later one", and a one-convolution trunk takes the 100).
+    Budgets given for layers the trunk lacks would be dropped silently, so they are an error."""
+    if generations != RunConfig().generations and 1 < len(generations) > len(spec.layers) > 0:
+        raise InputError(f"--generations gives {len(generations)} budgets for a trunk of {len(spec.layers)} "
+                         f"convolutions: give one for all, or at most one per convolution")
+
+
 def load_source(config: RunConfig, dataset: Dataset) -> tuple[TrunkSpec, Weights]:
     """A transfer's source: the trunk and weights of ``config.init_from``'s engine, checked against the
     new images (one-line errors: not a run, images of another size)."""
@@ -95,10 +104,15 @@ def prepare(config: RunConfig) -> Prepared:
         spec, start_weights = load_source(config, dataset)
         preset = "transfer"
         tuned_blocks(config, spec)  # a bad --tune fails here, before anything is written
+    check_generations(config.generations, spec)
     if config.n_neighbors > len(dataset.y_train) * (1 - config.validation_fraction):
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
     check_vote(dataset, vote=config.vote, n_neighbors=config.n_neighbors)
+    largest = int(np.bincount(dataset.y_train).max())
+    if config.prototypes >= largest:  # condense's "all of a smaller class" for every class: the full bank
+        raise InputError(f"--prototypes {config.prototypes} keeps every image of every class (the largest has "
+                         f"{largest} training images): give fewer per class, or 0 for the full bank")
     check_vote(dataset, vote=config.fitness_vote, n_neighbors=config.n_neighbors, flag="--fitness-vote")
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),

@@ -198,6 +198,13 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path, command, run_main
     (["bench", "export/none", "--threads", "-1"], "--threads must be 0 (the runtime's default) or positive"),
     (["bench", "export/none", "--batch", "0"], "--batch must be at least 1, got 0"),
     (["bench-search", "nosuch", "--dataset", "digits"], "evaluator 'nosuch': expected a device"),
+    (["optimise", "--dataset", "digits", "--generations", "2", "3", "4"],
+     "--generations gives 3 budgets for a trunk of 2 convolutions"),  # the third was dropped silently
+    (["optimise", "--dataset", "digits", "--preset", "genetic:0,8:0-00/0-00-000"],
+     "each stage needs at least 1 filter"),  # was a ZeroDivisionError
+    (["optimise", "--dataset", "digits", "--prototypes", "1000"], "keeps every image of every class"),
+    (["report", "runs/none-such"], "runs/none-such"),  # the one run named: its error, in one line
+    (["report", "--bench", "pyproject.toml"], "--bench pyproject.toml is a file"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match, run_main):
     """In-process (``run_main``); the test below checks what a shell sees from the real command."""

@@ -240,6 +240,8 @@ def test_a_killed_budget_search_continues_to_the_same_engine(run, tmp_path, monk
     (["--budget-kb", "0.01"], "no engine fits in 10 bytes (the trunk alone needs"),  # before the grid starts
     (["--prototypes", "2", "--query-shifts", "5"], "--query-shifts must be between 0 and 4 pixels"),
     (["--prototypes", "2", "--method", "joint", "--query-shifts", "1"], "for one view per query"),
+    (["--prototypes", "2", "--dims", "100000"], "give at most"),  # was recorded as dims 100000 and ignored
+    (["--prototypes", "100000"], "keeps every image of every class"),  # nothing condensed
 ])
 def test_condense_refuses_bad_flags(run, capsys, flags, message):
     assert main(["condense", str(run), *flags]) == 2
