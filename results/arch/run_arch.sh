@@ -18,6 +18,16 @@ slicenet optimise --method cma --preset genetic:2,24:0-00/0-00-000 --quiet --out
 # 512 each): 4, 8 and 6 filters (105,840 multiply-adds, 54 features), 4, 7 and 8 (102,312, 72 features)
 slicenet optimise --method cma --preset genetic:4,8,6:0-00/0-00/0-00 --quiet --out runs/mnist-cma-genetic-zero-4x8x6-s0
 slicenet optimise --method cma --preset genetic:4,7,8:0-00/0-00/0-00 --quiet --out runs/mnist-cma-genetic-zero-4x7x8-s0
+# Seeds 0-2 of the all-zero structure at 4 and 8 filters against seeds 0-2 of the default preset (those are
+# run_mnist.sh's runs, made here if missing), one machine, and their report (a later stop, where seed 0 of the
+# structure was run again beside the others):
+for seed in 0 1 2; do
+  [ -f runs/mnist-cma-genetic-zero-s$seed/metrics.json ] || slicenet optimise --method cma \
+    --preset genetic:4,8:0-00/0-00-000 --seed $seed --quiet --out runs/mnist-cma-genetic-zero-s$seed
+  [ -f runs/mnist-cma-s$seed/metrics.json ] || slicenet optimise --method cma --seed $seed --quiet \
+    --out runs/mnist-cma-s$seed
+done
+slicenet report runs/mnist-cma-s{0,1,2} runs/mnist-cma-genetic-zero-s{0,1,2} --out "$OUT/zero-seeds"
 # Within the default preset's multiply-adds with edges: 3 and 3 filters (23 of 512 structures fit; 4 and 8
 # leave only the all-zero one), from the all-zero start, the over-budget structures not run; then its best
 # structure searched in full:
