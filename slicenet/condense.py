@@ -757,11 +757,7 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
     check_source(engine, config)
     shifts = source_bank_shifts if config.bank_shifts == -1 else config.bank_shifts
     if config.budget_kb is None:
-        largest = int(np.bincount(labels).max())
-        # Every class kept whole ("all of a smaller class"): nothing would be condensed.
-        if config.prototypes is not None and config.prototypes >= largest:
-            raise InputError(f"--prototypes {config.prototypes} keeps every image of every class (the largest has "
-                             f"{largest} training images): give fewer per class, or use the source engine as it is")
+        check_prototypes(labels, config.prototypes or 0, instead="use the source engine as it is")
         compact, validation, chosen = choose_and_build(engine, images, labels, config, seed=config.seed,
                                                        shifts=shifts, evaluator=evaluator)
         return compact, {"validation_accuracy": validation, "compact": {**chosen.compact_fields(),
@@ -781,6 +777,15 @@ def condense(engine: Engine, images: np.ndarray, labels: np.ndarray, config: Con
     if splits > 1:
         extra["validation_splits"] = splits
     return compact, extra
+
+
+def check_prototypes(labels: np.ndarray, prototypes: int, *, instead: str) -> None:
+    """A bank of ``prototypes`` per class keeps all of a smaller class; at the largest class's size it keeps
+    every image of every class, which condenses nothing: say so rather than build the full bank."""
+    largest = int(np.bincount(labels).max())
+    if prototypes >= largest:
+        raise InputError(f"--prototypes {prototypes} keeps every image of every class (the largest has {largest} "
+                         f"training images): give fewer per class, or {instead}")
 
 
 def check_source(engine: Engine, config: CondenseConfig) -> None:

@@ -109,11 +109,11 @@ def prepare(config: RunConfig) -> Prepared:
         raise InputError(f"n_neighbors={config.n_neighbors} exceeds the training images left for the "
                          "bank; use a smaller --n-neighbors")
     check_vote(dataset, vote=config.vote, n_neighbors=config.n_neighbors)
-    largest = int(np.bincount(dataset.y_train).max())
-    if config.prototypes >= largest:  # condense's "all of a smaller class" for every class: the full bank
-        raise InputError(f"--prototypes {config.prototypes} keeps every image of every class (the largest has "
-                         f"{largest} training images): give fewer per class, or 0 for the full bank")
     check_vote(dataset, vote=config.fitness_vote, n_neighbors=config.n_neighbors, flag="--fitness-vote")
+    if config.prototypes:
+        from .condense import check_prototypes
+
+        check_prototypes(dataset.y_train, config.prototypes, instead="0 for the full bank")
     problem = Problem(
         spec=spec, x_train=normalise_images(dataset.x_train, mean, std),
         y_train=torch.from_numpy(dataset.y_train), n_classes=dataset.n_classes,
