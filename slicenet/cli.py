@@ -56,6 +56,7 @@ EXAMPLES = {
     "export": ["slicenet export runs/mnist-cma-s0 --target ncs2", "slicenet export runs/mnist-cma-s0 --target jetson"],
     "arch-search": ["slicenet arch-search --dataset mnist --stages 2 --nodes 3 4 --filters 4 8 --out runs/arch",
                     "slicenet arch-search --paper --out runs/arch-paper",
+                    "slicenet arch-search --config runs/arch/config.toml --seed 1 --out runs/arch-s1",
                     "slicenet arch-search --front --cost latency --board ncs2:usb-fp16 --out runs/arch-ncs2",
                     "slicenet arch-search --budget-macs 108800 --out runs/arch-within-default"],
     "transfer": ["slicenet transfer runs/mnist-cma-s0 --dataset digits --tune none --out runs/digits-from-mnist",
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     arch = commands.add_parser("arch-search", help="Genetic-CNN search of trunk structures, each scored by a short "
                                "gradient-free search (hardware-aware: a budget or the accuracy / cost front)")
     arch.set_defaults(keys=add_config_flags(arch, ArchConfig), func=cmd_arch_search)
-    arch.add_argument("--out", type=Path, required=True, help="the search's folder: arch.json and individuals/")
+    arch.add_argument("--out", type=Path, required=True, help="the search's folder: arch.json, config.toml (its "
+                      "resolved options) and individuals/")
+    arch.add_argument("--config", help="TOML file of options (flags override it), such as a search's config.toml")
     arch.add_argument("--paper", action="store_true", help=f"the paper's MNIST setting: {paper_flags()} "
                       "(1,020 evaluations; the widths stay --filters')")
     arch.add_argument("--resume", action="store_true", help="continue the search in --out (after a kill: the same "
@@ -633,15 +636,20 @@ def _print_frontier(settings: Any, extra: dict) -> None:
 
 def cmd_arch_search(args: argparse.Namespace) -> int:
     from . import archsearch
-    from .config import make_config
+    from .atomic import write_text
+    from .config import config_from_toml, make_config, to_toml
+    from .runs import CONFIG
 
     flags = _flags_given(args)
-    config = make_config(None, archsearch.ArchConfig, **(archsearch.with_paper_setting(flags) if args.paper else flags))
+    overrides = archsearch.with_paper_setting(flags) if args.paper else flags
+    config = (config_from_toml(args.config, archsearch.ArchConfig, **overrides) if args.config
+              else make_config(None, archsearch.ArchConfig, **overrides))
     _check_device_and_cluster(args)
     archsearch.check_rank_options(count=args.rank_check or None, generations=args.rank_generations,
                                   images=args.rank_images)  # before the search, not once it is done
 
-    def on_start() -> None:
+    def on_start() -> None:  # the state is written: the folder is the search's
+        write_text(args.out / CONFIG, to_toml(config, {"version": __version__, "command": _command(args)}))
         print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
               f"{config.population} individuals x {config.generations + 1} generations, each a "
               f"{config.search_generations}-generation search per convolution on {config.search_images} images",

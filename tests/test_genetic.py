@@ -176,6 +176,21 @@ def test_a_two_generation_search_gives_run_directories_and_a_front(tmp_path):
     assert "Rank check: 3 structures" in (tmp_path / "report2" / "REPORT.md").read_text()
 
 
+def test_a_search_saves_its_resolved_options_and_config_reads_them_back(tmp_path):
+    first = tmp_path / "first"
+    assert main([*ARCH, "--generations", "0", "--population", "2", "--budget-macs", "90000", "--out", str(first)]) == 0
+    saved = json.loads((first / "arch.json").read_text())["config"]
+    text = (first / "config.toml").read_text()
+    assert "budget_macs = 90000" in text and "search_images = 100" in text and "[slicenet]" in text
+    again = tmp_path / "again"
+    assert main(["arch-search", "--config", str(first / "config.toml"), "--quiet", "--out", str(again)]) == 0
+    assert json.loads((again / "arch.json").read_text())["config"] == saved  # the same search, from its file
+    seed1 = tmp_path / "seed1"
+    assert main(["arch-search", "--config", str(first / "config.toml"), "--seed", "1", "--quiet", "--out",
+                 str(seed1)]) == 0
+    assert json.loads((seed1 / "arch.json").read_text())["config"] == {**saved, "seed": 1}  # flags override it
+
+
 def test_rank_correlations_and_noise_match_reference_answers():
     from scipy import stats
 
