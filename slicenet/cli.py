@@ -649,7 +649,8 @@ def cmd_arch_search(args: argparse.Namespace) -> int:
                                   images=args.rank_images)  # before the search, not once it is done
 
     def on_start() -> None:  # the state is written: the folder is the search's
-        write_text(args.out / CONFIG, to_toml(config, {"version": __version__, "command": _command(args)}))
+        write_text(args.out / CONFIG, to_toml(config, {"kind": "arch-search", "version": __version__,
+                                                             "command": _command(args)}))
         print(f"architecture search in {args.out}: {archsearch.structures(config.nodes):,} structures, "
               f"{config.population} individuals x {config.generations + 1} generations, each a "
               f"{config.search_generations}-generation search per convolution on {config.search_images} images",

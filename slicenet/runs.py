@@ -124,6 +124,9 @@ def load_config(path: Path) -> RunConfig | BaselineConfig:
                          "directory written by 'slicenet optimise' or 'slicenet baseline'")
     data = load_toml(path / CONFIG)
     kind = data.get("slicenet", {}).get("kind", "optimise")
+    if kind == "arch-search":
+        raise InputError(f"{path} is an architecture search, not a run: continue it with 'slicenet arch-search "
+                         f"--config {path / CONFIG} --resume --out {path}', or name one of its individuals/")
     if kind == "baseline":
         return config_from_toml(path / CONFIG, BaselineConfig)
     # A key missing from an older run's config meant what it meant then, not today's default (a

@@ -176,7 +176,7 @@ def test_a_two_generation_search_gives_run_directories_and_a_front(tmp_path):
     assert "Rank check: 3 structures" in (tmp_path / "report2" / "REPORT.md").read_text()
 
 
-def test_a_search_saves_its_resolved_options_and_config_reads_them_back(tmp_path):
+def test_a_search_saves_its_resolved_options_and_config_reads_them_back(tmp_path, run_main):
     first = tmp_path / "first"
     assert main([*ARCH, "--generations", "0", "--population", "2", "--budget-macs", "90000", "--out", str(first)]) == 0
     saved = json.loads((first / "arch.json").read_text())["config"]
@@ -189,6 +189,8 @@ def test_a_search_saves_its_resolved_options_and_config_reads_them_back(tmp_path
     assert main(["arch-search", "--config", str(first / "config.toml"), "--seed", "1", "--quiet", "--out",
                  str(seed1)]) == 0
     assert json.loads((seed1 / "arch.json").read_text())["config"] == {**saved, "seed": 1}  # flags override it
+    status, err = run_main(["optimise", "--resume", str(first)])  # a search's folder is no run to resume
+    assert status == 2 and "is an architecture search, not a run" in err and len(err.strip().splitlines()) == 1
 
 
 def test_rank_correlations_and_noise_match_reference_answers():
